@@ -1,0 +1,80 @@
+//! sentry-logs-collector: Sentry data into Google Cloud Storage as NDJSON, for Google SecOps.
+//!
+//! The entry points below are thin: they build the Spin implementations of the core's ports
+//! ([`platform`]) and call the core ([`run`], [`http_api`]), which knows nothing about Spin.
+
+pub mod config;
+pub mod http_api;
+pub mod platform;
+pub mod ports;
+pub mod run;
+pub mod secret;
+pub mod sentry;
+pub mod state;
+pub mod time;
+
+/// Runs `f` with the Spin implementations of the ports.
+pub fn with_spin_env<T>(f: impl FnOnce(&ports::Env) -> T) -> T {
+    let kv = platform::SpinKv::default();
+    let env = ports::Env {
+        vars: &platform::SpinVariables,
+        kv: &kv,
+        http: &platform::SpinHttp,
+        clock: &platform::SystemClock,
+    };
+    f(&env)
+}
+
+/// The Spin exports exist only in the wasm build: their symbol names (`wasi:http/...#handle`)
+/// cannot be exported from a native shared library, and natively nothing calls them.
+#[cfg(target_arch = "wasm32")]
+mod exports {
+    use crate::{http_api, with_spin_env};
+    use spin_sdk::http::{IntoResponse, Request, Response};
+
+    #[spin_sdk::http_component]
+    fn handle_http(req: Request) -> impl IntoResponse {
+        let api_req = http_api::ApiRequest {
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+        };
+        let resp = with_spin_env(|env| http_api::handle(env, &api_req));
+        let mut builder = Response::builder();
+        builder.status(resp.status);
+        for (name, value) in resp.headers {
+            builder.header(name, value);
+        }
+        builder.body(resp.body).build()
+    }
+
+    /// The `handle-cron-event` export of `fermyon:spin-cron@2.0.0`, generated with the SDK's own
+    /// wit-bindgen so the component carries one wit-bindgen runtime.
+    mod cron {
+        spin_sdk::wit_bindgen::generate!({
+            world: "spin-cron",
+            path: "wit/cron.wit",
+            runtime_path: "::spin_sdk::wit_bindgen::rt",
+        });
+
+        struct CronTrigger;
+
+        impl Guest for CronTrigger {
+            fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+                crate::with_spin_env(|env| {
+                    match crate::run::run_once(env, crate::run::Trigger::Cron) {
+                        Ok(summary) => {
+                            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                            Ok(())
+                        }
+                        Err(e) => {
+                            eprintln!("run failed: {e}");
+                            Err(Error::Other(e.to_string()))
+                        }
+                    }
+                })
+            }
+        }
+
+        export!(CronTrigger);
+    }
+}

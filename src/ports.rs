@@ -1,0 +1,138 @@
+//! The outside world as small traits, so the core runs natively in tests and under Spin in
+//! the component. The Spin implementations live in `platform.rs`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::VariableSource;
+
+/// An outbound HTTP request. The URL is always built by the component from configured bases,
+/// never taken from a response.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    pub method: Method,
+    pub url: url::Url,
+    /// Header names in lower case. Values may hold credentials: never log them.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeouts: Timeouts,
+    /// Responses larger than this are refused with [`TransportError::BodyTooLarge`].
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// Explicit per-request timeouts: Spin's defaults are 600 s, far beyond a run's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub between_bytes: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(20),
+            between_bytes: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OutboundRequest {
+    pub fn get(url: url::Url) -> Self {
+        OutboundRequest {
+            method: Method::Get,
+            url,
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeouts: Timeouts::default(),
+            max_response_bytes: 16 * 1024 * 1024,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl InboundResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A request that produced no HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The host refused the request (for Spin: not in `allowed_outbound_hosts`).
+    Denied(String),
+    Timeout(String),
+    BodyTooLarge(usize),
+    Other(String),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Denied(m) => write!(
+                f,
+                "request refused by the host ({m}); is the destination in allowed_outbound_hosts?"
+            ),
+            TransportError::Timeout(m) => write!(f, "timed out ({m})"),
+            TransportError::BodyTooLarge(n) => write!(f, "response body larger than {n} bytes"),
+            TransportError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+pub trait HttpClient {
+    fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, TransportError>;
+}
+
+/// A key-value store with the limits every Spin platform enforces (see `state.rs`).
+pub trait KeyValue {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
+    fn delete(&self, key: &str) -> Result<(), String>;
+}
+
+pub trait Clock {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> f64;
+}
+
+/// Everything the core needs from its host.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    pub vars: &'a dyn VariableSource,
+    pub kv: &'a dyn KeyValue,
+    pub http: &'a dyn HttpClient,
+    pub clock: &'a dyn Clock,
+}

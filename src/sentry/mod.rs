@@ -1,0 +1,66 @@
+//! Talking to Sentry's web API: requests, response classification, and the endpoints we use.
+
+pub mod region;
+
+use std::fmt;
+
+use crate::config::SentryConfig;
+use crate::ports::{InboundResponse, OutboundRequest, TransportError};
+
+/// Why a Sentry request did not yield data. A non-2xx body is never data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentryError {
+    /// 401, 403, 404: retrying will not help; the message says which setting or scope to fix.
+    Fatal(String),
+    /// 429, 5xx, timeouts: worth retrying later.
+    Transient(String),
+    /// A 2xx whose body is not what the API documents.
+    Malformed(String),
+}
+
+impl fmt::Display for SentryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SentryError::Fatal(m) | SentryError::Transient(m) | SentryError::Malformed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for SentryError {}
+
+/// A GET to `url` carrying the Sentry token. Only ever called with URLs the component built
+/// from `sentry_api_base` or a region URL that matched `sentry_region_hosts`.
+pub(crate) fn authorized_get(cfg: &SentryConfig, url: url::Url) -> OutboundRequest {
+    OutboundRequest::get(url)
+        .header("authorization", format!("Bearer {}", cfg.token.expose()))
+        .header("accept", "application/json")
+}
+
+/// Maps a transport failure to a Sentry error. Timeouts and resets are transient; a refusal by
+/// the host is a configuration problem.
+pub(crate) fn from_transport(what: &str, e: TransportError) -> SentryError {
+    match e {
+        TransportError::Denied(_) => SentryError::Fatal(format!("{what}: {e}")),
+        _ => SentryError::Transient(format!("{what}: {e}")),
+    }
+}
+
+/// Classifies a non-2xx answer. `what` names the request for the operator.
+pub(crate) fn classify_status(what: &str, resp: &InboundResponse) -> SentryError {
+    match resp.status {
+        401 => SentryError::Fatal(format!(
+            "{what}: Sentry rejected sentry_auth_token (401); check that the token is current and pasted whole"
+        )),
+        403 => SentryError::Fatal(format!(
+            "{what}: the token lacks a permission (403); the internal integration needs Project Read, Issue & Event Read and Organization Read"
+        )),
+        404 => SentryError::Fatal(format!(
+            "{what}: not found (404); check sentry_org (the organization slug) and sentry_api_base"
+        )),
+        429 => SentryError::Transient(format!("{what}: rate limited (429)")),
+        s if s >= 500 => SentryError::Transient(format!("{what}: Sentry answered {s}")),
+        s => SentryError::Fatal(format!("{what}: Sentry answered {s}")),
+    }
+}

@@ -1,0 +1,68 @@
+//! Everything the component keeps between runs, in Spin KV, under versioned keys.
+//!
+//! Limits that hold on every Spin platform (Fermyon Cloud enforces them): keys of at most
+//! 255 bytes, values of at most 1 MB, at most 1,024 keys. State never lives in the bucket:
+//! the SecOps feed would ingest it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::KeyValue;
+
+pub const MAX_KEY_BYTES: usize = 255;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// The KV key scheme, in one place.
+pub mod keys {
+    /// The org's region URL, cached with its fetch time.
+    pub const REGION: &str = "v1/region";
+    /// Counters and outcome of the most recent run.
+    pub const LAST_RUN: &str = "v1/last-run";
+}
+
+/// Reads a JSON record. A record that no longer parses is reported, not silently replaced.
+pub fn load<T: DeserializeOwned>(kv: &dyn KeyValue, key: &str) -> Result<Option<T>, String> {
+    match kv.get(key).map_err(|e| format!("KV get {key}: {e}"))? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("KV record {key} is unreadable: {e}")),
+    }
+}
+
+/// Writes a JSON record, refusing anything over the platform limits.
+pub fn save<T: Serialize>(kv: &dyn KeyValue, key: &str, value: &T) -> Result<(), String> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!("KV key {key} is longer than {MAX_KEY_BYTES} bytes"));
+    }
+    let bytes = serde_json::to_vec(value).map_err(|e| format!("KV record {key}: {e}"))?;
+    if bytes.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "KV record {key} is {} bytes, over the {MAX_VALUE_BYTES}-byte limit",
+            bytes.len()
+        ));
+    }
+    kv.set(key, &bytes)
+        .map_err(|e| format!("KV set {key}: {e}"))
+}
+
+/// The cached result of region discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionRecord {
+    /// The `sentry_api_base` and `sentry_org` it was discovered for: a change invalidates it.
+    pub api_base: String,
+    pub org: String,
+    pub region_url: String,
+    pub fetched_at: i64,
+}
+
+/// What `/status` and the next run know about the last run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub runs: u64,
+    pub trigger: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub ok: bool,
+    pub error: Option<String>,
+}

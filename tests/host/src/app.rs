@@ -1,0 +1,386 @@
+//! Loading the component and invoking its exports under wasmtime, the way `spin up` does:
+//! a fresh instance per invocation, WASI p2, `wasi:http` with the allow-list enforced on every
+//! outbound request, and Spin's key-value and variables interfaces.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, Context, Result};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::allowed_hosts::AllowedHosts;
+use crate::kv::FileStore;
+use crate::manifest::{resolve_component, Manifest, ProvidedVariables, ResolvedComponent};
+
+mod spin_bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "collector:host/spin-imports",
+        with: { "fermyon:spin/key-value.store": crate::app::KvHandle },
+    });
+}
+
+mod cron_bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit/cron.wit",
+        world: "spin-cron",
+        exports: { default: async },
+    });
+}
+
+use spin_bindings::fermyon::spin::key_value::{self, Error as KvError};
+use spin_bindings::fermyon::spin::variables::{self, Error as VarError};
+
+/// An open store handed to the guest.
+pub struct KvHandle {
+    store: FileStore,
+}
+
+/// Which trigger the app is loaded for; it decides which component runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The component of `[[trigger.cron]]`, or the manifest's only component.
+    Cron,
+    /// The component of the `[[trigger.http]]`.
+    Http,
+}
+
+/// How the host is started: the same inputs as `spin up`.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// `--from`; default `./spin.toml`.
+    pub manifest: Option<PathBuf>,
+    /// `--state-dir`; default `.spin` beside the manifest.
+    pub state_dir: Option<PathBuf>,
+    pub variables: ProvidedVariables,
+}
+
+/// Compiling a component with Cranelift takes seconds; the engine caches compiled code on disk
+/// (wasmtime's cache, keyed by the component's bytes), so repeated runs start fast.
+fn engine() -> Result<&'static Engine> {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    if let Some(e) = ENGINE.get() {
+        return Ok(e);
+    }
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(false);
+    if let Ok(cache) = wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
+        config.cache(Some(cache));
+    }
+    let engine = Engine::new(&config)?;
+    Ok(ENGINE.get_or_init(|| engine))
+}
+
+/// The loaded application: manifest, resolved component, compiled code, linker, state.
+pub struct App {
+    pub manifest: Manifest,
+    pub component: ResolvedComponent,
+    pub state_dir: PathBuf,
+    compiled: Component,
+    linker: Linker<InstanceState>,
+    stores: Arc<BTreeMap<String, FileStore>>,
+}
+
+/// What one guest invocation printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub outcome: Outcome,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The export returned its error variant.
+    GuestError(String),
+    /// The instance trapped (panic, out of bounds, host failure).
+    Trap(String),
+}
+
+pub struct InstanceState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    policy: OutboundPolicy,
+    variables: Arc<BTreeMap<String, String>>,
+    kv_allowed: Arc<Vec<String>>,
+    stores: Arc<BTreeMap<String, FileStore>>,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.policy,
+        }
+    }
+}
+
+/// Enforces `allowed_outbound_hosts` on every outbound request. A refused request fails at
+/// once in the guest with `HTTP-request-denied`, as in Spin.
+struct OutboundPolicy {
+    allowed: Arc<AllowedHosts>,
+    component: String,
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<
+                        dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                            + Send,
+                    >,
+                )>,
+            > + Send,
+    > {
+        drop(fut);
+        if !self.allowed.allows(request.uri()) {
+            let uri = request.uri();
+            eprintln!(
+                "collector-host: component {} may not send a request to {}://{}: not in allowed_outbound_hosts",
+                self.component,
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map(|a| a.as_str()).unwrap_or("?"),
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                resp.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+impl key_value::Host for InstanceState {}
+
+impl key_value::HostStore for InstanceState {
+    fn open(&mut self, label: String) -> Result<Resource<KvHandle>, KvError> {
+        if !self.kv_allowed.contains(&label) {
+            return Err(KvError::AccessDenied);
+        }
+        let store = self.stores.get(&label).ok_or(KvError::NoSuchStore)?.clone();
+        self.table
+            .push(KvHandle { store })
+            .map_err(|_| KvError::StoreTableFull)
+    }
+
+    fn get(&mut self, this: Resource<KvHandle>, key: String) -> Result<Option<Vec<u8>>, KvError> {
+        self.handle(&this)?.get(&key).map_err(KvError::Other)
+    }
+
+    fn set(
+        &mut self,
+        this: Resource<KvHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), KvError> {
+        self.handle(&this)?
+            .set(&key, &value)
+            .map_err(KvError::Other)
+    }
+
+    fn delete(&mut self, this: Resource<KvHandle>, key: String) -> Result<(), KvError> {
+        self.handle(&this)?.delete(&key).map_err(KvError::Other)
+    }
+
+    fn exists(&mut self, this: Resource<KvHandle>, key: String) -> Result<bool, KvError> {
+        self.handle(&this)?.exists(&key).map_err(KvError::Other)
+    }
+
+    fn get_keys(&mut self, this: Resource<KvHandle>) -> Result<Vec<String>, KvError> {
+        self.handle(&this)?.keys().map_err(KvError::Other)
+    }
+
+    fn drop(&mut self, this: Resource<KvHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl InstanceState {
+    fn handle(&self, this: &Resource<KvHandle>) -> Result<&FileStore, KvError> {
+        self.table
+            .get(this)
+            .map(|h| &h.store)
+            .map_err(|e| KvError::Other(e.to_string()))
+    }
+}
+
+impl variables::Host for InstanceState {
+    fn get(&mut self, name: String) -> Result<String, VarError> {
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(VarError::InvalidName(format!(
+                "invalid variable name {name:?}"
+            )));
+        }
+        self.variables
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| VarError::Undefined(format!("no variable for {name:?}")))
+    }
+}
+
+impl App {
+    /// Loads the manifest, resolves variables (failing on a missing required one), compiles the
+    /// component and opens the key-value stores it lists.
+    pub fn load(options: &HostOptions, trigger: Trigger) -> Result<App> {
+        let manifest_path = options
+            .manifest
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("spin.toml"));
+        let manifest = Manifest::load(&manifest_path)?;
+        let name = match trigger {
+            Trigger::Cron => manifest.cron_component()?,
+            Trigger::Http => manifest.http_component()?,
+        }
+        .to_string();
+        let resolved = resolve_component(&manifest, &name, &options.variables)?;
+        let state_dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| manifest.dir.join(".spin"));
+        let mut stores = BTreeMap::new();
+        for label in &resolved.key_value_stores {
+            if label != "default" {
+                // Like `spin up` without runtime config: only the default store exists.
+                return Err(anyhow!(
+                    "[component.{name}] key_value_stores lists {label:?}; only \"default\" is available without runtime config"
+                ));
+            }
+            stores.insert(label.clone(), FileStore::open(&state_dir, label)?);
+        }
+        let compiled = compile(&resolved.source)?;
+        let mut linker: Linker<InstanceState> = Linker::new(engine()?);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        key_value::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        variables::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        Ok(App {
+            manifest,
+            component: resolved,
+            state_dir,
+            compiled,
+            linker,
+            stores: Arc::new(stores),
+        })
+    }
+
+    /// The store behind a label, for tests that inspect or fault the state.
+    pub fn store(&self, label: &str) -> Option<&FileStore> {
+        self.stores.get(label)
+    }
+
+    pub(crate) fn new_store(
+        &self,
+        stdout: MemoryOutputPipe,
+        stderr: MemoryOutputPipe,
+    ) -> Store<InstanceState> {
+        let wasi = WasiCtx::builder().stdout(stdout).stderr(stderr).build();
+        Store::new(
+            self.compiled.engine(),
+            InstanceState {
+                table: ResourceTable::new(),
+                wasi,
+                http: WasiHttpCtx::new(),
+                policy: OutboundPolicy {
+                    allowed: Arc::new(self.component.allowed_hosts.clone()),
+                    component: self.component.name.clone(),
+                },
+                variables: Arc::new(self.component.variables.clone()),
+                kv_allowed: Arc::new(self.component.key_value_stores.clone()),
+                stores: self.stores.clone(),
+            },
+        )
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    pub(crate) fn compiled(&self) -> &Component {
+        &self.compiled
+    }
+
+    /// Calls `handle-cron-event` once in a fresh instance, like one tick of trigger-cron.
+    pub async fn run_cron(&self, timestamp: u64) -> Result<Invocation> {
+        let (stdout, stderr) = output_pipes();
+        let mut store = self.new_store(stdout.clone(), stderr.clone());
+        let cron =
+            cron_bindings::SpinCron::instantiate_async(&mut store, &self.compiled, &self.linker)
+                .await
+                .map_err(anyhow::Error::from)
+                .context("instantiating the component for the cron trigger")?;
+        let metadata = cron_bindings::fermyon::spin_cron::cron_types::Metadata { timestamp };
+        let outcome = match cron.call_handle_cron_event(&mut store, metadata).await {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(cron_bindings::fermyon::spin_cron::cron_types::Error::Other(m))) => {
+                Outcome::GuestError(m)
+            }
+            Err(trap) => Outcome::Trap(format!("{trap:?}")),
+        };
+        drop(store);
+        Ok(Invocation {
+            outcome,
+            stdout: pipe_text(&stdout),
+            stderr: pipe_text(&stderr),
+        })
+    }
+}
+
+/// Output larger than this is cut, as a runaway guest must not exhaust the host.
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
+pub(crate) fn output_pipes() -> (MemoryOutputPipe, MemoryOutputPipe) {
+    (
+        MemoryOutputPipe::new(MAX_OUTPUT),
+        MemoryOutputPipe::new(MAX_OUTPUT),
+    )
+}
+
+pub(crate) fn pipe_text(pipe: &MemoryOutputPipe) -> String {
+    String::from_utf8_lossy(&pipe.contents()).into_owned()
+}
+
+fn compile(source: &Path) -> Result<Component> {
+    let bytes = std::fs::read(source).with_context(|| {
+        format!(
+            "cannot read the component {} (build it with `cargo build --target wasm32-wasip2 --release`)",
+            source.display()
+        )
+    })?;
+    Component::new(engine()?, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", source.display()))
+}

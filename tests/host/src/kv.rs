@@ -1,0 +1,233 @@
+//! `fermyon:spin/key-value@2.0.0` persisted under the state directory, so consecutive runs
+//! (separate processes) see earlier state, as `spin up` does with `.spin/sqlite_key_value.db`.
+//!
+//! Each key is one file, written by rename so a reader never sees half a value and two
+//! processes sharing the directory lose at most a concurrent write to the same key (last writer
+//! wins, as with Spin's SQLite store). The limits every Spin platform enforces are enforced
+//! here too, so a component that would fail on Fermyon Cloud fails in tests: keys of at most
+//! 255 bytes, values of at most 1 MiB, at most 1,024 keys per store.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+pub const MAX_KEY_BYTES: usize = 255;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+pub const MAX_KEYS: usize = 1024;
+
+/// Which KV operations fail, for fault-injection tests. Empty means none.
+#[derive(Debug, Clone, Default)]
+pub struct KvFaults {
+    pub fail_get: bool,
+    pub fail_set: bool,
+}
+
+/// One store (one label), shared by every instance the host creates.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+    /// Serialises writers inside this process; other processes are covered by rename.
+    lock: Arc<Mutex<()>>,
+    faults: Arc<Mutex<KvFaults>>,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl FileStore {
+    pub fn open(state_dir: &Path, label: &str) -> Result<FileStore> {
+        let dir = state_dir.join("key_value").join(label);
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the key-value directory {}", dir.display()))?;
+        Ok(FileStore {
+            dir,
+            lock: Arc::new(Mutex::new(())),
+            faults: Arc::new(Mutex::new(KvFaults::default())),
+        })
+    }
+
+    pub fn set_faults(&self, faults: KvFaults) {
+        *self.faults.lock().unwrap() = faults;
+    }
+
+    /// File names are the key in hex, split in 200-character folders so no name exceeds
+    /// the file system's 255-byte limit.
+    fn path_of(&self, key: &str) -> PathBuf {
+        let h = hex(key.as_bytes());
+        let mut path = self.dir.clone();
+        let mut rest = h.as_str();
+        while rest.len() > 200 {
+            path.push(format!("{}+", &rest[..200]));
+            rest = &rest[200..];
+        }
+        path.push(format!("{rest}.v"));
+        path
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        if self.faults.lock().unwrap().fail_get {
+            return Err("injected fault: key-value get failed".into());
+        }
+        match fs::read(self.path_of(key)) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("key-value read failed: {e}")),
+        }
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        if self.faults.lock().unwrap().fail_set {
+            return Err("injected fault: key-value set failed".into());
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(format!(
+                "key of {} bytes exceeds the {MAX_KEY_BYTES}-byte limit",
+                key.len()
+            ));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "value of {} bytes exceeds the {MAX_VALUE_BYTES}-byte limit",
+                value.len()
+            ));
+        }
+        let _guard = self.lock.lock().unwrap();
+        let path = self.path_of(key);
+        if !path.exists() && self.keys_unlocked()?.len() >= MAX_KEYS {
+            return Err(format!(
+                "the store already holds {MAX_KEYS} keys, the platform limit"
+            ));
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("key-value write failed: {e}"))?;
+        }
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(value)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("key-value write failed: {e}")
+        })
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), String> {
+        if self.faults.lock().unwrap().fail_set {
+            return Err("injected fault: key-value delete failed".into());
+        }
+        let _guard = self.lock.lock().unwrap();
+        match fs::remove_file(self.path_of(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("key-value delete failed: {e}")),
+        }
+    }
+
+    pub fn exists(&self, key: &str) -> Result<bool, String> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    pub fn keys(&self) -> Result<Vec<String>, String> {
+        let _guard = self.lock.lock().unwrap();
+        self.keys_unlocked()
+    }
+
+    fn keys_unlocked(&self) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
+        collect_keys(&self.dir, String::new(), &mut keys)
+            .map_err(|e| format!("key-value listing failed: {e}"))?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+fn collect_keys(dir: &Path, prefix: String, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(part) = name.strip_suffix('+') {
+            collect_keys(&entry.path(), format!("{prefix}{part}"), out)?;
+        } else if let Some(part) = name.strip_suffix(".v") {
+            if let Some(key) =
+                unhex(&format!("{prefix}{part}")).and_then(|b| String::from_utf8(b).ok())
+            {
+                out.push(key);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> FileStore {
+        let dir =
+            std::env::temp_dir().join(format!("collector-host-kv-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        FileStore::open(&dir, "default").unwrap()
+    }
+
+    #[test]
+    fn values_survive_a_new_handle_on_the_same_directory() {
+        let s = store("persist");
+        s.set("v1/a", b"one").unwrap();
+        let long_key = "k".repeat(255);
+        s.set(&long_key, b"two").unwrap();
+        let again = FileStore::open(s.dir.parent().unwrap().parent().unwrap(), "default").unwrap();
+        assert_eq!(again.get("v1/a").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(again.get(&long_key).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            again.keys().unwrap(),
+            vec![long_key.clone(), "v1/a".to_string()]
+        );
+        again.delete("v1/a").unwrap();
+        assert_eq!(again.get("v1/a").unwrap(), None);
+    }
+
+    #[test]
+    fn platform_limits_are_enforced() {
+        let s = store("limits");
+        assert!(s
+            .set(&"k".repeat(256), b"x")
+            .unwrap_err()
+            .contains("255-byte"));
+        assert!(s
+            .set("big", &vec![0; MAX_VALUE_BYTES + 1])
+            .unwrap_err()
+            .contains("limit"));
+        for i in 0..MAX_KEYS {
+            s.set(&format!("k{i}"), b"").unwrap();
+        }
+        assert!(s
+            .set("one-too-many", b"")
+            .unwrap_err()
+            .contains("1024 keys"));
+        s.set("k0", b"overwrite is fine").unwrap();
+    }
+}
