@@ -881,3 +881,6 @@ fn push_auth(c: &mut Checker) -> Option<PushAuth> {
         allow_unauthenticated: allow?,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,8 +29,9 @@ pub fn with_spin_env<T>(f: impl FnOnce(&ports::Env) -> T) -> T {
 /// cannot be exported from a native shared library, and natively nothing calls them.
 #[cfg(target_arch = "wasm32")]
 mod exports {
-    use crate::{http_api, with_spin_env};
     use spin_sdk::http::{IntoResponse, Request, Response};
+
+    use crate::{http_api, run, with_spin_env};
 
     #[spin_sdk::http_component]
     fn handle_http(req: Request) -> impl IntoResponse {
@@ -47,34 +48,29 @@ mod exports {
         builder.body(resp.body).build()
     }
 
-    /// The `handle-cron-event` export of `fermyon:spin-cron@2.0.0`, generated with the SDK's own
-    /// wit-bindgen so the component carries one wit-bindgen runtime.
-    mod cron {
-        spin_sdk::wit_bindgen::generate!({
-            world: "spin-cron",
-            path: "wit/cron.wit",
-            runtime_path: "::spin_sdk::wit_bindgen::rt",
-        });
+    // The `handle-cron-event` export of `fermyon:spin-cron@2.0.0`, generated with the SDK's
+    // own wit-bindgen so the component carries one wit-bindgen runtime.
+    spin_sdk::wit_bindgen::generate!({
+        world: "spin-cron",
+        path: "wit/cron.wit",
+        runtime_path: "::spin_sdk::wit_bindgen::rt",
+    });
 
-        struct CronTrigger;
+    struct CronTrigger;
 
-        impl Guest for CronTrigger {
-            fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
-                crate::with_spin_env(|env| {
-                    match crate::run::run_once(env, crate::run::Trigger::Cron) {
-                        Ok(summary) => {
-                            println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-                            Ok(())
-                        }
-                        Err(e) => {
-                            eprintln!("run failed: {e}");
-                            Err(Error::Other(e.to_string()))
-                        }
-                    }
-                })
+    impl Guest for CronTrigger {
+        /// One collection run. The summary goes to stdout; an error is returned, and the cron
+        /// trigger logs it (printing it here too would log it twice).
+        fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
+            match with_spin_env(|env| run::run_once(env, run::Trigger::Cron)) {
+                Ok(summary) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    Ok(())
+                }
+                Err(e) => Err(Error::Other(e.to_string())),
             }
         }
-
-        export!(CronTrigger);
     }
+
+    export!(CronTrigger);
 }
