@@ -3,10 +3,15 @@
 //! The entry points below are thin: they build the Spin implementations of the core's ports
 //! ([`platform`]) and call the core ([`run`], [`http_api`]), which knows nothing about Spin.
 
+pub mod checkpoint;
+pub mod collect;
 pub mod config;
+pub mod gcs;
 pub mod http_api;
+pub mod jwt;
 pub mod platform;
 pub mod ports;
+pub mod retry;
 pub mod run;
 pub mod secret;
 pub mod sentry;
@@ -66,6 +71,10 @@ mod exports {
                 Ok(summary) => {
                     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
                     Ok(())
+                }
+                Err(run::RunError::Streams(summary)) => {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    Err(Error::Other(run::RunError::Streams(summary).to_string()))
                 }
                 Err(e) => Err(Error::Other(e.to_string())),
             }

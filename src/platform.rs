@@ -69,6 +69,12 @@ impl Clock for SystemClock {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0)
     }
+
+    fn sleep(&self, secs: f64) {
+        if secs > 0.0 && secs.is_finite() {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
+    }
 }
 
 /// Outbound HTTP over `wasi:http/outgoing-handler`, blocking, with explicit timeouts

@@ -126,6 +126,8 @@ pub trait KeyValue {
 pub trait Clock {
     /// Seconds since the Unix epoch.
     fn now(&self) -> f64;
+    /// Blocks for `secs` seconds (rate-limit waits and backoff).
+    fn sleep(&self, secs: f64);
 }
 
 /// Everything the core needs from its host.

@@ -18,6 +18,8 @@ pub mod keys {
     pub const REGION: &str = "v1/region";
     /// Counters and outcome of the most recent run.
     pub const LAST_RUN: &str = "v1/last-run";
+    /// An access token from the JWT-bearer exchange, until five minutes before it expires.
+    pub const GCS_TOKEN: &str = "v1/gcs-token";
 }
 
 /// Reads a JSON record. A record that no longer parses is reported, not silently replaced.

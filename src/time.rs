@@ -51,8 +51,121 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(s: &str, range: std::ops::Range<usize>) -> Option<u32> {
+    let part = s.get(range)?;
+    if part.bytes().all(|b| b.is_ascii_digit()) {
+        part.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Parses an RFC 3339 timestamp as Sentry writes them (`2026-11-26T10:00:00Z`,
+/// `2026-11-26T10:00:00.123456Z`, `2026-11-26T10:00:00+00:00`; a naive one means UTC) into
+/// whole Unix seconds, rounding fractions down.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(s, 0..4)?, digits(s, 5..7)?, digits(s, 8..10)?);
+    let (hour, minute, second) = (digits(s, 11..13)?, digits(s, 14..16)?, digits(s, 17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let (h, m) = (digits(rest, 1..3)?, digits(rest, 4..6)?);
+            sign * i64::from(h * 3600 + m * 60)
+        }
+    };
+    let days = days_from_civil(i64::from(year), month, day);
+    Some(days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset)
+}
+
+/// `20261126T192256Z`: sortable, and safe in object names.
+pub fn compact(secs: i64) -> String {
+    let t = Utc::from_unix(secs);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_what_sentry_writes_and_round_trips() {
+        for secs in [0, 951_782_400, 1_795_720_976, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-26T19:22:56.999999Z"),
+            Some(1_795_720_976)
+        );
+        assert_eq!(parse_rfc3339("2026-11-26T19:22:56"), Some(1_795_720_976));
+        assert_eq!(
+            parse_rfc3339("2026-11-26T20:22:56+01:00"),
+            Some(1_795_720_976)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-26T18:22:56-01:00"),
+            Some(1_795_720_976)
+        );
+        for bad in [
+            "",
+            "2026-11-26",
+            "2026-13-01T00:00:00Z",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T19:22:56.Z",
+            "2026-11-26T19:22:56+0100",
+            "２026-11-26T19:22:56Z",
+            "2026-11-26T19:22:56Zjunk",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(compact(1_795_720_976), "20261126T192256Z");
+    }
+
     use super::*;
 
     #[test]

@@ -1,5 +1,8 @@
 //! Talking to Sentry's web API: requests, response classification, and the endpoints we use.
 
+pub mod client;
+pub mod link;
+pub mod ratelimit;
 pub mod region;
 
 use std::fmt;
@@ -16,6 +19,8 @@ pub enum SentryError {
     Transient(String),
     /// A 2xx whose body is not what the API documents.
     Malformed(String),
+    /// The run's time budget does not allow another request; the next run resumes.
+    OutOfTime,
 }
 
 impl fmt::Display for SentryError {
@@ -24,6 +29,7 @@ impl fmt::Display for SentryError {
             SentryError::Fatal(m) | SentryError::Transient(m) | SentryError::Malformed(m) => {
                 f.write_str(m)
             }
+            SentryError::OutOfTime => f.write_str("the run's time budget ran out"),
         }
     }
 }

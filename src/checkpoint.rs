@@ -1,0 +1,326 @@
+//! A stream's checkpoint: the watermark, the window in progress with the position inside it,
+//! and the ids already delivered that a later read may return again.
+//!
+//! It lives in KV and stays compact whatever the org's size: one checkpoint record plus the
+//! delivered-id set split into chunks of at most [`RECORDS_PER_CHUNK`] (under 1 MB each). The
+//! id set is written to the slot the checkpoint does not point at, then the checkpoint is
+//! switched to it, so a crash between two writes leaves the previous state whole.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rsa::sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
+
+use crate::ports::KeyValue;
+use crate::sentry::client::Window;
+use crate::state;
+
+/// 16-byte id + 8-byte time = 24 bytes, 32 characters of base64: 30,000 records is 960,000
+/// characters, under the 1 MB value limit with room for the JSON around it.
+pub const RECORDS_PER_CHUNK: usize = 30_000;
+/// Two slots of this many chunks stay far under the 1,024-key limit (about 12 million ids).
+pub const MAX_CHUNKS: usize = 400;
+const RECORD: usize = 24;
+
+/// The ids delivered recently, with each event's time so old ones can be dropped.
+/// Sentry event ids are 32 hex digits and are kept exactly; any other id is kept as the first
+/// 16 bytes of its SHA-256.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenSet {
+    ids: HashMap<[u8; 16], i64>,
+}
+
+fn id_key(event_id: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let hex = event_id.as_bytes();
+    let parsed = hex.len() == 32
+        && hex.chunks(2).enumerate().all(|(i, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .map(|b| key[i] = b)
+                .is_some()
+        });
+    if !parsed {
+        key.copy_from_slice(&Sha256::digest(event_id.as_bytes())[..16]);
+    }
+    key
+}
+
+impl SeenSet {
+    /// Records an id; `false` when it was already there.
+    pub fn insert(&mut self, event_id: &str, date_created: i64) -> bool {
+        self.ids.insert(id_key(event_id), date_created).is_none()
+    }
+
+    pub fn contains(&self, event_id: &str) -> bool {
+        self.ids.contains_key(&id_key(event_id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Forgets ids of events older than `before`: no later window reaches them.
+    pub fn prune(&mut self, before: i64) {
+        self.ids.retain(|_, t| *t >= before);
+    }
+
+    fn encode(&self) -> Vec<String> {
+        let mut records: Vec<(&[u8; 16], &i64)> = self.ids.iter().collect();
+        records.sort();
+        records
+            .chunks(RECORDS_PER_CHUNK)
+            .map(|chunk| {
+                let mut bytes = Vec::with_capacity(chunk.len() * RECORD);
+                for (id, t) in chunk {
+                    bytes.extend_from_slice(&id[..]);
+                    bytes.extend_from_slice(&t.to_be_bytes());
+                }
+                STANDARD.encode(bytes)
+            })
+            .collect()
+    }
+
+    fn decode_into(&mut self, chunk: &str) -> Result<(), String> {
+        let bytes = STANDARD
+            .decode(chunk)
+            .map_err(|_| "not base64".to_string())?;
+        if bytes.len() % RECORD != 0 {
+            return Err("truncated record".into());
+        }
+        for r in bytes.chunks(RECORD) {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&r[..16]);
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&r[16..]);
+            self.ids.insert(id, i64::from_be_bytes(t));
+        }
+        Ok(())
+    }
+}
+
+/// Where a run stopped inside a window; the next run resumes exactly there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowProgress {
+    pub window: Window,
+    /// The projects to read, fixed when the window was planned (the pre-scan's answer).
+    pub projects: Vec<u64>,
+    /// Projects dropped by `max_projects` when the window was planned.
+    pub projects_cut: usize,
+    /// Index into `projects` of the next project to read.
+    pub next_project: usize,
+    /// The Sentry cursor inside that project (offsets within a closed window; never kept
+    /// once the window is done).
+    pub cursor: Option<String>,
+    /// Number of objects written for this window so far (the next object's sequence number).
+    pub objects: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Everything before this was read, in a window that ended here.
+    pub watermark: Option<i64>,
+    pub in_progress: Option<WindowProgress>,
+    /// The slot (0 or 1) and number of chunks holding the delivered-id set.
+    pub seen_slot: u8,
+    pub seen_chunks: u32,
+}
+
+/// The checkpoint and id set of one stream, under `v1/{stream}/...`.
+pub struct CheckpointStore<'a> {
+    kv: &'a dyn KeyValue,
+    stream: &'a str,
+}
+
+impl<'a> CheckpointStore<'a> {
+    pub fn new(kv: &'a dyn KeyValue, stream: &'a str) -> Self {
+        CheckpointStore { kv, stream }
+    }
+
+    fn checkpoint_key(&self) -> String {
+        format!("v1/{}/checkpoint", self.stream)
+    }
+
+    fn chunk_key(&self, slot: u8, n: u32) -> String {
+        format!("v1/{}/seen/{slot}/{n}", self.stream)
+    }
+
+    /// Loads the checkpoint and id set. An unreadable record is an error, never a fresh
+    /// start: starting over would deliver everything in the lookback again.
+    pub fn load(&self) -> Result<(Checkpoint, SeenSet), String> {
+        let key = self.checkpoint_key();
+        let cp: Checkpoint = match state::load(self.kv, &key) {
+            Ok(Some(cp)) => cp,
+            Ok(None) => return Ok((Checkpoint::default(), SeenSet::default())),
+            Err(e) => {
+                return Err(format!(
+                    "{e}; delete the key {key} (and {}/seen/*) to start again from lookback",
+                    key.trim_end_matches("/checkpoint")
+                ))
+            }
+        };
+        let mut seen = SeenSet::default();
+        for n in 0..cp.seen_chunks {
+            let chunk_key = self.chunk_key(cp.seen_slot, n);
+            let chunk: String = state::load(self.kv, &chunk_key)?
+                .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
+            seen.decode_into(&chunk)
+                .map_err(|e| format!("KV record {chunk_key} is unreadable: {e}"))?;
+        }
+        Ok((cp, seen))
+    }
+
+    /// Saves a new checkpoint. `seen_changed` false reuses the stored id set.
+    pub fn save(
+        &self,
+        cp: &mut Checkpoint,
+        seen: &SeenSet,
+        seen_changed: bool,
+    ) -> Result<(), String> {
+        let old_slot = cp.seen_slot;
+        let old_chunks = cp.seen_chunks;
+        if seen_changed {
+            let chunks = seen.encode();
+            if chunks.len() > MAX_CHUNKS {
+                return Err(format!(
+                    "{} ids delivered in the overlap and current window exceed what KV can hold ({}); lower overlap or max_window",
+                    seen.len(),
+                    MAX_CHUNKS * RECORDS_PER_CHUNK
+                ));
+            }
+            let slot = 1 - old_slot.min(1);
+            for (n, chunk) in chunks.iter().enumerate() {
+                state::save(self.kv, &self.chunk_key(slot, n as u32), chunk)?;
+            }
+            cp.seen_slot = slot;
+            cp.seen_chunks = chunks.len() as u32;
+        }
+        state::save(self.kv, &self.checkpoint_key(), cp)?;
+        if seen_changed {
+            // The previous slot is garbage now; a failed delete only wastes a key until the
+            // next save overwrites it.
+            for n in 0..old_chunks {
+                let _ = self.kv.delete(&self.chunk_key(old_slot, n));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    struct MemKv(RefCell<BTreeMap<String, Vec<u8>>>);
+    impl KeyValue for MemKv {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.borrow().get(key).cloned())
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            assert!(
+                key.len() <= 255 && value.len() <= 1024 * 1024,
+                "{key}: {}",
+                value.len()
+            );
+            self.0.borrow_mut().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            self.0.borrow_mut().remove(key);
+            Ok(())
+        }
+    }
+
+    fn hex_id(n: u64) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn ids_round_trip_through_kv_in_chunks_under_the_limits() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        for n in 0..(RECORDS_PER_CHUNK as u64 * 2 + 17) {
+            assert!(seen.insert(&hex_id(n), 1_000 + n as i64));
+        }
+        assert!(seen.insert("not-a-uuid", 5));
+        assert!(!seen.insert(&hex_id(3), 1_003));
+        let mut cp = Checkpoint {
+            watermark: Some(99),
+            ..Checkpoint::default()
+        };
+        store.save(&mut cp, &seen, true).unwrap();
+        assert_eq!(cp.seen_chunks, 3);
+        let (loaded_cp, loaded) = store.load().unwrap();
+        assert_eq!(loaded_cp, cp);
+        assert_eq!(loaded, seen);
+        assert!(loaded.contains("not-a-uuid") && loaded.contains(&hex_id(0)));
+        assert!(kv.0.borrow().len() <= 4);
+    }
+
+    #[test]
+    fn saving_switches_slots_and_drops_the_old_one() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 10);
+        let mut cp = Checkpoint::default();
+        store.save(&mut cp, &seen, true).unwrap();
+        let first_slot = cp.seen_slot;
+        seen.insert(&hex_id(2), 20);
+        store.save(&mut cp, &seen, true).unwrap();
+        assert_ne!(cp.seen_slot, first_slot);
+        let keys: Vec<String> = kv.0.borrow().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            vec![
+                "v1/events/checkpoint".to_string(),
+                format!("v1/events/seen/{}/0", cp.seen_slot)
+            ]
+        );
+        assert_eq!(store.load().unwrap().1.len(), 2);
+    }
+
+    #[test]
+    fn a_crash_before_the_checkpoint_switch_keeps_the_previous_state() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 10);
+        let mut cp = Checkpoint::default();
+        store.save(&mut cp, &seen, true).unwrap();
+        // A later save wrote its chunk into the other slot, then died before the checkpoint.
+        let other = 1 - cp.seen_slot;
+        kv.set(&format!("v1/events/seen/{other}/0"), b"\"garbage\"")
+            .unwrap();
+        let (_, loaded) = store.load().unwrap();
+        assert!(loaded.contains(&hex_id(1)) && loaded.len() == 1);
+    }
+
+    #[test]
+    fn pruning_forgets_only_events_before_the_bound() {
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 100);
+        seen.insert(&hex_id(2), 200);
+        seen.prune(150);
+        assert!(!seen.contains(&hex_id(1)) && seen.contains(&hex_id(2)));
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_is_an_error_not_a_fresh_start() {
+        let kv = MemKv::default();
+        kv.set("v1/events/checkpoint", b"{not json").unwrap();
+        let err = CheckpointStore::new(&kv, "events").load().unwrap_err();
+        assert!(err.contains("delete the key v1/events/checkpoint"), "{err}");
+    }
+}

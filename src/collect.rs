@@ -1,0 +1,376 @@
+//! The `events` stream: plan a window, find the projects with events in it, page each one,
+//! drop what was already delivered, write NDJSON objects, and advance the checkpoint only
+//! after the object holding those events has landed.
+//!
+//! Windows are `[watermark - overlap, now - lag)`, at most `max_window` past the watermark;
+//! the first starts at `now - lookback`. Cursors are used only inside a closed window and
+//! never polled: Sentry's events endpoint pages newest first by offset, so a late event that
+//! arrives during the read shifts later pages by one (a re-read, dropped by id) but never
+//! hides one.
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, SeenSet, WindowProgress};
+use crate::config::Config;
+use crate::gcs::{self, GcsClient};
+use crate::ports::Env;
+use crate::sentry::client::{SentryClient, Window};
+use crate::sentry::SentryError;
+use crate::time::rfc3339;
+
+pub const STREAM: &str = "events";
+/// An object is written once this much NDJSON has been read. SecOps ingests a few large
+/// objects better than many small ones; this keeps the component's memory far under the
+/// platforms' 128 MiB (the buffer, plus the multipart copy, plus a page).
+pub const OBJECT_TARGET_BYTES: usize = 8 * 1024 * 1024;
+/// A run that finished a window starts another only if at least this much time is left to
+/// read, so catching up does not end in a string of seconds-long windows.
+const MIN_FOLLOW_UP_SECS: i64 = 300;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObjectSummary {
+    pub name: String,
+    pub events: usize,
+    pub bytes: usize,
+    pub already_present: bool,
+}
+
+/// What one run did for the stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamSummary {
+    pub stream: &'static str,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    /// The last window of the run was read to its end (the watermark moved there).
+    pub window_finished: bool,
+    /// Nothing new to read yet (`now - lag` is not past the watermark).
+    pub up_to_date: bool,
+    pub watermark: Option<String>,
+    pub projects_active: usize,
+    /// Projects left out by `max_projects`; their events in those windows are not collected.
+    pub projects_cut: usize,
+    pub pages: u64,
+    pub events: u64,
+    pub duplicates_dropped: u64,
+    pub outside_window_dropped: u64,
+    pub objects: Vec<ObjectSummary>,
+    pub bytes: u64,
+    pub sentry_requests: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub waited_secs: f64,
+    pub gcs_requests: u64,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Events read but not yet written.
+#[derive(Default)]
+struct Buffer {
+    ndjson: Vec<u8>,
+    events: usize,
+}
+
+struct Collector<'a, 'e> {
+    env: Env<'e>,
+    config: &'a Config,
+    sentry: &'a SentryClient<'e>,
+    gcs: &'a GcsClient<'e>,
+    store: CheckpointStore<'e>,
+    checkpoint: Checkpoint,
+    seen: SeenSet,
+    seen_changed: bool,
+    buffer: Buffer,
+    summary: StreamSummary,
+}
+
+/// Plans the next window, or `None` when no time has passed the watermark yet.
+pub fn plan_window(config: &Config, watermark: Option<i64>, now: i64) -> Option<Window> {
+    let t = &config.timing;
+    let end_limit = now - t.lag.as_secs() as i64;
+    let (start, base) = match watermark {
+        Some(w) => (w - t.overlap.as_secs() as i64, w),
+        None => {
+            let s = now - t.lookback.as_secs() as i64;
+            (s, s)
+        }
+    };
+    let end = end_limit.min(base + t.max_window.as_secs() as i64);
+    (end > base).then_some(Window { start, end })
+}
+
+/// Runs the stream until its window is done, the budget runs out, or something fails.
+pub fn collect_events(
+    env: Env,
+    config: &Config,
+    sentry: &SentryClient,
+    gcs: &GcsClient,
+) -> StreamSummary {
+    let mut summary = StreamSummary {
+        stream: STREAM,
+        ..StreamSummary::default()
+    };
+    let store = CheckpointStore::new(env.kv, STREAM);
+    let (checkpoint, seen) = match store.load() {
+        Ok(state) => state,
+        Err(e) => {
+            summary.error = Some(format!("the checkpoint could not be read: {e}"));
+            return summary;
+        }
+    };
+    let mut c = Collector {
+        env,
+        config,
+        sentry,
+        gcs,
+        store,
+        checkpoint,
+        seen,
+        seen_changed: false,
+        buffer: Buffer::default(),
+        summary,
+    };
+    let sentry_before = sentry.stats();
+    let gcs_before = gcs.requests.get();
+    if let Err(e) = c.run() {
+        match e {
+            Stop::OutOfTime => {}
+            Stop::Failed(message) => c.summary.error = Some(message),
+        }
+    }
+    let stats = sentry.stats();
+    let mut summary = c.summary;
+    summary.sentry_requests = stats.requests - sentry_before.requests;
+    summary.rate_limited = stats.rate_limited - sentry_before.rate_limited;
+    summary.retries = stats.retries - sentry_before.retries;
+    summary.waited_secs =
+        ((stats.waited_secs - sentry_before.waited_secs) * 1000.0).round() / 1000.0;
+    summary.gcs_requests = gcs.requests.get() - gcs_before;
+    summary.watermark = c.checkpoint.watermark.map(rfc3339);
+    summary
+}
+
+enum Stop {
+    OutOfTime,
+    Failed(String),
+}
+
+impl From<SentryError> for Stop {
+    fn from(e: SentryError) -> Self {
+        match e {
+            SentryError::OutOfTime => Stop::OutOfTime,
+            other => Stop::Failed(format!("Sentry: {other}")),
+        }
+    }
+}
+
+impl Collector<'_, '_> {
+    /// Reads windows until the stream is caught up, the budget runs out, or a failure.
+    fn run(&mut self) -> Result<(), Stop> {
+        let mut windows = 0;
+        loop {
+            let progress = match self.checkpoint.in_progress.clone() {
+                Some(p) => p,
+                None => {
+                    let now = self.env.clock.now() as i64;
+                    // After a window this run finished, go on only to drain a backlog: a
+                    // window that ended at `now - lag` leaves only seconds to read.
+                    let caught_up = self.checkpoint.watermark.is_some_and(|w| {
+                        w + MIN_FOLLOW_UP_SECS > now - self.config.timing.lag.as_secs() as i64
+                    });
+                    if windows > 0 && caught_up {
+                        self.summary.up_to_date = true;
+                        return Ok(());
+                    }
+                    let Some(window) = plan_window(self.config, self.checkpoint.watermark, now)
+                    else {
+                        self.summary.up_to_date = true;
+                        return Ok(());
+                    };
+                    self.plan(window)?
+                }
+            };
+            self.summary.window_finished = false;
+            if self.summary.window_start.is_none() {
+                self.summary.window_start = Some(rfc3339(progress.window.start));
+            }
+            self.summary.window_end = Some(rfc3339(progress.window.end));
+            self.summary.projects_active =
+                self.summary.projects_active.max(progress.projects.len());
+            if progress.projects_cut > 0 {
+                self.summary.projects_cut += progress.projects_cut;
+                let w = format!(
+                    "max_projects cut {} project(s) with events in the window ending {}; their events in it are not collected",
+                    progress.projects_cut,
+                    rfc3339(progress.window.end)
+                );
+                eprintln!("warning: {w}");
+                self.summary.warnings.push(w);
+            }
+            match self.read(progress) {
+                // The window is read: its last object and the new watermark go in one save.
+                Ok(mut progress) => {
+                    self.write_buffer(&mut progress)?;
+                    self.finish_window(progress.window)?;
+                    windows += 1;
+                }
+                // Whatever stopped the read, what was read so far is written and checkpointed.
+                Err((mut progress, stop)) => {
+                    self.flush(&mut progress)?;
+                    return Err(stop);
+                }
+            }
+        }
+    }
+
+    /// Fixes the window's project list: one Discover query, or every project without it.
+    fn plan(&mut self, window: Window) -> Result<WindowProgress, Stop> {
+        let mut projects: Vec<u64> = match self.sentry.active_projects(window)? {
+            Some(active) => active.into_iter().map(|p| p.id).collect(),
+            None => {
+                self.summary.warnings.push(
+                    "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
+                );
+                self.sentry
+                    .all_projects()?
+                    .into_iter()
+                    .map(|p| p.id)
+                    .collect()
+            }
+        };
+        let mut cut = 0;
+        if let Some(cap) = self.config.sentry.max_projects {
+            if projects.len() > cap {
+                cut = projects.len() - cap;
+                projects.truncate(cap);
+            }
+        }
+        Ok(WindowProgress {
+            window,
+            projects,
+            projects_cut: cut,
+            next_project: 0,
+            cursor: None,
+            objects: 0,
+        })
+    }
+
+    /// Reads pages until the window is done. On a stop, returns the position reached so far.
+    fn read(
+        &mut self,
+        mut progress: WindowProgress,
+    ) -> Result<WindowProgress, (WindowProgress, Stop)> {
+        let window = progress.window;
+        while progress.next_project < progress.projects.len() {
+            let project = progress.projects[progress.next_project];
+            let page = match self
+                .sentry
+                .events_page(project, window, progress.cursor.as_deref())
+            {
+                Ok(page) => page,
+                Err(e) => return Err((progress, e.into())),
+            };
+            self.summary.pages += 1;
+            let mut older = 0;
+            for event in &page.events {
+                if !window.contains(event.date_created) {
+                    self.summary.outside_window_dropped += 1;
+                    if event.date_created < window.start {
+                        older += 1;
+                    }
+                } else if self.seen.insert(&event.event_id, event.date_created) {
+                    self.seen_changed = true;
+                    self.buffer.ndjson.extend_from_slice(event.json.as_bytes());
+                    self.buffer.ndjson.push(b'\n');
+                    self.buffer.events += 1;
+                    self.summary.events += 1;
+                } else {
+                    self.summary.duplicates_dropped += 1;
+                }
+            }
+            // Newest first: a page entirely older than the window means the rest is too
+            // (servers that ignore start/end return the whole retention).
+            let all_older = !page.events.is_empty() && older == page.events.len();
+            match page.next {
+                Some(cursor) if !all_older => progress.cursor = Some(cursor),
+                _ => {
+                    progress.next_project += 1;
+                    progress.cursor = None;
+                }
+            }
+            if self.buffer.ndjson.len() >= OBJECT_TARGET_BYTES {
+                if let Err(stop) = self.flush(&mut progress) {
+                    return Err((progress, stop));
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes the buffered events as one object, then records the position. The checkpoint
+    /// moves only after the object has landed.
+    fn flush(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
+        self.write_buffer(progress)?;
+        if self.checkpoint.in_progress.as_ref() != Some(progress) {
+            self.checkpoint.in_progress = Some(progress.clone());
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the buffered events, if any, as the window's next object.
+    fn write_buffer(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
+        if self.buffer.events == 0 {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.buffer);
+        let body = if self.config.gcs.gzip {
+            gcs::gzip(&data.ndjson)
+        } else {
+            data.ndjson
+        };
+        let name = gcs::object_name(
+            &self.config.gcs,
+            STREAM,
+            &self.config.sentry.org,
+            (progress.window.start, progress.window.end),
+            progress.objects,
+            &gcs::sha256_hex(&body),
+            self.config.gcs.gzip,
+        );
+        let uploaded = self
+            .gcs
+            .create(&name, &body, data.events)
+            .map_err(|e| Stop::Failed(format!("Cloud Storage: {e}")))?;
+        self.summary.bytes += uploaded.bytes as u64;
+        self.summary.objects.push(ObjectSummary {
+            name: uploaded.name,
+            events: data.events,
+            bytes: uploaded.bytes,
+            already_present: uploaded.already_present,
+        });
+        progress.objects += 1;
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<(), Stop> {
+        self.store
+            .save(&mut self.checkpoint, &self.seen, self.seen_changed)
+            .map_err(|e| Stop::Failed(format!("saving the checkpoint: {e}")))?;
+        self.seen_changed = false;
+        Ok(())
+    }
+
+    /// The window is read: move the watermark to its end and forget ids no later window reaches.
+    fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
+        self.checkpoint.watermark = Some(window.end);
+        self.checkpoint.in_progress = None;
+        let before = self.seen.len();
+        self.seen
+            .prune(window.end - self.config.timing.overlap.as_secs() as i64);
+        self.seen_changed |= self.seen.len() != before;
+        self.save()?;
+        self.summary.window_finished = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! Access tokens for Cloud Storage, in the three modes the configuration allows:
+//!
+//! - a self-signed JWT (`scope` = cloud-platform, no token endpoint; what Google's own Rust
+//!   storage client does with a service-account key);
+//! - the OAuth 2.0 JWT-bearer exchange (RFC 7523) at the key's `token_uri`, the access token
+//!   cached in KV until five minutes before it expires (Spin keeps nothing between requests);
+//! - a pre-minted access token.
+//!
+//! <https://developers.google.com/identity/protocols/oauth2/service-account>
+
+use serde::{Deserialize, Serialize};
+
+use super::GcsError;
+use crate::config::GcsAuth;
+use crate::jwt::RsaSigner;
+use crate::ports::{Env, Method, OutboundRequest};
+use crate::retry;
+use crate::secret::Secret;
+use crate::state::{self, keys};
+
+/// Self-signed JWTs for Cloud Storage need exactly this scope.
+const SELF_SIGNED_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+const EXCHANGE_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// Tokens are back-dated against clock skew, and renewed this long before they expire.
+const BACKDATE_SECS: i64 = 30;
+const RENEW_BEFORE_SECS: f64 = 300.0;
+const LIFETIME_SECS: i64 = 3600;
+
+#[derive(Serialize)]
+struct SelfSignedClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    scope: &'static str,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    scope: &'static str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+/// The KV copy of an exchanged token.
+#[derive(Serialize, Deserialize)]
+struct CachedToken {
+    access_token: String,
+    expires_at: f64,
+    /// The key it was minted with: a new key invalidates it.
+    key_id: String,
+}
+
+enum Mode {
+    Static(Secret),
+    SelfSigned {
+        signer: RsaSigner,
+        email: String,
+    },
+    Exchange {
+        signer: RsaSigner,
+        email: String,
+        key_id: String,
+        token_uri: url::Url,
+    },
+}
+
+pub struct Credentials {
+    mode: Mode,
+    current: Option<(Secret, f64)>,
+    /// Tokens minted at the token endpoint during this run (for the summary and tests).
+    pub minted: u32,
+}
+
+impl Credentials {
+    /// Parses the key once. Errors name the setting and never contain key material.
+    pub fn new(auth: &GcsAuth) -> Result<Credentials, GcsError> {
+        let mode = match auth {
+            GcsAuth::AccessToken(t) => Mode::Static(t.clone()),
+            GcsAuth::ServiceAccount { key, exchange } => {
+                let signer =
+                    RsaSigner::from_pkcs8_pem(key.private_key.expose(), &key.private_key_id)
+                        .map_err(|e| {
+                            GcsError::Fatal(format!(
+                                "gcp_service_account_key: {e}; download the key file again"
+                            ))
+                        })?;
+                if *exchange {
+                    Mode::Exchange {
+                        signer,
+                        email: key.client_email.clone(),
+                        key_id: key.private_key_id.clone(),
+                        token_uri: key.token_uri.clone(),
+                    }
+                } else {
+                    Mode::SelfSigned {
+                        signer,
+                        email: key.client_email.clone(),
+                    }
+                }
+            }
+        };
+        Ok(Credentials {
+            mode,
+            current: None,
+            minted: 0,
+        })
+    }
+
+    /// Forgets the current token, after a 401.
+    pub fn invalidate(&mut self) {
+        self.current = None;
+    }
+
+    /// A bearer token valid for at least the next few minutes.
+    pub fn token(&mut self, env: &Env, deadline: f64) -> Result<Secret, GcsError> {
+        let now = env.clock.now();
+        if let Some((token, expires)) = &self.current {
+            if *expires - RENEW_BEFORE_SECS > now {
+                return Ok(token.clone());
+            }
+        }
+        let (token, expires) = match &self.mode {
+            Mode::Static(t) => (t.clone(), f64::INFINITY),
+            Mode::SelfSigned { signer, email } => {
+                let iat = now as i64 - BACKDATE_SECS;
+                let jwt = signer
+                    .sign(&SelfSignedClaims {
+                        iss: email,
+                        sub: email,
+                        scope: SELF_SIGNED_SCOPE,
+                        iat,
+                        exp: iat + LIFETIME_SECS,
+                    })
+                    .map_err(|e| GcsError::Fatal(format!("gcp_service_account_key: {e}")))?;
+                (Secret::new(jwt), (iat + LIFETIME_SECS) as f64)
+            }
+            Mode::Exchange {
+                signer,
+                email,
+                key_id,
+                token_uri,
+            } => {
+                let cached = self
+                    .current
+                    .is_none()
+                    .then(|| cached_token(env, key_id, now))
+                    .flatten();
+                match cached {
+                    Some(hit) => hit,
+                    None => {
+                        let minted = exchange(env, signer, email, token_uri, deadline)?;
+                        self.minted += 1;
+                        let record = CachedToken {
+                            access_token: minted.0.expose().to_string(),
+                            expires_at: minted.1,
+                            key_id: key_id.clone(),
+                        };
+                        if let Err(e) = state::save(env.kv, keys::GCS_TOKEN, &record) {
+                            eprintln!("warning: could not cache the access token: {e}");
+                        }
+                        minted
+                    }
+                }
+            }
+        };
+        self.current = Some((token.clone(), expires));
+        Ok(token)
+    }
+}
+
+fn cached_token(env: &Env, key_id: &str, now: f64) -> Option<(Secret, f64)> {
+    let cached: CachedToken = state::load(env.kv, keys::GCS_TOKEN).ok().flatten()?;
+    (cached.key_id == key_id && cached.expires_at - RENEW_BEFORE_SECS > now)
+        .then(|| (Secret::new(cached.access_token), cached.expires_at))
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct TokenError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The JWT-bearer exchange, retried on 408/429/5xx inside the deadline.
+fn exchange(
+    env: &Env,
+    signer: &RsaSigner,
+    email: &str,
+    token_uri: &url::Url,
+    deadline: f64,
+) -> Result<(Secret, f64), GcsError> {
+    let mut attempt = 0;
+    loop {
+        let now = env.clock.now();
+        let iat = now as i64 - BACKDATE_SECS;
+        let assertion = signer
+            .sign(&AssertionClaims {
+                iss: email,
+                scope: EXCHANGE_SCOPE,
+                aud: token_uri.as_str(),
+                iat,
+                exp: iat + LIFETIME_SECS,
+            })
+            .map_err(|e| GcsError::Fatal(format!("gcp_service_account_key: {e}")))?;
+        let mut request = OutboundRequest::get(token_uri.clone())
+            .header("content-type", "application/x-www-form-urlencoded");
+        request.method = Method::Post;
+        request.body =
+            form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]).into_bytes();
+        request.max_response_bytes = 64 * 1024;
+        let failure = match env.http.send(&request) {
+            Ok(resp) => match retry::verdict(resp.status) {
+                retry::Verdict::Success => {
+                    let body: TokenResponse = serde_json::from_slice(&resp.body)
+                        .map_err(|_| GcsError::Transient("the token endpoint answered 200 without an access_token".into()))?;
+                    if body.access_token.is_empty() || !body.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(GcsError::Transient("the token endpoint returned an unusable access_token".into()));
+                    }
+                    let lifetime = body.expires_in.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(3600.0).min(86400.0);
+                    return Ok((Secret::new(body.access_token), env.clock.now() + lifetime));
+                }
+                retry::Verdict::Retry => format!("the token endpoint answered {}", resp.status),
+                retry::Verdict::Fail => {
+                    let err: Option<TokenError> = serde_json::from_slice(&resp.body).ok();
+                    let (code, description) = err
+                        .map(|e| (e.error.unwrap_or_default(), e.error_description.unwrap_or_default()))
+                        .unwrap_or_default();
+                    let description: String = description.chars().filter(|c| !c.is_control()).take(200).collect();
+                    return Err(GcsError::Fatal(format!(
+                        "gcp_service_account_key was refused by the token endpoint ({} {code}: {description}); check that the key is current, not deleted, and that the machine's clock is right",
+                        resp.status
+                    )));
+                }
+            },
+            Err(crate::ports::TransportError::Denied(_)) => {
+                return Err(GcsError::Fatal(
+                    "the token endpoint is not in allowed_outbound_hosts: set gcp_token_origin to the key's token_uri origin".into(),
+                ))
+            }
+            Err(e) => format!("the token endpoint: {e}"),
+        };
+        attempt += 1;
+        let wait = retry::backoff(attempt - 1, env.clock.now().fract());
+        if attempt >= retry::MAX_ATTEMPTS || env.clock.now() + wait >= deadline {
+            return Err(GcsError::Transient(format!(
+                "{failure} ({attempt} attempts)"
+            )));
+        }
+        env.clock.sleep(wait);
+    }
+}

@@ -1,0 +1,347 @@
+//! Writing NDJSON objects to Cloud Storage: create-only multipart uploads with retries, and the
+//! object-naming scheme.
+//!
+//! - Uploads: <https://cloud.google.com/storage/docs/uploading-objects#uploading-an-object>
+//!   (`uploadType=multipart`, metadata then bytes).
+//! - `ifGenerationMatch=0` makes the write create-only: a second write of the same name gets
+//!   412. Names are deterministic and carry a digest of the content, so a 412 on a retry (the
+//!   first attempt landed, its reply was lost) is checked against the stored object's hash and
+//!   then counted as done. Nothing is ever overwritten, so the SecOps feed never re-ingests.
+//! - Retries: <https://cloud.google.com/storage/docs/retry-strategy> (408, 429, 5xx, timeouts).
+
+pub mod crc32c;
+pub mod credentials;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::Write;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rsa::sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::GcsConfig;
+use crate::ports::{Env, Method, OutboundRequest, TransportError};
+use crate::retry;
+use crate::time::{compact, Utc};
+use credentials::Credentials;
+
+/// Written into every object's custom metadata, to tell our objects from anyone else's.
+pub const WRITER: &str = concat!("sentry-logs-collector/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcsError {
+    /// Retrying will not help: credentials, permissions, a conflicting object.
+    Fatal(String),
+    /// Failed after retries inside the budget; the next run tries again.
+    Transient(String),
+}
+
+impl fmt::Display for GcsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GcsError::Fatal(m) | GcsError::Transient(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for GcsError {}
+
+/// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}-{windowStart}-{windowEnd}-{seq}-{digest}.ndjson[.gz]`,
+/// dated by the window's end. Deterministic for the same window, sequence number and content,
+/// and unique otherwise.
+pub fn object_name(
+    cfg: &GcsConfig,
+    stream: &str,
+    org: &str,
+    window: (i64, i64),
+    seq: u32,
+    content_sha256: &str,
+    gzip: bool,
+) -> String {
+    let t = Utc::from_unix(window.1);
+    format!(
+        "{}{stream}/{:04}/{:02}/{:02}/{:02}/{org}-{stream}-{}-{}-{seq:05}-{}.ndjson{}",
+        cfg.prefix,
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        compact(window.0),
+        compact(window.1),
+        &content_sha256[..16],
+        if gzip { ".gz" } else { "" }
+    )
+}
+
+/// How an upload ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Uploaded {
+    pub name: String,
+    pub generation: String,
+    pub bytes: usize,
+    /// The object was already there with this content (an earlier attempt landed).
+    pub already_present: bool,
+}
+
+#[derive(Deserialize)]
+struct ObjectResource {
+    generation: Option<String>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    enc.write_all(data).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
+fn random_boundary() -> String {
+    let mut bytes = [0u8; 18];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without randomness the boundary is still checked against the body below.
+        bytes.copy_from_slice(&Sha256::digest(b"sentry-logs-collector boundary")[..18]);
+    }
+    format!(
+        "slc{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// The body of a multipart upload: JSON metadata, then the bytes.
+fn multipart(metadata: &serde_json::Value, content_type: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let mut boundary = random_boundary();
+    while data
+        .windows(boundary.len())
+        .any(|w| w == boundary.as_bytes())
+    {
+        boundary.push('x');
+    }
+    let mut body = Vec::with_capacity(data.len() + 1024);
+    body.extend_from_slice(
+        format!("--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(metadata.to_string().as_bytes());
+    body.extend_from_slice(
+        format!("\r\n--{boundary}\r\ncontent-type: {content_type}\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (boundary, body)
+}
+
+/// Uploads for one run, sharing credentials and the deadline.
+pub struct GcsClient<'e> {
+    env: Env<'e>,
+    cfg: &'e GcsConfig,
+    credentials: RefCell<Credentials>,
+    deadline: f64,
+    pub requests: std::cell::Cell<u64>,
+}
+
+impl<'e> GcsClient<'e> {
+    pub fn new(env: Env<'e>, cfg: &'e GcsConfig, deadline: f64) -> Result<Self, GcsError> {
+        Ok(GcsClient {
+            env,
+            cfg,
+            credentials: RefCell::new(Credentials::new(&cfg.auth)?),
+            deadline,
+            requests: std::cell::Cell::new(0),
+        })
+    }
+
+    pub fn tokens_minted(&self) -> u32 {
+        self.credentials.borrow().minted
+    }
+
+    fn url(&self, path_segments: &[&str]) -> url::Url {
+        let mut url = self.cfg.endpoint.clone();
+        url.path_segments_mut()
+            .expect("an http(s) origin has a path")
+            .clear()
+            .extend(path_segments);
+        url
+    }
+
+    /// Sends with a fresh token; on 401 renews the token once; retries 408/429/5xx and
+    /// transport failures with backoff inside the deadline.
+    fn send(
+        &self,
+        what: &str,
+        build: &dyn Fn() -> OutboundRequest,
+    ) -> Result<crate::ports::InboundResponse, GcsError> {
+        let mut attempt = 0;
+        let mut renewed = false;
+        loop {
+            let token = self
+                .credentials
+                .borrow_mut()
+                .token(&self.env, self.deadline)?;
+            let request = build().header("authorization", format!("Bearer {}", token.expose()));
+            self.requests.set(self.requests.get() + 1);
+            let failure = match self.env.http.send(&request) {
+                Ok(resp) if resp.status == 401 && !renewed => {
+                    renewed = true;
+                    self.credentials.borrow_mut().invalidate();
+                    continue;
+                }
+                Ok(resp) => match retry::verdict(resp.status) {
+                    retry::Verdict::Retry => {
+                        format!("{what}: Cloud Storage answered {}", resp.status)
+                    }
+                    _ => return Ok(resp),
+                },
+                Err(TransportError::Denied(_)) => {
+                    return Err(GcsError::Fatal(format!(
+                        "{what}: gcs_endpoint is not in allowed_outbound_hosts"
+                    )))
+                }
+                Err(e) => format!("{what}: {e}"),
+            };
+            attempt += 1;
+            let wait = retry::backoff(attempt - 1, self.env.clock.now().fract());
+            if attempt >= retry::MAX_ATTEMPTS || self.env.clock.now() + wait >= self.deadline {
+                return Err(GcsError::Transient(format!(
+                    "{failure} ({attempt} attempts)"
+                )));
+            }
+            self.env.clock.sleep(wait);
+        }
+    }
+
+    /// Creates `name` with `data` unless it exists. A 412 is accepted only when the stored
+    /// object carries the same content hash.
+    pub fn create(&self, name: &str, data: &[u8], events: usize) -> Result<Uploaded, GcsError> {
+        let sha = sha256_hex(data);
+        let mut metadata = json!({
+            "name": name,
+            "contentType": "application/x-ndjson",
+            "crc32c": STANDARD.encode(crc32c::crc32c(data).to_be_bytes()),
+            "metadata": { "sha256": sha, "events": events.to_string(), "writer": WRITER },
+        });
+        if name.ends_with(".gz") {
+            metadata["contentEncoding"] = json!("gzip");
+        }
+        let (boundary, body) = multipart(&metadata, "application/x-ndjson", data);
+        let mut upload_url = self.url(&["upload", "storage", "v1", "b", &self.cfg.bucket, "o"]);
+        upload_url
+            .query_pairs_mut()
+            .append_pair("uploadType", "multipart")
+            .append_pair("ifGenerationMatch", "0");
+        let what = format!("uploading {name}");
+        let resp = self.send(&what, &|| {
+            let mut r = OutboundRequest::get(upload_url.clone()).header(
+                "content-type",
+                format!("multipart/related; boundary={boundary}"),
+            );
+            r.method = Method::Post;
+            r.body = body.clone();
+            r.max_response_bytes = 1024 * 1024;
+            r
+        })?;
+        match resp.status {
+            200..=299 => {
+                let object: ObjectResource = serde_json::from_slice(&resp.body)
+                    .map_err(|_| GcsError::Transient(format!("{what}: the reply is not an object resource")))?;
+                Ok(Uploaded {
+                    name: name.to_string(),
+                    generation: object.generation.unwrap_or_default(),
+                    bytes: data.len(),
+                    already_present: false,
+                })
+            }
+            412 => self.confirm_existing(name, &sha, data.len()),
+            403 => Err(GcsError::Fatal(format!(
+                "{what}: permission denied (403); grant the writer service account roles/storage.objectCreator on bucket {}",
+                self.cfg.bucket
+            ))),
+            404 => Err(GcsError::Fatal(format!("{what}: bucket {} not found (404); check gcs_bucket", self.cfg.bucket))),
+            401 => Err(GcsError::Fatal(format!("{what}: the credentials were refused (401); check gcp_service_account_key or gcs_access_token"))),
+            s => Err(GcsError::Fatal(format!("{what}: Cloud Storage answered {s}"))),
+        }
+    }
+
+    /// After a 412: the object exists. It is ours only if its content hash matches.
+    fn confirm_existing(&self, name: &str, sha: &str, bytes: usize) -> Result<Uploaded, GcsError> {
+        let url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o", name]);
+        let what = format!("checking the existing object {name}");
+        let resp = self.send(&what, &|| {
+            let mut r = OutboundRequest::get(url.clone());
+            r.max_response_bytes = 1024 * 1024;
+            r
+        })?;
+        if resp.status != 200 {
+            return Err(GcsError::Transient(format!(
+                "{what}: Cloud Storage answered {}",
+                resp.status
+            )));
+        }
+        let object: ObjectResource = serde_json::from_slice(&resp.body).map_err(|_| {
+            GcsError::Transient(format!("{what}: the reply is not an object resource"))
+        })?;
+        let stored = object
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("sha256"))
+            .and_then(|v| v.as_str());
+        if stored == Some(sha) {
+            Ok(Uploaded {
+                name: name.to_string(),
+                generation: object.generation.unwrap_or_default(),
+                bytes,
+                already_present: true,
+            })
+        } else {
+            Err(GcsError::Fatal(format!(
+                "{name} already exists with different content; another writer uses this prefix, give each deployment its own gcs_prefix"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_body_has_metadata_then_content_and_a_boundary_absent_from_both() {
+        let meta = json!({"name": "x"});
+        let (b, body) = multipart(&meta, "application/x-ndjson", b"{\"eventID\":\"1\"}\n");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with(&format!("--{b}\r\ncontent-type: application/json")));
+        assert!(text.contains("{\"name\":\"x\"}\r\n--"));
+        assert!(text.ends_with(&format!("{{\"eventID\":\"1\"}}\n\r\n--{b}--\r\n")));
+        assert!(b.len() >= 16);
+    }
+
+    #[test]
+    fn crc32c_is_encoded_like_cloud_storage_does() {
+        // fake-gcs-server reported crc32c "TsJZJQ==" for this content.
+        assert_eq!(
+            STANDARD.encode(crc32c::crc32c(b"{\"eventID\":\"1\"}\n").to_be_bytes()),
+            "TsJZJQ=="
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let data = b"{\"eventID\":\"1\"}\n".repeat(100);
+        let z = gzip(&data);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&z[..]), &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+}
