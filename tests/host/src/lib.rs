@@ -13,4 +13,5 @@ pub mod manifest;
 pub mod serve;
 
 pub use app::{App, HostOptions, Invocation, Outcome, Trigger};
+pub mod google;
 pub mod testing;

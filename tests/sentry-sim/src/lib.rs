@@ -1,0 +1,927 @@
+//! A Sentry simulator for tests, the demo and benchmarks, faithful to what the collector relies
+//! on (see `shared/docs/sentry-api.md`):
+//!
+//! - project events: `GenericOffsetPaginator` (newest first by `-timestamp, -event_id`,
+//!   `0:offset:0` cursors, `per_page` at most 100, capped at 10 with `full=true`), `start`/`end`
+//!   validation, and a legacy mode that ignores them like self-hosted Sentry before 2025;
+//! - Discover `field=project.id&field=count()` grouping, and the 400 "You cannot view events
+//!   from multiple projects." for orgs without global views;
+//! - a `Link` header built on a different host than the one called;
+//! - sentry.io's rate limits, with a 429 whose body is a JSON string and no `Retry-After`;
+//! - events with an event time and a later ingestion time, visible only once ingested;
+//! - a ground-truth listing, request counters, and forced faults.
+//!
+//! Time is a [`SimClock`]: real time plus an offset the test can move forward, shared with the
+//! component's wall clock through the host.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub mod time;
+
+/// Real time plus an adjustable offset, in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct SimClock {
+    offset: Arc<AtomicI64>,
+}
+
+impl SimClock {
+    pub fn now_f64(&self) -> f64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64();
+        real + self.offset.load(Ordering::SeqCst) as f64
+    }
+
+    pub fn now(&self) -> i64 {
+        self.now_f64().floor() as i64
+    }
+
+    /// Moves simulated time forward.
+    pub fn advance(&self, secs: i64) {
+        self.offset.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    pub fn offset(&self) -> Arc<AtomicI64> {
+        self.offset.clone()
+    }
+}
+
+/// SplitMix64: small, seeded, reproducible.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, n)`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: u64,
+    pub slug: String,
+}
+
+/// One simulated error event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub project_id: u64,
+    pub group_id: u64,
+    /// Event time from the SDK (`dateCreated`), whole seconds.
+    pub date_created: i64,
+    /// When Sentry ingested it; invisible before.
+    pub received_at: i64,
+    pub title: String,
+    /// Extra payload, to make events of a chosen size.
+    pub padding: usize,
+}
+
+impl Event {
+    fn simple_json(&self, project_slug: &str) -> Value {
+        json!({
+            "id": self.event_id,
+            "eventID": self.event_id,
+            "groupID": self.group_id.to_string(),
+            "projectID": self.project_id.to_string(),
+            "event.type": "error",
+            "title": self.title,
+            "message": format!("{} in {project_slug}", self.title),
+            "culprit": "/api/checkout/",
+            "location": "app/checkout.py:42",
+            "platform": "python",
+            "dateCreated": time::rfc3339(self.date_created),
+            "tags": [
+                {"key": "environment", "value": "production"},
+                {"key": "level", "value": "error"},
+                {"key": "server_name", "value": "web-1"},
+            ],
+            "user": {"id": "42", "email": "user@example.com", "ip_address": "203.0.113.7", "username": null, "name": null, "data": null},
+            "crashFile": null,
+            "metadata": {"type": "ValueError", "value": self.title, "padding": "x".repeat(self.padding)},
+        })
+    }
+
+    fn full_json(&self, project_slug: &str) -> Value {
+        let mut v = self.simple_json(project_slug);
+        let extra = json!({
+            "type": "error",
+            "dateReceived": time::rfc3339(self.received_at),
+            "size": 2048 + self.padding,
+            "dist": null,
+            "release": null,
+            "entries": [{"type": "exception", "data": {"values": [{"type": "ValueError", "value": self.title, "stacktrace": {"frames": [
+                {"function": "checkout", "filename": "app/checkout.py", "lineNo": 42, "inApp": true, "context": [[41, "    total = cart.total()"], [42, "    raise ValueError(msg)"]]}
+            ]}}]}}],
+            "contexts": {"runtime": {"name": "CPython", "version": "3.12.1", "type": "runtime"}},
+            "context": {},
+            "packages": {},
+            "sdk": {"name": "sentry.python", "version": "2.19.0"},
+            "errors": [],
+            "fingerprints": ["{{ default }}"],
+            "occurrence": null,
+            "_meta": {},
+            "userReport": null,
+            "sdkUpdates": [],
+            "resolvedWith": [],
+            "nextEventID": null,
+            "previousEventID": null,
+        });
+        if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        v
+    }
+}
+
+/// sentry.io's limits per caller (2024 code; `shared/docs/sentry-api.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: u32,
+    pub window_secs: i64,
+    pub concurrent: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub org: String,
+    pub token: String,
+    /// Ignore `start`/`end` on project events (self-hosted Sentry before 2025).
+    pub legacy_no_date_filter: bool,
+    /// Multi-project Discover (`organizations:global-views`).
+    pub global_views: bool,
+    /// Enforce sentry.io's rate limits.
+    pub rate_limits: bool,
+    /// The host `Link` URLs are built on (not the one called).
+    pub link_base: String,
+    /// What `links.regionUrl` says; `None`: the simulator's own URL.
+    pub region_url: Option<String>,
+    /// Added to every response.
+    pub latency: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            org: "acme".into(),
+            token: "sntryu_simulated_token_0123456789".into(),
+            legacy_no_date_filter: false,
+            global_views: true,
+            rate_limits: true,
+            link_base: "https://acme.sentry.example".into(),
+            region_url: None,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+pub const PROJECT_EVENTS_LIMIT: Limit = Limit {
+    requests: 60,
+    window_secs: 60,
+    concurrent: 1,
+};
+pub const DISCOVER_LIMIT: Limit = Limit {
+    requests: 50,
+    window_secs: 1,
+    concurrent: 50,
+};
+pub const DEFAULT_LIMIT: Limit = Limit {
+    requests: 40,
+    window_secs: 1,
+    concurrent: 25,
+};
+
+/// Counters the tests read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests per endpoint class ("org", "projects", "discover", "project-events").
+    pub requests: BTreeMap<&'static str, u64>,
+    /// Project-events requests per project id.
+    pub project_event_requests: BTreeMap<u64, u64>,
+    /// 429s the simulator sent on its own (the client had been told the bucket was empty).
+    pub avoidable_429s: u64,
+    /// 429s sent because a test forced them.
+    pub forced_429s: u64,
+    pub unauthorized: u64,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    window_start: i64,
+    used: u32,
+    in_flight: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    projects: Vec<Project>,
+    events: Vec<Event>,
+    counters: Counters,
+    buckets: BTreeMap<&'static str, Bucket>,
+    /// The next N project-events requests get a 429 that resets this many seconds later.
+    forced_429: Option<(u32, i64)>,
+    /// Scopes the token lacks: a request to a class listed here gets 403.
+    forbidden: Vec<&'static str>,
+}
+
+/// The simulator. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Sim {
+    pub options: Arc<SimOptions>,
+    pub clock: SimClock,
+    state: Arc<Mutex<State>>,
+    base_url: Arc<Mutex<String>>,
+}
+
+impl Sim {
+    pub fn new(options: SimOptions, clock: SimClock) -> Sim {
+        Sim {
+            options: Arc::new(options),
+            clock,
+            state: Arc::new(Mutex::new(State::default())),
+            base_url: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    /// Serves on 127.0.0.1 (an ephemeral port unless `port` is given) in the current tokio
+    /// runtime until the returned server is dropped.
+    pub async fn serve(&self, port: u16) -> std::io::Result<SimServer> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        *self.base_url.lock().unwrap() = format!("http://{addr}");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let sim = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => match c { Ok((c, _)) => c, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let sim = sim.clone();
+                        async move { Ok::<_, Infallible>(sim.handle(req).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        Ok(SimServer { addr, _stop: stop })
+    }
+
+    pub fn add_project(&self, id: u64, slug: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.projects.push(Project {
+            id,
+            slug: slug.into(),
+        });
+        st.projects.sort_by_key(|p| p.id);
+    }
+
+    pub fn projects(&self) -> Vec<Project> {
+        self.state.lock().unwrap().projects.clone()
+    }
+
+    pub fn add_event(&self, event: Event) {
+        self.state.lock().unwrap().events.push(event);
+    }
+
+    /// Adds `count` events to a project with event times uniform in `[from, to)`. Each is
+    /// ingested seconds later, or, with probability `late_share`, up to `max_late_secs` later.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        rng: &mut Rng,
+        project_id: u64,
+        count: u64,
+        from: i64,
+        to: i64,
+        late_share: f64,
+        max_late_secs: i64,
+    ) {
+        let mut st = self.state.lock().unwrap();
+        for _ in 0..count {
+            let date_created = from + rng.below((to - from).max(1) as u64) as i64;
+            let delay = if rng.chance(late_share) {
+                60 + rng.below((max_late_secs - 60).max(1) as u64) as i64
+            } else {
+                rng.below(30) as i64
+            };
+            let event_id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
+            st.events.push(Event {
+                event_id,
+                project_id,
+                group_id: 1000 + rng.below(50),
+                date_created,
+                received_at: date_created + delay,
+                title: format!("ValueError: checkout failed #{}", rng.below(1000)),
+                padding: 0,
+            });
+        }
+    }
+
+    /// Events with an event time in `[start, end)` that are ingested by `visible_at`.
+    pub fn truth(&self, start: i64, end: i64, visible_at: i64) -> Vec<Event> {
+        let st = self.state.lock().unwrap();
+        st.events
+            .iter()
+            .filter(|e| {
+                e.date_created >= start && e.date_created < end && e.received_at <= visible_at
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn all_events(&self) -> Vec<Event> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.state.lock().unwrap().counters.clone()
+    }
+
+    pub fn reset_counters(&self) {
+        self.state.lock().unwrap().counters = Counters::default();
+    }
+
+    /// The next `n` project-events requests get a 429 whose `-Reset` is `reset_in` seconds away.
+    pub fn force_429(&self, n: u32, reset_in: i64) {
+        self.state.lock().unwrap().forced_429 = Some((n, reset_in));
+    }
+
+    /// Requests to this endpoint class answer 403 (a token without the scope).
+    pub fn forbid(&self, class: &'static str) {
+        self.state.lock().unwrap().forbidden.push(class);
+    }
+
+    pub fn url(&self) -> String {
+        self.base_url.lock().unwrap().clone()
+    }
+
+    async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Full<Bytes>> {
+        let (parts, _body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        let query = parts.uri.query().unwrap_or("").to_string();
+        let auth = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let class = classify(&self.options.org, &path);
+        if let Some(class) = class {
+            self.state
+                .lock()
+                .unwrap()
+                .buckets
+                .entry(class)
+                .or_default()
+                .in_flight += 1;
+        }
+        if !self.options.latency.is_zero() {
+            tokio::time::sleep(self.options.latency).await;
+        }
+        let resp = self.respond(parts.method.as_str(), &path, &query, &auth);
+        if let Some(class) = class {
+            let mut st = self.state.lock().unwrap();
+            let b = st.buckets.entry(class).or_default();
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+        let mut builder = hyper::Response::builder().status(resp.status);
+        for (n, v) in &resp.headers {
+            builder = builder.header(n.as_str(), v.as_str());
+        }
+        builder
+            .body(Full::new(Bytes::from(resp.body)))
+            .expect("simulator response")
+    }
+
+    /// Answers one request (synchronously; the HTTP layer is a thin wrapper).
+    pub fn respond(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        authorization: &str,
+    ) -> SimResponse {
+        let params = Params::parse(query);
+        let org = &self.options.org;
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let Some(class) = classify(org, path) else {
+            return SimResponse::json(
+                404,
+                &json!({"detail": "The requested resource does not exist"}),
+            );
+        };
+        if method != "GET" {
+            return SimResponse::json(
+                405,
+                &json!({"detail": format!("Method \"{method}\" not allowed.")}),
+            );
+        }
+        let now = self.clock.now();
+        let mut st = self.state.lock().unwrap();
+        *st.counters.requests.entry(class).or_default() += 1;
+        if authorization != format!("Bearer {}", self.options.token) {
+            st.counters.unauthorized += 1;
+            return SimResponse::json(401, &json!({"detail": "Invalid token"}));
+        }
+        if st.forbidden.contains(&class) {
+            return SimResponse::json(
+                403,
+                &json!({"detail": "You do not have permission to perform this action."}),
+            );
+        }
+        let limit = match class {
+            "project-events" => PROJECT_EVENTS_LIMIT,
+            "discover" => DISCOVER_LIMIT,
+            _ => DEFAULT_LIMIT,
+        };
+        let mut rate_headers = Vec::new();
+        if class == "project-events" {
+            if let Some((n, reset_in)) = st.forced_429 {
+                st.forced_429 = if n > 1 { Some((n - 1, reset_in)) } else { None };
+                st.counters.forced_429s += 1;
+                let bucket = st.buckets.entry(class).or_default();
+                // The forced limit holds until its reset, like a real exhausted window.
+                bucket.window_start = now + reset_in - limit.window_secs;
+                bucket.used = limit.requests;
+                return too_many(limit, now + reset_in);
+            }
+        }
+        if self.options.rate_limits {
+            let bucket = st.buckets.entry(class).or_default();
+            let window_start = now - now.rem_euclid(limit.window_secs);
+            if window_start > bucket.window_start {
+                bucket.window_start = window_start;
+                bucket.used = 0;
+            }
+            let reset = bucket.window_start + limit.window_secs;
+            // in_flight counts this request too when it came over HTTP.
+            if bucket.used >= limit.requests || bucket.in_flight > limit.concurrent {
+                st.counters.avoidable_429s += 1;
+                return too_many(limit, reset);
+            }
+            bucket.used += 1;
+            rate_headers = vec![
+                (
+                    "x-sentry-rate-limit-limit".to_string(),
+                    limit.requests.to_string(),
+                ),
+                (
+                    "x-sentry-rate-limit-remaining".to_string(),
+                    (limit.requests - bucket.used).to_string(),
+                ),
+                ("x-sentry-rate-limit-reset".to_string(), reset.to_string()),
+                (
+                    "x-sentry-rate-limit-concurrentlimit".to_string(),
+                    limit.concurrent.to_string(),
+                ),
+                (
+                    "x-sentry-rate-limit-concurrentremaining".to_string(),
+                    limit
+                        .concurrent
+                        .saturating_sub(bucket.in_flight.max(1))
+                        .to_string(),
+                ),
+            ];
+        }
+        let mut resp = match class {
+            "org" => self.org_details(),
+            "projects" => self.project_list(&st, &params, path),
+            "discover" => self.discover(&st, &params, path, now),
+            _ => {
+                let project = segments[4];
+                let found = st
+                    .projects
+                    .iter()
+                    .find(|p| p.slug == project || p.id.to_string() == project)
+                    .cloned();
+                match found {
+                    None => SimResponse::json(
+                        404,
+                        &json!({"detail": "The requested resource does not exist"}),
+                    ),
+                    Some(p) => {
+                        *st.counters.project_event_requests.entry(p.id).or_default() += 1;
+                        self.project_events(&st, &p, &params, path, now)
+                    }
+                }
+            }
+        };
+        resp.headers.extend(rate_headers);
+        resp
+    }
+
+    fn org_details(&self) -> SimResponse {
+        let region = self
+            .options
+            .region_url
+            .clone()
+            .unwrap_or_else(|| self.url());
+        SimResponse::json(
+            200,
+            &json!({
+                "id": "1",
+                "slug": self.options.org,
+                "name": "Acme",
+                "dateCreated": "2018-11-06T21:19:55.101Z",
+                "status": {"id": "active", "name": "active"},
+                "isEarlyAdopter": false,
+                "require2FA": false,
+                "avatar": {"avatarType": "letter_avatar", "avatarUuid": null},
+                "features": if self.options.global_views { json!(["global-views"]) } else { json!([]) },
+                "links": {"organizationUrl": format!("https://{}.sentry.example", self.options.org), "regionUrl": region},
+                "hasAuthProvider": false,
+                "allowMemberInvite": true,
+                "allowMemberProjectCreation": true,
+                "allowSuperuserAccess": false,
+            }),
+        )
+    }
+
+    fn project_list(&self, st: &State, params: &Params, path: &str) -> SimResponse {
+        let per_page = match params.per_page(100) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let offset = params.offset();
+        let items: Vec<Value> = st
+            .projects
+            .iter()
+            .skip(offset)
+            .take(per_page)
+            .map(|p| project_json(p))
+            .collect();
+        let more = st.projects.len() > offset + per_page;
+        self.paged(json!(items), path, params, offset, per_page, more)
+    }
+
+    fn discover(&self, st: &State, params: &Params, path: &str, now: i64) -> SimResponse {
+        let projects = params.all("project");
+        let multi = projects.is_empty() || projects.iter().any(|p| p == "-1") || projects.len() > 1;
+        if multi && !self.options.global_views {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "You cannot view events from multiple projects."}),
+            );
+        }
+        let fields = params.all("field");
+        if fields.len() > 20 {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "You can view up to 20 fields at a time. Please delete some and try again."}),
+            );
+        }
+        if fields != ["project.id", "count()"] {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "the simulator answers only field=project.id&field=count()"}),
+            );
+        }
+        let (start, end) = match params.date_range() {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let per_page = match params.per_page(100) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let wanted: Vec<u64> = projects
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| *p != u64::MAX)
+            .collect();
+        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in &st.events {
+            let in_range =
+                start.is_none_or(|s| e.date_created >= s) && end.is_none_or(|x| e.date_created < x);
+            let in_projects = multi || wanted.contains(&e.project_id);
+            if e.received_at <= now && in_range && in_projects {
+                *counts.entry(e.project_id).or_default() += 1;
+            }
+        }
+        let offset = params.offset();
+        let rows: Vec<Value> = counts
+            .iter()
+            .skip(offset)
+            .take(per_page)
+            .map(|(p, c)| json!({"project.id": p, "count()": c}))
+            .collect();
+        let more = counts.len() > offset + per_page;
+        let body = json!({
+            "data": rows,
+            "meta": {"fields": {"project.id": "integer", "count()": "integer"}, "units": {"project.id": null, "count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": "errors", "dataScanned": "full"},
+        });
+        self.paged(body, path, params, offset, per_page, more)
+    }
+
+    fn project_events(
+        &self,
+        st: &State,
+        project: &Project,
+        params: &Params,
+        path: &str,
+        now: i64,
+    ) -> SimResponse {
+        let full = params.get("full").is_some_and(|v| v == "true" || v == "1");
+        let per_page = match params.per_page(100) {
+            Ok(n) if full => n.min(10),
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let (start, end) = if self.options.legacy_no_date_filter {
+            (None, None)
+        } else {
+            match params.date_range() {
+                Ok(r) => r,
+                Err(r) => return r,
+            }
+        };
+        let mut events: Vec<&Event> = st
+            .events
+            .iter()
+            .filter(|e| {
+                e.project_id == project.id
+                    && e.received_at <= now
+                    && start.is_none_or(|s| e.date_created >= s)
+                    && end.is_none_or(|x| e.date_created < x)
+            })
+            .collect();
+        // DESC_ORDERING: -timestamp, -event_id.
+        events.sort_by(|a, b| {
+            b.date_created
+                .cmp(&a.date_created)
+                .then_with(|| b.event_id.cmp(&a.event_id))
+        });
+        let offset = params.offset();
+        let page: Vec<Value> = events
+            .iter()
+            .skip(offset)
+            .take(per_page)
+            .map(|e| {
+                if full {
+                    e.full_json(&project.slug)
+                } else {
+                    e.simple_json(&project.slug)
+                }
+            })
+            .collect();
+        let more = events.len() > offset + per_page;
+        let mut resp = self.paged(json!(page), path, params, offset, per_page, more);
+        resp.headers
+            .push(("x-hits".into(), events.len().to_string()));
+        resp
+    }
+
+    /// A page with Sentry's Link header, built on `link_base` rather than the host called.
+    fn paged(
+        &self,
+        body: Value,
+        path: &str,
+        params: &Params,
+        offset: usize,
+        per_page: usize,
+        more: bool,
+    ) -> SimResponse {
+        let query: String = params
+            .pairs
+            .iter()
+            .filter(|(k, _)| k != "cursor")
+            .map(|(k, v)| format!("{k}={v}&"))
+            .collect();
+        let base = format!("{}{}?{}", self.options.link_base, path, query);
+        let prev = offset.saturating_sub(per_page);
+        let next = offset + per_page;
+        let link = format!(
+            "<{base}cursor=0:{prev}:1>; rel=\"previous\"; results=\"{}\"; cursor=\"0:{prev}:1\", <{base}cursor=0:{next}:0>; rel=\"next\"; results=\"{more}\"; cursor=\"0:{next}:0\"",
+            offset > 0
+        );
+        let mut resp = SimResponse::json(200, &body);
+        resp.headers.push(("link".into(), link));
+        resp
+    }
+}
+
+/// The endpoint class of a path, or `None` for paths the simulator does not serve.
+fn classify(org: &str, path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["api", "0", "organizations", o] if *o == org => Some("org"),
+        ["api", "0", "organizations", o, "projects"] if *o == org => Some("projects"),
+        ["api", "0", "organizations", o, "events"] if *o == org => Some("discover"),
+        ["api", "0", "projects", o, _, "events"] if *o == org => Some("project-events"),
+        _ => None,
+    }
+}
+
+fn too_many(limit: Limit, reset: i64) -> SimResponse {
+    let mut resp = SimResponse::json(
+        429,
+        &json!(format!(
+            "You are attempting to use this endpoint too frequently. Limit is {} requests in {} seconds",
+            limit.requests, limit.window_secs
+        )),
+    );
+    resp.headers.extend([
+        (
+            "x-sentry-rate-limit-limit".to_string(),
+            limit.requests.to_string(),
+        ),
+        ("x-sentry-rate-limit-remaining".to_string(), "0".to_string()),
+        ("x-sentry-rate-limit-reset".to_string(), reset.to_string()),
+        (
+            "x-sentry-rate-limit-concurrentlimit".to_string(),
+            limit.concurrent.to_string(),
+        ),
+    ]);
+    resp
+}
+
+fn project_json(p: &Project) -> Value {
+    let mut v = json!({
+        "id": p.id.to_string(), "slug": p.slug, "name": p.slug, "platform": "python",
+        "dateCreated": "2024-01-01T00:00:00.000000Z", "isBookmarked": false, "isMember": true,
+        "features": [], "firstEvent": null, "firstTransactionEvent": false, "access": [], "hasAccess": true,
+        "team": {"id": "2", "name": "Backend", "slug": "backend"}, "teams": [{"id": "2", "name": "Backend", "slug": "backend"}],
+        "platforms": ["python"], "environments": ["production"], "latestRelease": null,
+    });
+    for flag in [
+        "hasFeedbacks",
+        "hasFlags",
+        "hasInsightsAgentMonitoring",
+        "hasInsightsAppStart",
+        "hasInsightsAssets",
+        "hasInsightsCaches",
+        "hasInsightsDb",
+        "hasInsightsHttp",
+        "hasInsightsMCP",
+        "hasInsightsQueues",
+        "hasInsightsScreenLoad",
+        "hasInsightsVitals",
+        "hasLogs",
+        "hasMinifiedStackTrace",
+        "hasMonitors",
+        "hasNewFeedbacks",
+        "hasProfiles",
+        "hasReplays",
+        "hasSessions",
+        "hasTraceMetrics",
+        "hasUserReports",
+    ] {
+        v[flag] = json!(false);
+    }
+    v
+}
+
+/// A response before it is put on the wire.
+#[derive(Debug, Clone)]
+pub struct SimResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl SimResponse {
+    fn json(status: u16, value: &Value) -> SimResponse {
+        SimResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).expect("serialising JSON"),
+        }
+    }
+}
+
+/// Query parameters, in order, percent-decoded.
+struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    fn parse(query: &str) -> Params {
+        Params {
+            pairs: url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        }
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn all(&self, name: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn per_page(&self, max: usize) -> Result<usize, SimResponse> {
+        match self.get("per_page") {
+            None => Ok(100),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n > max => Err(SimResponse::json(
+                    400,
+                    &json!({"detail": format!("Invalid per_page value. Cannot exceed {max}.")}),
+                )),
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(SimResponse::json(
+                    400,
+                    &json!({"detail": "Invalid per_page value."}),
+                )),
+            },
+        }
+    }
+    /// `0:offset:is_prev`; only the offset matters (GenericOffsetPaginator).
+    fn offset(&self) -> usize {
+        self.get("cursor")
+            .and_then(|c| c.split(':').nth(1))
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0)
+    }
+    #[allow(clippy::type_complexity)]
+    fn date_range(&self) -> Result<(Option<i64>, Option<i64>), SimResponse> {
+        let bad = || {
+            SimResponse::json(
+                400,
+                &json!({"detail": "Invalid date range parameters provided"}),
+            )
+        };
+        match (self.get("start"), self.get("end")) {
+            (None, None) => Ok((None, None)),
+            (Some(s), Some(e)) => {
+                let s = time::parse_rfc3339(s).ok_or_else(bad)?;
+                let e = time::parse_rfc3339(e).ok_or_else(bad)?;
+                if s >= e {
+                    Err(bad())
+                } else {
+                    Ok((Some(s), Some(e)))
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A running simulator; dropping it stops the server.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SimServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Reads a response body to text, for tests that call the simulator over HTTP.
+pub async fn body_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
