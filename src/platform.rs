@@ -99,11 +99,17 @@ fn transport(e: ErrorCode) -> TransportError {
 impl HttpClient for SpinHttp {
     fn send(&self, req: &OutboundRequest) -> Result<InboundResponse, TransportError> {
         let other = |m: &str| TransportError::Other(m.to_string());
-        let headers: Vec<(String, Vec<u8>)> = req
+        let mut headers: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
             .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
             .collect();
+        if req.method == Method::Post {
+            headers.push((
+                "content-length".into(),
+                req.body.len().to_string().into_bytes(),
+            ));
+        }
         let fields = Fields::from_list(&headers).map_err(|_| other("invalid request header"))?;
         let outgoing = OutgoingRequest::new(fields);
         let method = match req.method {

@@ -112,6 +112,7 @@ fn collect(env: &Env, trigger: Trigger, started: f64, runs: u64) -> Result<RunSu
     let deadline = started + budget;
     let region = region::region_url(env, &config.sentry).map_err(RunError::Sentry)?;
     let gcs = GcsClient::new(*env, &config.gcs, deadline).map_err(RunError::Storage)?;
+    gcs.check_credentials().map_err(RunError::Storage)?;
     let sentry = SentryClient::new(
         *env,
         &config.sentry,

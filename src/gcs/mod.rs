@@ -163,6 +163,15 @@ impl<'e> GcsClient<'e> {
         })
     }
 
+    /// Obtains a token now, so a credential that does not work fails the run before anything
+    /// is read from Sentry.
+    pub fn check_credentials(&self) -> Result<(), GcsError> {
+        self.credentials
+            .borrow_mut()
+            .token(&self.env, self.deadline)
+            .map(|_| ())
+    }
+
     pub fn tokens_minted(&self) -> u32 {
         self.credentials.borrow().minted
     }

@@ -259,3 +259,160 @@ async fn max_projects_cut_is_reported_not_silent() {
     assert!(inv.stderr.contains("max_projects cut 3"), "{}", inv.stderr);
     assert_eq!(rig.delivered().await.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 2);
+    let mut rng = Rng::new(31);
+    let now = rig.clock.now();
+    rig.sim
+        .generate(&mut rng, 1, 80, now - 3 * HOUR, now - HOUR, 0.0, 60);
+    rig.sim
+        .generate(&mut rng, 2, 40, now - 3 * HOUR, now - HOUR, 0.0, 60);
+    rig.set("lookback", "6h");
+    // The object lands, then the checkpoint cannot be written (the instance "dies" there).
+    let inv = rig
+        .run_with(|app| {
+            app.store("default")
+                .unwrap()
+                .set_faults(collector_host::kv::KvFaults {
+                    fail_get: false,
+                    fail_set: true,
+                })
+        })
+        .await;
+    assert!(
+        matches!(inv.outcome, collector_host::Outcome::GuestError(ref m) if m.contains("checkpoint")),
+        "{:?}",
+        inv.outcome
+    );
+    assert_eq!(rig.objects().await.len(), 1, "the object landed");
+    // The next run reads the same window, builds the same object, finds it there (412), checks
+    // its hash, and moves on.
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["objects"][0]["already_present"], true, "{ev}");
+    assert_eq!(ev["window_finished"], true);
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+    assert_eq!(rig.objects().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(32),
+        1,
+        10,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    rig.run_with(|app| {
+        app.store("default")
+            .unwrap()
+            .set_faults(collector_host::kv::KvFaults {
+                fail_get: false,
+                fail_set: true,
+            })
+    })
+    .await;
+    let objects = rig.objects().await;
+    assert_eq!(objects.len(), 1);
+    // Someone else writes different bytes under that name (the emulator allows overwrites).
+    let name = &objects[0].name;
+    let body = format!(
+        "--b0undary\r\ncontent-type: application/json\r\n\r\n{{\"name\":\"{name}\",\"metadata\":{{\"sha256\":\"{}\"}}}}\r\n--b0undary\r\ncontent-type: text/plain\r\n\r\nnot ours\r\n--b0undary--\r\n",
+        "0".repeat(64)
+    );
+    let target = format!("/upload/storage/v1/b/{BUCKET}/o?uploadType=multipart");
+    let resp = collector_host::testing::http_request(
+        rig.gcs.addr(),
+        "POST",
+        &target,
+        &[("content-type", "multipart/related; boundary=b0undary")],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    rig.generations.clear();
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected a conflict, got {:?}", inv.outcome);
+    };
+    assert!(
+        message.contains("already exists with different content"),
+        "{message}"
+    );
+    assert_eq!(
+        events_summary(&summary(&inv))["watermark"],
+        serde_json::Value::Null,
+        "nothing was checkpointed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_stays_within_kv_limits_for_an_org_of_a_thousand_projects() {
+    let options = SimOptions {
+        rate_limits: false,
+        ..SimOptions::default()
+    };
+    let mut rig = Rig::start(options).await;
+    add_projects(&rig.sim, 1000);
+    let mut rng = Rng::new(33);
+    let now = rig.clock.now();
+    for p in 1..=1000 {
+        rig.sim
+            .generate(&mut rng, p, 35, now - 4 * HOUR, now - 10 * 60, 0.0, 60);
+    }
+    rig.set("lookback", "6h");
+    rig.set("overlap", "6h");
+    rig.set("time_budget", "300s");
+    let mut most_keys = 0;
+    let mut most_chunks = 0;
+    for _ in 0..3 {
+        let s = rig.run_ok().await;
+        assert!(events_summary(&s)["error"].is_null(), "{s}");
+        let entries = rig.kv_entries();
+        most_keys = most_keys.max(entries.len());
+        most_chunks = most_chunks.max(
+            entries
+                .iter()
+                .filter(|(k, _)| k.starts_with("v1/events/seen/"))
+                .count(),
+        );
+        let t = rig.clock.now();
+        for p in (1..=1000).step_by(7) {
+            rig.sim
+                .generate(&mut rng, p, 2, t - 30 * 60, t - 5 * 60, 0.0, 60);
+        }
+        rig.clock.advance(HOUR);
+    }
+    rig.run_ok().await;
+    let entries = rig.kv_entries();
+    assert!(entries.len() <= 1024, "{} keys", entries.len());
+    assert!(
+        entries.len() <= 10,
+        "state is a handful of keys, got {}: {:?}",
+        entries.len(),
+        entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    for (key, len) in &entries {
+        assert!(key.len() <= 255, "{key}");
+        assert!(*len <= 1024 * 1024, "{key}: {len} bytes");
+    }
+    assert!(most_keys <= 10, "at most {most_keys} keys");
+    assert!(
+        most_chunks >= 2,
+        "35,000 ids in the overlap need more than one chunk"
+    );
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+}

@@ -86,10 +86,31 @@ impl Rig {
 
     /// One cron run through the host.
     pub async fn run(&self) -> Invocation {
+        self.run_with(|_| {}).await
+    }
+
+    /// One cron run, after `prepare` has seen the loaded app (to inject KV faults).
+    pub async fn run_with(&self, prepare: impl FnOnce(&App)) -> Invocation {
         let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
+        prepare(&app);
         app.run_cron(self.clock.now() as u64)
             .await
             .expect("the host runs the component")
+    }
+
+    /// The keys in the component's KV store and the size of each value.
+    pub fn kv_entries(&self) -> Vec<(String, usize)> {
+        let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
+        let store = app.store("default").expect("the default store");
+        store
+            .keys()
+            .expect("listing keys")
+            .into_iter()
+            .map(|k| {
+                let len = store.get(&k).expect("reading").map_or(0, |v| v.len());
+                (k, len)
+            })
+            .collect()
     }
 
     /// One cron run that must succeed; returns its summary.
