@@ -151,6 +151,7 @@ impl Event {
             "sdk": {"name": "sentry.python", "version": "2.19.0"},
             "errors": [],
             "fingerprints": ["{{ default }}"],
+            "groupingConfig": {"id": "newstyle:2023-01-11", "enhancements": "eJybzDRxY25-UmZOqpWRgYGphQAsigYm"},
             "occurrence": null,
             "_meta": {},
             "userReport": null,
