@@ -207,10 +207,17 @@ impl<'e> SentryClient<'e> {
                 )));
             }
             self.stats.borrow_mut().retries += 1;
-            // A 429 already set the endpoint's wait; others back off.
+            // A 429 already set the endpoint's wait; others back off. A failure that the
+            // budget leaves no time to retry is reported as the failure, not as time running
+            // out: the operator must see a Sentry that keeps failing.
             let backoff_until = self.env.clock.now() + retry::backoff(attempt - 1, self.jitter());
             let until = backoff_until.max(self.pacer.borrow().ready_at(endpoint));
-            self.wait_until(until)?;
+            match self.wait_until(until) {
+                Err(SentryError::OutOfTime) if !transient.contains("(429)") => {
+                    return Err(SentryError::Transient(format!("{transient}; no time left in this run to retry")));
+                }
+                other => other?,
+            }
         }
     }
 

@@ -416,3 +416,110 @@ async fn state_stays_within_kv_limits_for_an_org_of_a_thousand_projects() {
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
 }
+
+async fn small_rig(seed: u64) -> Rig {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 2);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(seed),
+        1,
+        25,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    rig
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_and_query_timeouts_are_retried_never_written() {
+    for (status, body) in [(502, "Bad Gateway"), (400, "Query timeout. Please try again. If the problem persists try a smaller date range or fewer projects.")] {
+        let mut rig = small_rig(41).await;
+        rig.sim.force_status(2, status, body);
+        let s = rig.run_ok().await;
+        let ev = events_summary(&s);
+        assert_eq!(ev["retries"], 2, "{status}: {ev}");
+        assert_eq!(ev["events"], 25);
+        let delivered = rig.delivered().await;
+        assert_eq!(delivered.len(), 25);
+        assert!(delivered.iter().all(|(_, v, _)| v.get("detail").is_none()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_failures_stop_the_stream_without_advancing() {
+    let mut rig = small_rig(42).await;
+    rig.sim.force_status(100, 503, "Service Unavailable");
+    rig.set("time_budget", "20s");
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected an error, got {:?}", inv.outcome);
+    };
+    assert!(message.contains("503"), "{message}");
+    assert!(
+        rig.objects().await.is_empty(),
+        "an error body is never data"
+    );
+    rig.sim.force_status(0, 200, "");
+    let s = rig.run_ok().await;
+    assert_eq!(
+        events_summary(&s)["events"],
+        25,
+        "the next run collects everything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_and_scope_problems_name_what_to_fix() {
+    let mut rig = small_rig(43).await;
+    rig.set("sentry_auth_token", "sntryu_revoked");
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("{:?}", inv.outcome);
+    };
+    assert!(
+        message.contains("401") && message.contains("sentry_auth_token"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("sntryu_revoked"),
+        "the token leaked: {message}"
+    );
+
+    let rig = small_rig(44).await;
+    rig.sim.forbid("project-events");
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("{:?}", inv.outcome);
+    };
+    assert!(
+        message.contains("403") && message.contains("Project Read"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_outside_sentry_region_hosts_never_gets_the_token() {
+    let decoy = collector_host::testing::RecordingServer::start(|_| {
+        collector_host::testing::Reply::json(200, &serde_json::json!([]))
+    })
+    .await
+    .unwrap();
+    let options = SimOptions {
+        region_url: Some(decoy.url()),
+        ..SimOptions::default()
+    };
+    let mut rig = Rig::start(options).await;
+    add_projects(&rig.sim, 1);
+    // Even with the decoy allowed by the host, the component refuses to send the token there.
+    rig.set("lookback", "6h");
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("{:?}", inv.outcome);
+    };
+    assert!(message.contains("sentry_region_hosts"), "{message}");
+    assert!(decoy.requests().is_empty());
+}

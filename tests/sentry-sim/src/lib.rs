@@ -255,6 +255,8 @@ struct State {
     forced_429: Option<(u32, i64)>,
     /// Scopes the token lacks: a request to a class listed here gets 403.
     forbidden: Vec<&'static str>,
+    /// The next N requests (any class but "org") get this status and body.
+    forced_status: Option<(u32, u16, String)>,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -385,6 +387,12 @@ impl Sim {
         self.state.lock().unwrap().forced_429 = Some((n, reset_in));
     }
 
+    /// The next `n` requests after region discovery answer `status` with `body` (a 502, or
+    /// Snuba's "Query timeout" 400). `n` = 0 clears it.
+    pub fn force_status(&self, n: u32, status: u16, body: &str) {
+        self.state.lock().unwrap().forced_status = (n > 0).then(|| (n, status, body.to_string()));
+    }
+
     /// Requests to this endpoint class answer 403 (a token without the scope).
     pub fn forbid(&self, class: &'static str) {
         self.state.lock().unwrap().forbidden.push(class);
@@ -464,6 +472,16 @@ impl Sim {
         if authorization != format!("Bearer {}", self.options.token) {
             st.counters.unauthorized += 1;
             return SimResponse::json(401, &json!({"detail": "Invalid token"}));
+        }
+        if class != "org" {
+            if let Some((n, status, body)) = st.forced_status.clone() {
+                st.forced_status = if n > 1 {
+                    Some((n - 1, status, body.clone()))
+                } else {
+                    None
+                };
+                return SimResponse::json(status, &json!({ "detail": body }));
+            }
         }
         if st.forbidden.contains(&class) {
             return SimResponse::json(
