@@ -214,7 +214,9 @@ impl<'e> SentryClient<'e> {
             let until = backoff_until.max(self.pacer.borrow().ready_at(endpoint));
             match self.wait_until(until) {
                 Err(SentryError::OutOfTime) if !transient.contains("(429)") => {
-                    return Err(SentryError::Transient(format!("{transient}; no time left in this run to retry")));
+                    return Err(SentryError::Transient(format!(
+                        "{transient}; no time left in this run to retry"
+                    )));
                 }
                 other => other?,
             }

@@ -608,7 +608,7 @@ impl Sim {
             .iter()
             .skip(offset)
             .take(per_page)
-            .map(|p| project_json(p))
+            .map(project_json)
             .collect();
         let more = st.projects.len() > offset + per_page;
         self.paged(json!(items), path, params, offset, per_page, more)
