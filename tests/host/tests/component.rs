@@ -13,7 +13,8 @@ use serde_json::json;
 
 const TOKEN: &str = "sntryu_test_token_0123456789abcdef";
 
-/// Answers organization details the way sentry.io does, naming itself as the region.
+/// Answers organization details the way sentry.io does, naming itself as the region, and a
+/// Discover pre-scan that finds no events (so a run reads nothing and writes nothing).
 async fn sentry_stub() -> RecordingServer {
     RecordingServer::start(|req: &RecordedRequest| {
         if req.method == "GET" && req.target == "/api/0/organizations/acme/" {
@@ -24,6 +25,10 @@ async fn sentry_stub() -> RecordingServer {
                     "regionUrl": format!("http://{}", req.header("host").unwrap_or_default()),
                 }}),
             )
+        } else if req.method == "GET"
+            && req.target.starts_with("/api/0/organizations/acme/events/?")
+        {
+            Reply::json(200, &json!({"data": [], "meta": {"fields": {}}}))
         } else {
             Reply::json(
                 404,
@@ -33,6 +38,14 @@ async fn sentry_stub() -> RecordingServer {
     })
     .await
     .unwrap()
+}
+
+fn org_detail_requests(server: &RecordingServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.target == "/api/0/organizations/acme/")
+        .count()
 }
 
 fn variables(sentry: &str, extra: &[(&str, &str)]) -> ProvidedVariables {
@@ -92,11 +105,15 @@ async fn cron_export_runs_and_reaches_the_configured_sentry() {
     assert_eq!(s["org"], "acme");
     assert_eq!(s["region_url"], sentry.url());
     let requests = sentry.requests();
-    assert_eq!(requests.len(), 1);
-    assert_eq!(
-        requests[0].header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    assert_eq!(requests.len(), 2, "organization details and the pre-scan");
+    for r in &requests {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+    }
+    assert_eq!(s["streams"][0]["projects_active"], 0);
+    assert_eq!(s["streams"][0]["window_finished"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,8 +215,13 @@ async fn key_value_state_persists_across_separate_host_processes() {
     }
     assert_eq!(runs[0]["runs"], 1);
     assert_eq!(runs[1]["runs"], 2);
-    // The region was cached in KV by the first process: the second made no request.
-    assert_eq!(sentry.requests().len(), 1);
+    // The region was cached in KV by the first process: the second did not ask again.
+    assert_eq!(org_detail_requests(&sentry), 1);
+    assert_eq!(
+        runs[1]["streams"][0]["watermark"].is_string(),
+        true,
+        "the checkpoint persisted"
+    );
     assert!(state.join("key_value/default").is_dir());
 }
 
@@ -258,7 +280,7 @@ async fn outbound_requests_outside_the_allow_list_are_refused_without_hanging() 
     .unwrap();
     let inv = app.run_cron(1).await.unwrap();
     assert_eq!(inv.outcome, Outcome::Ok, "{}", inv.stderr);
-    assert_eq!(listed.requests().len(), 1);
+    assert_eq!(org_detail_requests(&listed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
