@@ -135,7 +135,7 @@ pub fn collect_events(
     if let Err(e) = c.run() {
         match e {
             Stop::OutOfTime => {}
-            Stop::Failed(message) => c.summary.error = Some(message),
+            Stop::Failed(message) | Stop::WriteFailed(message) => c.summary.error = Some(message),
         }
     }
     let stats = sentry.stats();
@@ -152,7 +152,11 @@ pub fn collect_events(
 
 enum Stop {
     OutOfTime,
+    /// Reading failed; what was read before can still be written.
     Failed(String),
+    /// Writing an object or the checkpoint failed: nothing more may be checkpointed in this
+    /// run, or the checkpoint could move past events that never landed.
+    WriteFailed(String),
 }
 
 impl From<SentryError> for Stop {
@@ -214,9 +218,12 @@ impl Collector<'_, '_> {
                     self.finish_window(progress.window)?;
                     windows += 1;
                 }
-                // Whatever stopped the read, what was read so far is written and checkpointed.
+                // When reading stopped, what was read so far is written and checkpointed.
+                // When writing failed, nothing more is checkpointed in this run.
                 Err((mut progress, stop)) => {
-                    self.flush(&mut progress)?;
+                    if !matches!(stop, Stop::WriteFailed(_)) {
+                        self.flush(&mut progress)?;
+                    }
                     return Err(stop);
                 }
             }
@@ -323,11 +330,13 @@ impl Collector<'_, '_> {
         if self.buffer.events == 0 {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.buffer);
-        let body = if self.config.gcs.gzip {
-            gcs::gzip(&data.ndjson)
+        // The buffer is emptied only once the object has landed.
+        let gzipped;
+        let body: &[u8] = if self.config.gcs.gzip {
+            gzipped = gcs::gzip(&self.buffer.ndjson);
+            &gzipped
         } else {
-            data.ndjson
+            &self.buffer.ndjson
         };
         let name = gcs::object_name(
             &self.config.gcs,
@@ -335,17 +344,19 @@ impl Collector<'_, '_> {
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
-            &gcs::sha256_hex(&body),
+            &gcs::sha256_hex(body),
             self.config.gcs.gzip,
         );
+        let events = self.buffer.events;
         let uploaded = self
             .gcs
-            .create(&name, &body, data.events)
-            .map_err(|e| Stop::Failed(format!("Cloud Storage: {e}")))?;
+            .create(&name, body, events)
+            .map_err(|e| Stop::WriteFailed(format!("Cloud Storage: {e}")))?;
+        self.buffer = Buffer::default();
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {
             name: uploaded.name,
-            events: data.events,
+            events,
             bytes: uploaded.bytes,
             already_present: uploaded.already_present,
         });
@@ -356,7 +367,7 @@ impl Collector<'_, '_> {
     fn save(&mut self) -> Result<(), Stop> {
         self.store
             .save(&mut self.checkpoint, &self.seen, self.seen_changed)
-            .map_err(|e| Stop::Failed(format!("saving the checkpoint: {e}")))?;
+            .map_err(|e| Stop::WriteFailed(format!("saving the checkpoint: {e}")))?;
         self.seen_changed = false;
         Ok(())
     }

@@ -229,6 +229,33 @@ impl<'e> SentryClient<'e> {
         url
     }
 
+    /// GETs every page of a list endpoint, following `next` cursors, handing each body to
+    /// `on_page`. `Ok(Err(detail))` is a 400 with Sentry's detail.
+    fn for_each_page(
+        &self,
+        endpoint: &'static str,
+        what: &str,
+        base: &Url,
+        mut on_page: impl FnMut(&[u8]) -> Result<(), SentryError>,
+    ) -> Result<Result<(), String>, SentryError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = base.clone();
+            if let Some(c) = &cursor {
+                url.query_pairs_mut().append_pair("cursor", c);
+            }
+            let (body, next) = match self.get_with_link(endpoint, what, url, MAX_SMALL_BODY)? {
+                Ok(page) => page,
+                Err(detail) => return Ok(Err(detail)),
+            };
+            on_page(&body)?;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(Ok(())),
+            }
+        }
+    }
+
     /// Projects with at least one error event in the window, from one Discover query
     /// (`field=project.id&field=count()`), or `None` when the org cannot query several projects
     /// at once ("You cannot view events from multiple projects.").
@@ -245,34 +272,19 @@ impl<'e> SentryClient<'e> {
             data: Vec<Row>,
         }
         let what = "the active-project pre-scan (Discover)";
-        let mut projects = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = self.org_url("events/");
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("field", "project.id")
-                    .append_pair("field", "count()")
-                    .append_pair("dataset", "errors")
-                    .append_pair("project", "-1")
-                    .append_pair("start", &rfc3339(window.start))
-                    .append_pair("end", &rfc3339(window.end))
-                    .append_pair("sort", "project.id")
-                    .append_pair("per_page", "100");
-                if let Some(c) = &cursor {
-                    q.append_pair("cursor", c);
-                }
-            }
-            let (body, next) = match self.get_with_link("discover", what, url, MAX_SMALL_BODY)? {
-                Ok(page) => page,
-                Err(detail) if detail.contains("multiple projects") => return Ok(None),
-                Err(detail) => {
-                    return Err(SentryError::Fatal(format!(
-                        "{what}: Sentry refused the query (400): {detail}"
-                    )))
-                }
-            };
-            let body: Body = serde_json::from_slice(&body).map_err(|_| {
+        let mut url = self.org_url("events/");
+        url.query_pairs_mut()
+            .append_pair("field", "project.id")
+            .append_pair("field", "count()")
+            .append_pair("dataset", "errors")
+            .append_pair("project", "-1")
+            .append_pair("start", &rfc3339(window.start))
+            .append_pair("end", &rfc3339(window.end))
+            .append_pair("sort", "project.id")
+            .append_pair("per_page", "100");
+        let mut projects: Vec<ProjectRef> = Vec::new();
+        let pages = self.for_each_page("discover", what, &url, |body| {
+            let body: Body = serde_json::from_slice(body).map_err(|_| {
                 SentryError::Malformed(format!(
                     "{what}: the body is not Discover's {{\"data\": [...]}}"
                 ))
@@ -286,17 +298,22 @@ impl<'e> SentryClient<'e> {
                     .as_ref()
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(1);
-                if count > 0 && !projects.iter().any(|p: &ProjectRef| p.id == id) {
+                if count > 0 && !projects.iter().any(|p| p.id == id) {
                     projects.push(ProjectRef { id });
                 }
             }
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
+            Ok(())
+        })?;
+        match pages {
+            Ok(()) => {
+                projects.sort_by_key(|p| p.id);
+                Ok(Some(projects))
             }
+            Err(detail) if detail.contains("multiple projects") => Ok(None),
+            Err(detail) => Err(SentryError::Fatal(format!(
+                "{what}: Sentry refused the query (400): {detail}"
+            ))),
         }
-        projects.sort_by_key(|p| p.id);
-        Ok(Some(projects))
     }
 
     /// Every project of the org, for orgs without multi-project Discover.
@@ -306,25 +323,11 @@ impl<'e> SentryClient<'e> {
             id: serde_json::Value,
         }
         let what = "the project list";
+        let mut url = self.org_url("projects/");
+        url.query_pairs_mut().append_pair("per_page", "100");
         let mut projects = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = self.org_url("projects/");
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("per_page", "100");
-                if let Some(c) = &cursor {
-                    q.append_pair("cursor", c);
-                }
-            }
-            let (body, next) = self
-                .get_with_link("projects", what, url, MAX_SMALL_BODY)?
-                .map_err(|detail| {
-                    SentryError::Fatal(format!(
-                        "{what}: Sentry refused the request (400): {detail}"
-                    ))
-                })?;
-            let items: Vec<Item> = serde_json::from_slice(&body).map_err(|_| {
+        self.for_each_page("projects", what, &url, |body| {
+            let items: Vec<Item> = serde_json::from_slice(body).map_err(|_| {
                 SentryError::Malformed(format!("{what}: the body is not a JSON array of projects"))
             })?;
             for item in items {
@@ -333,11 +336,13 @@ impl<'e> SentryClient<'e> {
                 })?;
                 projects.push(ProjectRef { id });
             }
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+            Ok(())
+        })?
+        .map_err(|detail| {
+            SentryError::Fatal(format!(
+                "{what}: Sentry refused the request (400): {detail}"
+            ))
+        })?;
         projects.sort_by_key(|p| p.id);
         projects.dedup();
         Ok(projects)

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -387,15 +388,27 @@ pub struct AuthProxy {
     pub server: RecordingServer,
     pub seen_tokens: Arc<Mutex<Vec<String>>>,
     pub rejected: Arc<Mutex<u64>>,
+    /// The next this-many requests get a 503 without reaching the emulator.
+    pub fail_next: Arc<AtomicU32>,
 }
 
 impl AuthProxy {
     pub async fn start(upstream: SocketAddr, accept: Accept) -> Result<AuthProxy> {
         let seen_tokens = Arc::new(Mutex::new(Vec::new()));
         let rejected = Arc::new(Mutex::new(0u64));
-        let (seen, rej) = (seen_tokens.clone(), rejected.clone());
+        let fail_next = Arc::new(AtomicU32::new(0));
+        let (seen, rej, fail) = (seen_tokens.clone(), rejected.clone(), fail_next.clone());
         let handle = tokio::runtime::Handle::current();
         let server = RecordingServer::start(move |req: &RecordedRequest| {
+            let failing = fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Reply::json(
+                    503,
+                    &json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+                );
+            }
             let token = req
                 .header("authorization")
                 .and_then(|h| h.strip_prefix("Bearer "))
@@ -438,6 +451,7 @@ impl AuthProxy {
             server,
             seen_tokens,
             rejected,
+            fail_next,
         })
     }
 

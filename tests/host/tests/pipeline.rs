@@ -523,3 +523,61 @@ async fn a_region_outside_sentry_region_hosts_never_gets_the_token() {
     assert!(message.contains("sentry_region_hosts"), "{message}");
     assert!(decoy.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_upload_mid_window_checkpoints_nothing_and_the_next_run_delivers_it_all() {
+    let mut rig = Rig::start(SimOptions {
+        rate_limits: false,
+        ..SimOptions::default()
+    })
+    .await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    // About 10 MiB of events: the buffer reaches the object size in the middle of the window.
+    let mut rng = Rng::new(45);
+    for i in 0..1_500u64 {
+        rig.sim.add_event(sentry_sim::Event {
+            event_id: format!("{:016x}{:016x}", rng.next_u64(), i),
+            project_id: 1,
+            group_id: 7,
+            date_created: now - 3 * HOUR + (i as i64) * 5,
+            received_at: now - 3 * HOUR + (i as i64) * 5,
+            title: "a large event".into(),
+            padding: 6_000,
+        });
+    }
+    let proxy = collector_host::google::AuthProxy::start(
+        rig.gcs.addr(),
+        collector_host::google::Accept::Static("ya29.test-static-token".into()),
+    )
+    .await
+    .unwrap();
+    rig.set("gcs_endpoint", &proxy.url());
+    rig.set("lookback", "6h");
+    rig.set("time_budget", "10s");
+    proxy
+        .fail_next
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected the upload to fail, got {:?}", inv.outcome);
+    };
+    assert!(
+        message.contains("Cloud Storage") && message.contains("503"),
+        "{message}"
+    );
+    assert!(
+        events_summary(&summary(&inv))["pages"].as_u64().unwrap() >= 12,
+        "the failure came mid-window"
+    );
+    proxy
+        .fail_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    rig.set("time_budget", "60s");
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["events"], 1_500, "{ev}");
+    assert!(ev["objects"].as_array().unwrap().len() >= 2, "{ev}");
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+}
