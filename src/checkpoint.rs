@@ -133,13 +133,14 @@ pub struct Checkpoint {
     pub seen_chunks: u32,
 }
 
-/// The checkpoint and id set of one stream, under `v1/{stream}/...`.
+/// The checkpoint and id set of one stream (and shard), under `v1/{stream}/...`.
 pub struct CheckpointStore<'a> {
     kv: &'a dyn KeyValue,
     stream: &'a str,
 }
 
 impl<'a> CheckpointStore<'a> {
+    /// `stream` is the stream's name with the shard's suffix, like `events` or `events.s1of4`.
     pub fn new(kv: &'a dyn KeyValue, stream: &'a str) -> Self {
         CheckpointStore { kv, stream }
     }
@@ -238,6 +239,9 @@ mod tests {
         fn delete(&self, key: &str) -> Result<(), String> {
             self.0.borrow_mut().remove(key);
             Ok(())
+        }
+        fn keys(&self) -> Result<Vec<String>, String> {
+            Ok(self.0.borrow().keys().cloned().collect())
         }
     }
 

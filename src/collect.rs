@@ -16,6 +16,8 @@ use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
 use crate::sentry::client::{SentryClient, Window};
 use crate::sentry::SentryError;
+use crate::shard::Shard;
+use crate::state::{self, StreamStatus};
 use crate::time::rfc3339;
 
 pub const STREAM: &str = "events";
@@ -39,6 +41,8 @@ pub struct ObjectSummary {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamSummary {
     pub stream: &'static str,
+    /// `i/n`, or `0/1` for the whole org.
+    pub shard: String,
     pub window_start: Option<String>,
     pub window_end: Option<String>,
     /// The last window of the run was read to its end (the watermark moved there).
@@ -62,6 +66,8 @@ pub struct StreamSummary {
     pub gcs_requests: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
+    /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
+    pub error_is_transient: bool,
 }
 
 /// Events read but not yet written.
@@ -76,7 +82,8 @@ struct Collector<'a, 'e> {
     config: &'a Config,
     sentry: &'a SentryClient<'e>,
     gcs: &'a GcsClient<'e>,
-    store: CheckpointStore<'e>,
+    shard: Shard,
+    store: CheckpointStore<'a>,
     checkpoint: Checkpoint,
     seen: SeenSet,
     seen_changed: bool,
@@ -105,12 +112,15 @@ pub fn collect_events(
     config: &Config,
     sentry: &SentryClient,
     gcs: &GcsClient,
+    shard: Shard,
 ) -> StreamSummary {
     let mut summary = StreamSummary {
         stream: STREAM,
+        shard: shard.to_string(),
         ..StreamSummary::default()
     };
-    let store = CheckpointStore::new(env.kv, STREAM);
+    let state_name = format!("{STREAM}{}", shard.suffix());
+    let store = CheckpointStore::new(env.kv, &state_name);
     let (checkpoint, seen) = match store.load() {
         Ok(state) => state,
         Err(e) => {
@@ -123,6 +133,7 @@ pub fn collect_events(
         config,
         sentry,
         gcs,
+        shard,
         store,
         checkpoint,
         seen,
@@ -132,11 +143,9 @@ pub fn collect_events(
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
-    if let Err(e) = c.run() {
-        match e {
-            Stop::OutOfTime => {}
-            Stop::Failed(message) | Stop::WriteFailed(message) => c.summary.error = Some(message),
-        }
+    if let Err(Stop::Failed(f) | Stop::WriteFailed(f)) = c.run() {
+        c.summary.error = Some(f.message);
+        c.summary.error_is_transient = f.transient;
     }
     let stats = sentry.stats();
     let mut summary = c.summary;
@@ -147,23 +156,38 @@ pub fn collect_events(
         ((stats.waited_secs - sentry_before.waited_secs) * 1000.0).round() / 1000.0;
     summary.gcs_requests = gcs.requests.get() - gcs_before;
     summary.watermark = c.checkpoint.watermark.map(rfc3339);
+    let status =
+        StreamStatus::from_summary(&summary, c.checkpoint.watermark, env.clock.now() as i64);
+    if let Err(e) = state::save(env.kv, &StreamStatus::key(&state_name), &status) {
+        eprintln!("warning: could not record the stream's status: {e}");
+    }
     summary
+}
+
+/// A failure, and whether a later attempt may succeed without anyone changing anything.
+struct Failure {
+    message: String,
+    transient: bool,
 }
 
 enum Stop {
     OutOfTime,
     /// Reading failed; what was read before can still be written.
-    Failed(String),
+    Failed(Failure),
     /// Writing an object or the checkpoint failed: nothing more may be checkpointed in this
     /// run, or the checkpoint could move past events that never landed.
-    WriteFailed(String),
+    WriteFailed(Failure),
 }
 
 impl From<SentryError> for Stop {
     fn from(e: SentryError) -> Self {
+        let transient = !matches!(e, SentryError::Fatal(_));
         match e {
             SentryError::OutOfTime => Stop::OutOfTime,
-            other => Stop::Failed(format!("Sentry: {other}")),
+            other => Stop::Failed(Failure {
+                message: format!("Sentry: {other}"),
+                transient,
+            }),
         }
     }
 }
@@ -191,7 +215,12 @@ impl Collector<'_, '_> {
                         self.summary.up_to_date = true;
                         return Ok(());
                     };
-                    self.plan(window)?
+                    let mut plan = self.plan(window)?;
+                    // The plan is saved before anything is read: a run that dies before its
+                    // first checkpoint is retried on the same window, so it rebuilds the same
+                    // object names and finds what already landed.
+                    self.flush(&mut plan)?;
+                    plan
                 }
             };
             self.summary.window_finished = false;
@@ -245,6 +274,7 @@ impl Collector<'_, '_> {
                     .collect()
             }
         };
+        projects.retain(|&p| self.shard.includes(p));
         let mut cut = 0;
         if let Some(cap) = self.config.sentry.max_projects {
             if projects.len() > cap {
@@ -341,6 +371,7 @@ impl Collector<'_, '_> {
         let name = gcs::object_name(
             &self.config.gcs,
             STREAM,
+            &self.shard.suffix(),
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
@@ -348,10 +379,12 @@ impl Collector<'_, '_> {
             self.config.gcs.gzip,
         );
         let events = self.buffer.events;
-        let uploaded = self
-            .gcs
-            .create(&name, body, events)
-            .map_err(|e| Stop::WriteFailed(format!("Cloud Storage: {e}")))?;
+        let uploaded = self.gcs.create(&name, body, events).map_err(|e| {
+            Stop::WriteFailed(Failure {
+                transient: matches!(e, gcs::GcsError::Transient(_)),
+                message: format!("Cloud Storage: {e}"),
+            })
+        })?;
         self.buffer = Buffer::default();
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {
@@ -367,7 +400,12 @@ impl Collector<'_, '_> {
     fn save(&mut self) -> Result<(), Stop> {
         self.store
             .save(&mut self.checkpoint, &self.seen, self.seen_changed)
-            .map_err(|e| Stop::WriteFailed(format!("saving the checkpoint: {e}")))?;
+            .map_err(|e| {
+                Stop::WriteFailed(Failure {
+                    message: format!("saving the checkpoint: {e}"),
+                    transient: true,
+                })
+            })?;
         self.seen_changed = false;
         Ok(())
     }

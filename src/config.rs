@@ -874,11 +874,18 @@ fn push_auth(c: &mut Checker) -> Option<PushAuth> {
         );
     }
 
+    let allow_unauthenticated = allow?;
+    if allow_unauthenticated && (oidc.is_some() || shared_secret.is_some()) {
+        c.problem(
+            "allow_unauthenticated",
+            "is true while push authentication is configured: set it to false (authentication is enforced whenever it is configured)",
+        );
+    }
     Some(PushAuth {
         oidc,
         shared_secret,
         shared_secret_param,
-        allow_unauthenticated: allow?,
+        allow_unauthenticated,
     })
 }
 

@@ -9,12 +9,15 @@ pub mod config;
 pub mod gcs;
 pub mod http_api;
 pub mod jwt;
+pub mod lease;
 pub mod platform;
 pub mod ports;
+pub mod push_auth;
 pub mod retry;
 pub mod run;
 pub mod secret;
 pub mod sentry;
+pub mod shard;
 pub mod state;
 pub mod time;
 
@@ -43,6 +46,17 @@ mod exports {
         let api_req = http_api::ApiRequest {
             method: req.method().to_string(),
             path: req.path().to_string(),
+            query: req.query().to_string(),
+            headers: req
+                .headers()
+                .map(|(n, v)| {
+                    (
+                        n.to_ascii_lowercase(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: req.body().to_vec(),
         };
         let resp = with_spin_env(|env| http_api::handle(env, &api_req));
         let mut builder = Response::builder();
@@ -67,9 +81,16 @@ mod exports {
         /// One collection run. The summary goes to stdout; an error is returned, and the cron
         /// trigger logs it (printing it here too would log it twice).
         fn handle_cron_event(_metadata: Metadata) -> Result<(), Error> {
-            match with_spin_env(|env| run::run_once(env, run::Trigger::Cron)) {
-                Ok(summary) => {
+            let outcome = with_spin_env(|env| {
+                run::run_once(env, run::Trigger::Cron, &run::RunOptions::default())
+            });
+            match outcome {
+                Ok(run::RunOutcome::Ran(summary)) => {
                     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    Ok(())
+                }
+                Ok(run::RunOutcome::Skipped(skipped)) => {
+                    println!("{}", serde_json::to_string(&skipped).unwrap_or_default());
                     Ok(())
                 }
                 Err(run::RunError::Streams(summary)) => {

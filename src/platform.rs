@@ -58,6 +58,9 @@ impl KeyValue for SpinKv {
     fn delete(&self, key: &str) -> Result<(), String> {
         self.store()?.delete(key).map_err(|e| e.to_string())
     }
+    fn keys(&self) -> Result<Vec<String>, String> {
+        self.store()?.get_keys().map_err(|e| e.to_string())
+    }
 }
 
 pub struct SystemClock;

@@ -121,6 +121,8 @@ pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
     fn delete(&self, key: &str) -> Result<(), String>;
+    /// Every key in the store.
+    fn keys(&self) -> Result<Vec<String>, String>;
 }
 
 pub trait Clock {

@@ -1,4 +1,5 @@
-//! One collection run: configuration, region, the streams, and the record `/status` reads.
+//! One collection run: configuration, the shard's lease, region, the streams, and the record
+//! `/status` reads.
 
 use std::fmt;
 
@@ -7,9 +8,11 @@ use serde::Serialize;
 use crate::collect::{self, StreamSummary};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
+use crate::lease::{self, Lease};
 use crate::ports::Env;
 use crate::sentry::client::SentryClient;
 use crate::sentry::{region, SentryError};
+use crate::shard::Shard;
 use crate::state::{self, keys, LastRun};
 use crate::time::rfc3339;
 
@@ -35,22 +38,52 @@ impl Trigger {
     }
 }
 
+/// What a caller may choose for one run (Pub/Sub attributes, `/run` query parameters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// A subset of the configured streams; `None`: all of them.
+    pub streams: Option<Vec<String>>,
+    pub shard: Shard,
+}
+
 /// Why a run could not collect at all.
 #[derive(Debug)]
 pub enum RunError {
     Config(ConfigError),
+    /// The options ask for something the configuration does not have.
+    Options(String),
     Sentry(SentryError),
     Storage(GcsError),
+    /// The lease could not be read or written.
+    State(String),
     /// The run went ahead but a stream failed; the summary says which and why.
     Streams(Box<RunSummary>),
+}
+
+impl RunError {
+    /// Whether trying again later, unchanged, may succeed (Pub/Sub should redeliver).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Config(_) | RunError::Options(_) => false,
+            RunError::Sentry(e) => !matches!(e, SentryError::Fatal(_)),
+            RunError::Storage(e) => matches!(e, GcsError::Transient(_)),
+            RunError::State(_) => true,
+            RunError::Streams(s) => s
+                .streams
+                .iter()
+                .any(|st| st.error.is_some() && st.error_is_transient),
+        }
+    }
 }
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Config(e) => e.fmt(f),
+            RunError::Options(m) => f.write_str(m),
             RunError::Sentry(e) => write!(f, "Sentry: {e}"),
             RunError::Storage(e) => write!(f, "Cloud Storage: {e}"),
+            RunError::State(e) => write!(f, "key-value store: {e}"),
             RunError::Streams(s) => {
                 let failed: Vec<String> = s
                     .streams
@@ -69,6 +102,7 @@ impl std::error::Error for RunError {}
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub trigger: &'static str,
+    pub shard: String,
     pub started_at: String,
     pub finished_at: String,
     pub org: String,
@@ -81,9 +115,36 @@ pub struct RunSummary {
     pub runs: u64,
 }
 
+/// A run that another run's lease kept from starting.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub skipped: bool,
+    pub shard: String,
+    pub reason: String,
+    pub lease_expires_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    Ran(RunSummary),
+    Skipped(Skipped),
+}
+
 /// Runs once. Whatever the outcome, the last-run record in KV says what happened.
-pub fn run_once(env: &Env, trigger: Trigger) -> Result<RunSummary, RunError> {
+pub fn run_once(env: &Env, trigger: Trigger, options: &RunOptions) -> Result<RunOutcome, RunError> {
     let started = env.clock.now();
+    let config = Config::load(env.vars).map_err(RunError::Config)?;
+    let streams = chosen_streams(&config, options)?;
+    let budget = config.timing.time_budget.as_secs();
+    let lease = lease::acquire(env, &options.shard, budget).map_err(RunError::State)?;
+    if let Lease::Held { until } = lease {
+        return Ok(RunOutcome::Skipped(Skipped {
+            skipped: true,
+            shard: options.shard.to_string(),
+            reason: "another run of this shard holds the lease".into(),
+            lease_expires_at: rfc3339(until),
+        }));
+    }
     let previous: LastRun = state::load(env.kv, keys::LAST_RUN)
         .unwrap_or_else(|e| {
             eprintln!("warning: {e}; starting the run counter again");
@@ -91,7 +152,15 @@ pub fn run_once(env: &Env, trigger: Trigger) -> Result<RunSummary, RunError> {
         })
         .unwrap_or_default();
     let runs = previous.runs + 1;
-    let result = collect(env, trigger, started, runs);
+    let result = collect(
+        env,
+        &config,
+        &streams,
+        options.shard,
+        trigger,
+        started,
+        runs,
+    );
     let record = LastRun {
         runs,
         trigger: trigger.as_str().to_string(),
@@ -103,11 +172,34 @@ pub fn run_once(env: &Env, trigger: Trigger) -> Result<RunSummary, RunError> {
     if let Err(e) = state::save(env.kv, keys::LAST_RUN, &record) {
         eprintln!("warning: could not record the run: {e}");
     }
-    result
+    lease::release(env, &lease);
+    result.map(RunOutcome::Ran)
 }
 
-fn collect(env: &Env, trigger: Trigger, started: f64, runs: u64) -> Result<RunSummary, RunError> {
-    let config = Config::load(env.vars).map_err(RunError::Config)?;
+fn chosen_streams(config: &Config, options: &RunOptions) -> Result<Vec<String>, RunError> {
+    match &options.streams {
+        None => Ok(config.streams.clone()),
+        Some(wanted) => {
+            if let Some(other) = wanted.iter().find(|s| !config.streams.contains(s)) {
+                return Err(RunError::Options(format!(
+                    "stream {other} is not among the configured streams ({})",
+                    config.streams.join(", ")
+                )));
+            }
+            Ok(wanted.clone())
+        }
+    }
+}
+
+fn collect(
+    env: &Env,
+    config: &Config,
+    streams: &[String],
+    shard: Shard,
+    trigger: Trigger,
+    started: f64,
+    runs: u64,
+) -> Result<RunSummary, RunError> {
     let budget = config.timing.time_budget.as_secs_f64();
     let deadline = started + budget;
     let region = region::region_url(env, &config.sentry).map_err(RunError::Sentry)?;
@@ -119,27 +211,28 @@ fn collect(env: &Env, trigger: Trigger, started: f64, runs: u64) -> Result<RunSu
         region.clone(),
         deadline - write_reserve(budget),
     );
-    let mut streams = Vec::new();
-    for stream in &config.streams {
+    let mut summaries = Vec::new();
+    for stream in streams {
         let summary = match stream.as_str() {
-            collect::STREAM => collect::collect_events(*env, &config, &sentry, &gcs),
+            collect::STREAM => collect::collect_events(*env, config, &sentry, &gcs, shard),
             // Config::load admits only supported streams.
             other => StreamSummary {
                 error: Some(format!("stream {other} is not implemented")),
                 ..StreamSummary::default()
             },
         };
-        streams.push(summary);
+        summaries.push(summary);
     }
     let summary = RunSummary {
         trigger: trigger.as_str(),
+        shard: shard.to_string(),
         started_at: rfc3339(started as i64),
         finished_at: rfc3339(env.clock.now() as i64),
         org: config.sentry.org.clone(),
         region_url: region.origin().ascii_serialization(),
         time_budget_secs: config.timing.time_budget.as_secs(),
         tokens_minted: gcs.tokens_minted(),
-        streams,
+        streams: summaries,
         runs,
     };
     if summary.streams.iter().any(|s| s.error.is_some()) {

@@ -68,3 +68,46 @@ pub struct LastRun {
     pub ok: bool,
     pub error: Option<String>,
 }
+
+/// What `/status` shows for one stream (and shard), written at the end of each run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    pub stream: String,
+    pub shard: String,
+    pub finished_at: i64,
+    pub watermark: Option<i64>,
+    pub window_finished: bool,
+    pub pages: u64,
+    pub events: u64,
+    pub objects: usize,
+    pub bytes: u64,
+    pub error: Option<String>,
+}
+
+impl StreamStatus {
+    pub const PREFIX: &'static str = "v1/status/";
+
+    /// `state_name` is the stream with its shard suffix.
+    pub fn key(state_name: &str) -> String {
+        format!("{}{state_name}", Self::PREFIX)
+    }
+
+    pub fn from_summary(
+        s: &crate::collect::StreamSummary,
+        watermark: Option<i64>,
+        now: i64,
+    ) -> StreamStatus {
+        StreamStatus {
+            stream: s.stream.to_string(),
+            shard: s.shard.clone(),
+            finished_at: now,
+            watermark,
+            window_finished: s.window_finished,
+            pages: s.pages,
+            events: s.events,
+            objects: s.objects.len(),
+            bytes: s.bytes,
+            error: s.error.clone(),
+        }
+    }
+}

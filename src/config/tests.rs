@@ -679,3 +679,22 @@ fn secrets_are_exactly_the_credentials() {
         ]
     );
 }
+
+#[test]
+fn allow_unauthenticated_cannot_be_combined_with_configured_auth() {
+    let long = "f".repeat(40);
+    rejects(
+        &[
+            ("push_shared_secret", &long),
+            ("allow_unauthenticated", "true"),
+        ],
+        "allow_unauthenticated",
+        "set it to false",
+    );
+    assert!(
+        Config::load(&with(&[("allow_unauthenticated", "true")]))
+            .unwrap()
+            .push
+            .allow_unauthenticated
+    );
+}

@@ -49,12 +49,14 @@ impl fmt::Display for GcsError {
 
 impl std::error::Error for GcsError {}
 
-/// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}-{windowStart}-{windowEnd}-{seq}-{digest}.ndjson[.gz]`,
-/// dated by the window's end. Deterministic for the same window, sequence number and content,
-/// and unique otherwise.
+/// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}{shard}-{windowStart}-{windowEnd}-{seq}-{digest}.ndjson[.gz]`,
+/// dated by the window's end (`shard` is empty, or `.s{i}of{n}`). Deterministic for the same
+/// window, shard, sequence number and content, and unique otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn object_name(
     cfg: &GcsConfig,
     stream: &str,
+    shard: &str,
     org: &str,
     window: (i64, i64),
     seq: u32,
@@ -63,7 +65,7 @@ pub fn object_name(
 ) -> String {
     let t = Utc::from_unix(window.1);
     format!(
-        "{}{stream}/{:04}/{:02}/{:02}/{:02}/{org}-{stream}-{}-{}-{seq:05}-{}.ndjson{}",
+        "{}{stream}/{:04}/{:02}/{:02}/{:02}/{org}-{stream}{shard}-{}-{}-{seq:05}-{}.ndjson{}",
         cfg.prefix,
         t.year,
         t.month,

@@ -19,11 +19,21 @@ pub const MAX_KEY_BYTES: usize = 255;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_KEYS: usize = 1024;
 
-/// Which KV operations fail, for fault-injection tests. Empty means none.
+/// Which KV operations fail, for fault-injection tests. The default fails nothing.
 #[derive(Debug, Clone, Default)]
 pub struct KvFaults {
     pub fail_get: bool,
     pub fail_set: bool,
+    /// Faults apply only to keys starting with this ("" = every key).
+    pub key_prefix: String,
+    /// This many matching writes succeed before writes start failing.
+    pub fail_set_after: u32,
+}
+
+impl KvFaults {
+    fn applies(&self, key: &str) -> bool {
+        key.starts_with(&self.key_prefix)
+    }
 }
 
 /// One store (one label), shared by every instance the host creates.
@@ -82,7 +92,7 @@ impl FileStore {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        if self.faults.lock().unwrap().fail_get {
+        if self.faults.lock().unwrap().fail_get && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value get failed".into());
         }
         match fs::read(self.path_of(key)) {
@@ -93,8 +103,14 @@ impl FileStore {
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        if self.faults.lock().unwrap().fail_set {
-            return Err("injected fault: key-value set failed".into());
+        {
+            let mut faults = self.faults.lock().unwrap();
+            if faults.fail_set && faults.applies(key) {
+                if faults.fail_set_after == 0 {
+                    return Err("injected fault: key-value set failed".into());
+                }
+                faults.fail_set_after -= 1;
+            }
         }
         if key.len() > MAX_KEY_BYTES {
             return Err(format!(
@@ -136,7 +152,7 @@ impl FileStore {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
-        if self.faults.lock().unwrap().fail_set {
+        if self.faults.lock().unwrap().fail_set && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value delete failed".into());
         }
         let _guard = self.lock.lock().unwrap();

@@ -279,6 +279,9 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
                 .set_faults(collector_host::kv::KvFaults {
                     fail_get: false,
                     fail_set: true,
+                    key_prefix: "v1/events/".into(),
+                    // The window's plan is saved; the checkpoint after the upload is not.
+                    fail_set_after: 1,
                 })
         })
         .await;
@@ -320,6 +323,8 @@ async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success()
             .set_faults(collector_host::kv::KvFaults {
                 fail_get: false,
                 fail_set: true,
+                key_prefix: "v1/events/".into(),
+                fail_set_after: 1,
             })
     })
     .await;
