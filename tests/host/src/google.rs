@@ -215,6 +215,8 @@ pub struct TestKey {
     pub key_id: String,
     pub email: String,
     verifying: VerifyingKey<Sha256>,
+    signing: rsa::pkcs1v15::SigningKey<Sha256>,
+    public: rsa::PublicKey,
 }
 
 impl TestKey {
@@ -224,10 +226,40 @@ impl TestKey {
         let public = key.to_public_key();
         Ok(TestKey {
             private_pem,
-            key_id: format!("test-key-{}", std::process::id()),
+            key_id: format!("test-key-{}-{}", std::process::id(), rand_u64()),
             email: email.to_string(),
-            verifying: VerifyingKey::<Sha256>::new(public),
+            verifying: VerifyingKey::<Sha256>::new(public.clone()),
+            signing: rsa::pkcs1v15::SigningKey::<Sha256>::new(key),
+            public,
         })
+    }
+
+    /// The public key as a JWK, as Google publishes its certs.
+    pub fn jwk(&self) -> Value {
+        use rsa::traits::PublicKeyParts;
+        json!({
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.key_id,
+            "n": URL_SAFE_NO_PAD.encode(self.public.n().to_be_bytes_trimmed_vartime()),
+            "e": URL_SAFE_NO_PAD.encode(self.public.e().to_be_bytes_trimmed_vartime()),
+        })
+    }
+
+    /// The public key in PEM, as an attacker would find it.
+    pub fn public_pem(&self) -> String {
+        use rsa::pkcs8::EncodePublicKey;
+        self.public.to_public_key_pem(LineEnding::LF).expect("PEM")
+    }
+
+    /// A compact JWT with this header and claims, RS256-signed with this key.
+    pub fn sign_jwt(&self, header: &Value, claims: &Value) -> String {
+        use rsa::signature::{SignatureEncoding, Signer};
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.signing.sign(input.as_bytes()).to_bytes();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 
     /// The key file's JSON text, as Google issues it, with `token_uri` pointing where we say.
@@ -489,4 +521,19 @@ async fn forward(upstream: SocketAddr, req: &RecordedRequest) -> Result<Reply> {
             .collect(),
         body: resp.body,
     })
+}
+
+/// HMAC-SHA256 (RFC 2104), for forging HS256 tokens in tests.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use rsa::sha2::Digest;
+    let mut k = if key.len() > 64 {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
+    k.resize(64, 0);
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::digest([ipad.as_slice(), message].concat());
+    Sha256::digest([opad.as_slice(), inner.as_slice()].concat()).to_vec()
 }

@@ -98,6 +98,36 @@ impl Rig {
             .expect("the host runs the component")
     }
 
+    /// Serves the HTTP export until the returned server is dropped.
+    pub async fn serve(&self) -> Served {
+        let app =
+            std::sync::Arc::new(App::load(&self.options(), Trigger::Http).expect("the app loads"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(collector_host::serve::serve(app, listener, async {
+            let _ = stopped.await;
+        }));
+        Served { addr, _stop: stop }
+    }
+
+    /// Every key and value in the component's KV store.
+    pub fn kv_snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
+        let store = app.store("default").expect("the default store");
+        store
+            .keys()
+            .expect("listing keys")
+            .into_iter()
+            .map(|k| {
+                let v = store.get(&k).expect("reading").unwrap_or_default();
+                (k, v)
+            })
+            .collect()
+    }
+
     /// The keys in the component's KV store and the size of each value.
     pub fn kv_entries(&self) -> Vec<(String, usize)> {
         let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
@@ -242,4 +272,24 @@ pub fn add_projects(sim: &Sim, projects: u64) {
 
 pub fn rng(seed: u64) -> Rng {
     Rng::new(seed)
+}
+
+/// A running `collector-host serve`; stops when dropped.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Served {
+    pub async fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> collector_host::testing::SimpleResponse {
+        collector_host::testing::http_request(self.addr, method, target, headers, body)
+            .await
+            .expect("the request completes")
+    }
 }
