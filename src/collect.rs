@@ -240,16 +240,17 @@ impl Collector<'_, '_> {
                 eprintln!("warning: {w}");
                 self.summary.warnings.push(w);
             }
-            match self.read(progress) {
+            let mut progress = progress;
+            match self.read(&mut progress) {
                 // The window is read: its last object and the new watermark go in one save.
-                Ok(mut progress) => {
+                Ok(()) => {
                     self.write_buffer(&mut progress)?;
                     self.finish_window(progress.window)?;
                     windows += 1;
                 }
                 // When reading stopped, what was read so far is written and checkpointed.
                 // When writing failed, nothing more is checkpointed in this run.
-                Err((mut progress, stop)) => {
+                Err(stop) => {
                     if !matches!(stop, Stop::WriteFailed(_)) {
                         self.flush(&mut progress)?;
                     }
@@ -293,20 +294,13 @@ impl Collector<'_, '_> {
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
-    fn read(
-        &mut self,
-        mut progress: WindowProgress,
-    ) -> Result<WindowProgress, (WindowProgress, Stop)> {
+    fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         let window = progress.window;
         while progress.next_project < progress.projects.len() {
             let project = progress.projects[progress.next_project];
-            let page = match self
+            let page = self
                 .sentry
-                .events_page(project, window, progress.cursor.as_deref())
-            {
-                Ok(page) => page,
-                Err(e) => return Err((progress, e.into())),
-            };
+                .events_page(project, window, progress.cursor.as_deref())?;
             self.summary.pages += 1;
             let mut older = 0;
             for event in &page.events {
@@ -336,12 +330,10 @@ impl Collector<'_, '_> {
                 }
             }
             if self.buffer.ndjson.len() >= OBJECT_TARGET_BYTES {
-                if let Err(stop) = self.flush(&mut progress) {
-                    return Err((progress, stop));
-                }
+                self.flush(progress)?;
             }
         }
-        Ok(progress)
+        Ok(())
     }
 
     /// Writes the buffered events as one object, then records the position. The checkpoint
