@@ -196,7 +196,7 @@ fn options(streams: Option<&str>, shard: Option<&str>) -> Result<RunOptions, Str
 }
 
 /// `/run?streams=...&shard=i/n`. Any other parameter (but the shared secret's) is refused.
-fn query_options(query: &str, secret_param: Option<&str>) -> Result<RunOptions, String> {
+pub fn query_options(query: &str, secret_param: Option<&str>) -> Result<RunOptions, String> {
     let mut streams = None;
     let mut shard = None;
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -231,7 +231,7 @@ struct PushMessage {
 /// A Pub/Sub push envelope: `{"message": {"data": base64, "attributes": {...}, ...},
 /// "subscription": "..."}`. Attributes `streams` and `shard` narrow the run; attributes
 /// starting with `goog` are Google's and ignored; anything else is refused.
-fn pubsub_options(body: &[u8]) -> Result<RunOptions, String> {
+pub fn pubsub_options(body: &[u8]) -> Result<RunOptions, String> {
     let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|_| "not a Pub/Sub push envelope: expected {\"message\": {...}}".to_string())?;
     if let Some(data) = &envelope.message.data {

@@ -130,16 +130,9 @@ impl Rig {
 
     /// The keys in the component's KV store and the size of each value.
     pub fn kv_entries(&self) -> Vec<(String, usize)> {
-        let app = App::load(&self.options(), Trigger::Cron).expect("the app loads");
-        let store = app.store("default").expect("the default store");
-        store
-            .keys()
-            .expect("listing keys")
+        self.kv_snapshot()
             .into_iter()
-            .map(|k| {
-                let len = store.get(&k).expect("reading").map_or(0, |v| v.len());
-                (k, len)
-            })
+            .map(|(k, v)| (k, v.len()))
             .collect()
     }
 
