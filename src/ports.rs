@@ -53,6 +53,20 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The defaults, each cut to the time left before a deadline (at least a second), so no
+    /// request can outlive the run's budget.
+    pub fn within(secs_left: f64) -> Timeouts {
+        let cap = Duration::from_secs_f64(secs_left.clamp(1.0, 3600.0));
+        let d = Timeouts::default();
+        Timeouts {
+            connect: d.connect.min(cap),
+            first_byte: d.first_byte.min(cap),
+            between_bytes: d.between_bytes.min(cap),
+        }
+    }
+}
+
 impl OutboundRequest {
     pub fn get(url: url::Url) -> Self {
         OutboundRequest {
@@ -139,4 +153,29 @@ pub struct Env<'a> {
     pub kv: &'a dyn KeyValue,
     pub http: &'a dyn HttpClient,
     pub clock: &'a dyn Clock,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_never_outlive_the_time_left() {
+        assert_eq!(Timeouts::within(1000.0), Timeouts::default());
+        let t = Timeouts::within(3.5);
+        assert_eq!(
+            (t.connect, t.first_byte, t.between_bytes),
+            (
+                Duration::from_millis(3500),
+                Duration::from_millis(3500),
+                Duration::from_millis(3500)
+            )
+        );
+        let floor = Timeouts::within(-5.0);
+        assert_eq!(
+            floor.first_byte,
+            Duration::from_secs(1),
+            "at least a second"
+        );
+    }
 }

@@ -202,7 +202,8 @@ fn collect(
 ) -> Result<RunSummary, RunError> {
     let budget = config.timing.time_budget.as_secs_f64();
     let deadline = started + budget;
-    let region = region::region_url(env, &config.sentry).map_err(RunError::Sentry)?;
+    let region = region::region_url(env, &config.sentry, deadline - write_reserve(budget))
+        .map_err(RunError::Sentry)?;
     let gcs = GcsClient::new(*env, &config.gcs, deadline).map_err(RunError::Storage)?;
     gcs.check_credentials().map_err(RunError::Storage)?;
     let sentry = SentryClient::new(

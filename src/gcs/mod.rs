@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::GcsConfig;
-use crate::ports::{Env, Method, OutboundRequest, TransportError};
+use crate::ports::{Env, Method, OutboundRequest, Timeouts, TransportError};
 use crate::retry;
 use crate::time::{compact, Utc};
 use credentials::Credentials;
@@ -201,7 +201,8 @@ impl<'e> GcsClient<'e> {
                 .credentials
                 .borrow_mut()
                 .token(&self.env, self.deadline)?;
-            let request = build().header("authorization", format!("Bearer {}", token.expose()));
+            let mut request = build().header("authorization", format!("Bearer {}", token.expose()));
+            request.timeouts = Timeouts::within(self.deadline - self.env.clock.now());
             self.requests.set(self.requests.get() + 1);
             let failure = match self.env.http.send(&request) {
                 Ok(resp) if resp.status == 401 && !renewed => {

@@ -10,7 +10,7 @@ use url::Url;
 use super::ratelimit::Pacer;
 use super::{authorized_get, classify_status, link, SentryError};
 use crate::config::SentryConfig;
-use crate::ports::{Env, InboundResponse, TransportError};
+use crate::ports::{Env, InboundResponse, Timeouts, TransportError};
 use crate::retry;
 use crate::time::{parse_rfc3339, rfc3339};
 
@@ -164,6 +164,7 @@ impl<'e> SentryClient<'e> {
             self.wait_until(self.pacer.borrow().ready_at(endpoint))?;
             let mut request = authorized_get(self.cfg, url.clone());
             request.max_response_bytes = max_bytes;
+            request.timeouts = Timeouts::within(self.deadline - self.env.clock.now());
             self.stats.borrow_mut().requests += 1;
             let transient = match self.env.http.send(&request) {
                 Err(TransportError::Denied(m)) => {

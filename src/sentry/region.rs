@@ -10,7 +10,7 @@ use url::Url;
 
 use super::{authorized_get, classify_status, from_transport, SentryError};
 use crate::config::SentryConfig;
-use crate::ports::Env;
+use crate::ports::{Env, Timeouts};
 use crate::state::{self, keys, RegionRecord};
 
 pub const REGION_TTL_SECS: i64 = 24 * 3600;
@@ -51,8 +51,9 @@ pub fn accept_region_url(cfg: &SentryConfig, candidate: &str) -> Result<Url, Sen
     }
 }
 
-/// The origin to use for region endpoints, from the KV cache or a fresh request.
-pub fn region_url(env: &Env, cfg: &SentryConfig) -> Result<Url, SentryError> {
+/// The origin to use for region endpoints, from the KV cache or a fresh request that must
+/// answer before `deadline`.
+pub fn region_url(env: &Env, cfg: &SentryConfig, deadline: f64) -> Result<Url, SentryError> {
     let now = env.clock.now() as i64;
     let api_base = cfg.api_base.origin().ascii_serialization();
     let cached: Option<RegionRecord> = state::load(env.kv, keys::REGION).unwrap_or(None);
@@ -70,6 +71,7 @@ pub fn region_url(env: &Env, cfg: &SentryConfig) -> Result<Url, SentryError> {
     url.set_path(&format!("/api/0/organizations/{}/", cfg.org));
     let mut request = authorized_get(cfg, url);
     request.max_response_bytes = MAX_ORG_BODY;
+    request.timeouts = Timeouts::within(deadline - env.clock.now());
     let resp = env
         .http
         .send(&request)

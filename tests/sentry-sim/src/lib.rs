@@ -257,6 +257,8 @@ struct State {
     forbidden: Vec<&'static str>,
     /// The next N requests (any class but "org") get this status and body.
     forced_status: Option<(u32, u16, String)>,
+    /// The next N requests (any class but "org") are answered this much later.
+    forced_delay: Option<(u32, Duration)>,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -393,6 +395,12 @@ impl Sim {
         self.state.lock().unwrap().forced_status = (n > 0).then(|| (n, status, body.to_string()));
     }
 
+    /// The next `n` requests after region discovery are answered `delay` late (slower than
+    /// the component's timeouts, for example).
+    pub fn force_delay(&self, n: u32, delay: Duration) {
+        self.state.lock().unwrap().forced_delay = (n > 0).then_some((n, delay));
+    }
+
     /// Requests to this endpoint class answer 403 (a token without the scope).
     pub fn forbid(&self, class: &'static str) {
         self.state.lock().unwrap().forbidden.push(class);
@@ -427,6 +435,22 @@ impl Sim {
         }
         if !self.options.latency.is_zero() {
             tokio::time::sleep(self.options.latency).await;
+        }
+        let delay = match class {
+            Some(c) if c != "org" => {
+                let mut st = self.state.lock().unwrap();
+                match st.forced_delay {
+                    Some((n, d)) => {
+                        st.forced_delay = (n > 1).then_some((n - 1, d));
+                        Some(d)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
         let resp = self.respond(parts.method.as_str(), &path, &query, &auth);
         if let Some(class) = class {
