@@ -62,6 +62,8 @@ pub struct HostOptions {
     /// Seconds added to the guest's wall clock, so tests can move time forward between runs
     /// (shared with the Sentry simulator's clock). `None`: the real clock.
     pub clock_offset: Option<Arc<AtomicI64>>,
+    /// When set, `serve` also appends everything the guest prints here (tests scan it).
+    pub output_sink: Option<Arc<std::sync::Mutex<String>>>,
 }
 
 /// The real wall clock plus an offset.
@@ -111,6 +113,7 @@ pub struct App {
     linker: Linker<InstanceState>,
     stores: Arc<BTreeMap<String, FileStore>>,
     clock_offset: Option<Arc<AtomicI64>>,
+    pub(crate) output_sink: Option<Arc<std::sync::Mutex<String>>>,
 }
 
 /// What one guest invocation printed, and how it ended.
@@ -321,6 +324,7 @@ impl App {
             linker,
             stores: Arc::new(stores),
             clock_offset: options.clock_offset.clone(),
+            output_sink: options.output_sink.clone(),
         })
     }
 

@@ -166,6 +166,11 @@ async fn handle(
     if !err.is_empty() {
         eprint!("{err}");
     }
+    if let Some(sink) = &app.output_sink {
+        let mut sink = sink.lock().unwrap();
+        sink.push_str(&out);
+        sink.push_str(&err);
+    }
     Ok(match result {
         Ok(resp) => resp,
         Err(e) => {

@@ -76,6 +76,7 @@ fn options(manifest: PathBuf, state: &Path, vars: ProvidedVariables) -> HostOpti
         state_dir: Some(state.to_path_buf()),
         variables: vars,
         clock_offset: None,
+        output_sink: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Rig {
     pub vars: Vec<(String, String)>,
     /// Every object seen so far with the generation it had when first seen.
     pub generations: BTreeMap<String, String>,
+    /// What the guest printed while served over HTTP.
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Rig {
@@ -60,6 +62,7 @@ impl Rig {
             state: temp_dir("rig"),
             vars,
             generations: BTreeMap::new(),
+            output: Default::default(),
         }
     }
 
@@ -81,6 +84,7 @@ impl Rig {
                 env: Vec::new(),
             },
             clock_offset: Some(self.clock.offset()),
+            output_sink: Some(self.output.clone()),
         }
     }
 
