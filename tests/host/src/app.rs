@@ -23,6 +23,7 @@ mod spin_bindings {
         path: "wit",
         world: "collector:host/spin-imports",
         with: { "fermyon:spin/key-value.store": crate::app::KvHandle },
+        imports: { default: trappable },
     });
 }
 
@@ -210,19 +211,30 @@ impl WasiHttpHooks for OutboundPolicy {
 
 impl key_value::Host for InstanceState {}
 
+// Every KV function returns the guest's result inside a trappable one: a fault-injection test
+// can kill the instance (trap) at a chosen write, the way a platform kills a running guest.
 impl key_value::HostStore for InstanceState {
-    fn open(&mut self, label: String) -> Result<Resource<KvHandle>, KvError> {
+    fn open(&mut self, label: String) -> wasmtime::Result<Result<Resource<KvHandle>, KvError>> {
         if !self.kv_allowed.contains(&label) {
-            return Err(KvError::AccessDenied);
+            return Ok(Err(KvError::AccessDenied));
         }
-        let store = self.stores.get(&label).ok_or(KvError::NoSuchStore)?.clone();
-        self.table
+        let Some(store) = self.stores.get(&label).cloned() else {
+            return Ok(Err(KvError::NoSuchStore));
+        };
+        Ok(self
+            .table
             .push(KvHandle { store })
-            .map_err(|_| KvError::StoreTableFull)
+            .map_err(|_| KvError::StoreTableFull))
     }
 
-    fn get(&mut self, this: Resource<KvHandle>, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        self.handle(&this)?.get(&key).map_err(KvError::Other)
+    fn get(
+        &mut self,
+        this: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, KvError>> {
+        Ok(self
+            .handle(&this)
+            .and_then(|s| s.get(&key).map_err(KvError::Other)))
     }
 
     fn set(
@@ -230,22 +242,44 @@ impl key_value::HostStore for InstanceState {
         this: Resource<KvHandle>,
         key: String,
         value: Vec<u8>,
-    ) -> Result<(), KvError> {
-        self.handle(&this)?
-            .set(&key, &value)
-            .map_err(KvError::Other)
+    ) -> wasmtime::Result<Result<(), KvError>> {
+        let store = match self.handle(&this) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        if store.kill_now(&key) {
+            wasmtime::bail!("instance killed by fault injection before writing {key}");
+        }
+        Ok(store.set(&key, &value).map_err(KvError::Other))
     }
 
-    fn delete(&mut self, this: Resource<KvHandle>, key: String) -> Result<(), KvError> {
-        self.handle(&this)?.delete(&key).map_err(KvError::Other)
+    fn delete(
+        &mut self,
+        this: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), KvError>> {
+        Ok(self
+            .handle(&this)
+            .and_then(|s| s.delete(&key).map_err(KvError::Other)))
     }
 
-    fn exists(&mut self, this: Resource<KvHandle>, key: String) -> Result<bool, KvError> {
-        self.handle(&this)?.exists(&key).map_err(KvError::Other)
+    fn exists(
+        &mut self,
+        this: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, KvError>> {
+        Ok(self
+            .handle(&this)
+            .and_then(|s| s.exists(&key).map_err(KvError::Other)))
     }
 
-    fn get_keys(&mut self, this: Resource<KvHandle>) -> Result<Vec<String>, KvError> {
-        self.handle(&this)?.keys().map_err(KvError::Other)
+    fn get_keys(
+        &mut self,
+        this: Resource<KvHandle>,
+    ) -> wasmtime::Result<Result<Vec<String>, KvError>> {
+        Ok(self
+            .handle(&this)
+            .and_then(|s| s.keys().map_err(KvError::Other)))
     }
 
     fn drop(&mut self, this: Resource<KvHandle>) -> wasmtime::Result<()> {
@@ -264,20 +298,21 @@ impl InstanceState {
 }
 
 impl variables::Host for InstanceState {
-    fn get(&mut self, name: String) -> Result<String, VarError> {
+    fn get(&mut self, name: String) -> wasmtime::Result<Result<String, VarError>> {
         let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
             && name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
-            return Err(VarError::InvalidName(format!(
+            return Ok(Err(VarError::InvalidName(format!(
                 "invalid variable name {name:?}"
-            )));
+            ))));
         }
-        self.variables
+        Ok(self
+            .variables
             .get(&name)
             .cloned()
-            .ok_or_else(|| VarError::Undefined(format!("no variable for {name:?}")))
+            .ok_or_else(|| VarError::Undefined(format!("no variable for {name:?}"))))
     }
 }
 

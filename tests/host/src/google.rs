@@ -422,6 +422,9 @@ pub struct AuthProxy {
     pub rejected: Arc<Mutex<u64>>,
     /// The next this-many requests get a 503 without reaching the emulator.
     pub fail_next: Arc<AtomicU32>,
+    /// The next this-many requests reach the emulator, but their reply is replaced by a 503
+    /// (the upload landed, the answer was lost).
+    pub lose_reply_next: Arc<AtomicU32>,
 }
 
 impl AuthProxy {
@@ -429,7 +432,13 @@ impl AuthProxy {
         let seen_tokens = Arc::new(Mutex::new(Vec::new()));
         let rejected = Arc::new(Mutex::new(0u64));
         let fail_next = Arc::new(AtomicU32::new(0));
-        let (seen, rej, fail) = (seen_tokens.clone(), rejected.clone(), fail_next.clone());
+        let lose_reply_next = Arc::new(AtomicU32::new(0));
+        let (seen, rej, fail, lose) = (
+            seen_tokens.clone(),
+            rejected.clone(),
+            fail_next.clone(),
+            lose_reply_next.clone(),
+        );
         let handle = tokio::runtime::Handle::current();
         let server = RecordingServer::start(move |req: &RecordedRequest| {
             let failing = fail
@@ -470,7 +479,14 @@ impl AuthProxy {
             let req = req.clone();
             let forwarded =
                 tokio::task::block_in_place(|| handle.block_on(forward(upstream, &req)));
+            let lost = lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
             match forwarded {
+                Ok(_) if lost => Reply::json(
+                    503,
+                    &json!({"error": {"code": 503, "message": "reply lost"}}),
+                ),
                 Ok(reply) => reply,
                 Err(e) => Reply::json(
                     502,
@@ -484,6 +500,7 @@ impl AuthProxy {
             seen_tokens,
             rejected,
             fail_next,
+            lose_reply_next,
         })
     }
 

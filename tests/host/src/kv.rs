@@ -28,6 +28,8 @@ pub struct KvFaults {
     pub key_prefix: String,
     /// This many matching writes succeed before writes start failing.
     pub fail_set_after: u32,
+    /// The instance is killed (trapped) at the matching write with this index (0 = the first).
+    pub kill_at_set: Option<u32>,
 }
 
 impl KvFaults {
@@ -89,6 +91,25 @@ impl FileStore {
         }
         path.push(format!("{rest}.v"));
         path
+    }
+
+    /// Whether the injected kill is due at this write (counts matching writes).
+    pub fn kill_now(&self, key: &str) -> bool {
+        let mut faults = self.faults.lock().unwrap();
+        if !faults.applies(key) {
+            return false;
+        }
+        match faults.kill_at_set {
+            Some(0) => {
+                faults.kill_at_set = None;
+                true
+            }
+            Some(n) => {
+                faults.kill_at_set = Some(n - 1);
+                false
+            }
+            None => false,
+        }
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {

@@ -282,6 +282,7 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
                     key_prefix: "v1/events/".into(),
                     // The window's plan is saved; the checkpoint after the upload is not.
                     fail_set_after: 1,
+                    kill_at_set: None,
                 })
         })
         .await;
@@ -325,6 +326,7 @@ async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success()
                 fail_set: true,
                 key_prefix: "v1/events/".into(),
                 fail_set_after: 1,
+                kill_at_set: None,
             })
     })
     .await;

@@ -259,6 +259,8 @@ struct State {
     forced_status: Option<(u32, u16, String)>,
     /// The next N requests (any class but "org") are answered this much later.
     forced_delay: Option<(u32, Duration)>,
+    /// The next N project-events pages are cut off halfway.
+    truncate_next: u32,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -399,6 +401,11 @@ impl Sim {
     /// the component's timeouts, for example).
     pub fn force_delay(&self, n: u32, delay: Duration) {
         self.state.lock().unwrap().forced_delay = (n > 0).then_some((n, delay));
+    }
+
+    /// The next `n` project-events pages are cut off halfway (a body cut short).
+    pub fn truncate_next(&self, n: u32) {
+        self.state.lock().unwrap().truncate_next = n;
     }
 
     /// Requests to this endpoint class answer 403 (a token without the scope).
@@ -585,7 +592,13 @@ impl Sim {
                     ),
                     Some(p) => {
                         *st.counters.project_event_requests.entry(p.id).or_default() += 1;
-                        self.project_events(&st, &p, &params, path, now)
+                        let mut resp = self.project_events(&st, &p, &params, path, now);
+                        if st.truncate_next > 0 {
+                            st.truncate_next -= 1;
+                            let half = resp.body.len() / 2;
+                            resp.body.truncate(half);
+                        }
+                        resp
                     }
                 }
             }
