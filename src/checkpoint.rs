@@ -131,6 +131,22 @@ pub struct Checkpoint {
     /// The slot (0 or 1) and number of chunks holding the delivered-id set.
     pub seen_slot: u8,
     pub seen_chunks: u32,
+    /// An object whose upload started but was not confirmed: the checkpoint already counts
+    /// its events; if the object never landed, the run that finds this rolls back.
+    #[serde(default)]
+    pub pending: Option<PendingObject>,
+}
+
+/// Written before an upload, cleared after it (a two-phase commit with the bucket as the
+/// record of whether the object landed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingObject {
+    pub name: String,
+    pub sha256: String,
+    /// The state to return to if the object is not in the bucket.
+    pub rollback_progress: Option<WindowProgress>,
+    pub rollback_slot: u8,
+    pub rollback_chunks: u32,
 }
 
 /// The checkpoint and id set of one stream (and shard), under `v1/{stream}/...`.
@@ -153,6 +169,19 @@ impl<'a> CheckpointStore<'a> {
         format!("v1/{}/seen/{slot}/{n}", self.stream)
     }
 
+    /// Loads the id set stored in `slot`.
+    pub fn load_seen(&self, slot: u8, chunks: u32) -> Result<SeenSet, String> {
+        let mut seen = SeenSet::default();
+        for n in 0..chunks {
+            let chunk_key = self.chunk_key(slot, n);
+            let chunk: String = state::load(self.kv, &chunk_key)?
+                .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
+            seen.decode_into(&chunk)
+                .map_err(|e| format!("KV record {chunk_key} is unreadable: {e}"))?;
+        }
+        Ok(seen)
+    }
+
     /// Loads the checkpoint and id set. An unreadable record is an error, never a fresh
     /// start: starting over would deliver everything in the lookback again.
     pub fn load(&self) -> Result<(Checkpoint, SeenSet), String> {
@@ -167,14 +196,7 @@ impl<'a> CheckpointStore<'a> {
                 ))
             }
         };
-        let mut seen = SeenSet::default();
-        for n in 0..cp.seen_chunks {
-            let chunk_key = self.chunk_key(cp.seen_slot, n);
-            let chunk: String = state::load(self.kv, &chunk_key)?
-                .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
-            seen.decode_into(&chunk)
-                .map_err(|e| format!("KV record {chunk_key} is unreadable: {e}"))?;
-        }
+        let seen = self.load_seen(cp.seen_slot, cp.seen_chunks)?;
         Ok((cp, seen))
     }
 
@@ -187,6 +209,8 @@ impl<'a> CheckpointStore<'a> {
     ) -> Result<(), String> {
         let old_slot = cp.seen_slot;
         let old_chunks = cp.seen_chunks;
+        // A pending object's rollback state must survive until the object is confirmed.
+        let keep = cp.pending.as_ref().map(|p| p.rollback_slot);
         if seen_changed {
             let chunks = seen.encode();
             if chunks.len() > MAX_CHUNKS {
@@ -200,11 +224,23 @@ impl<'a> CheckpointStore<'a> {
             for (n, chunk) in chunks.iter().enumerate() {
                 state::save(self.kv, &self.chunk_key(slot, n as u32), chunk)?;
             }
+            // The slot may hold more chunks from an older, larger set: drop them.
+            let mut n = chunks.len() as u32;
+            while self
+                .kv
+                .get(&self.chunk_key(slot, n))
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                let _ = self.kv.delete(&self.chunk_key(slot, n));
+                n += 1;
+            }
             cp.seen_slot = slot;
             cp.seen_chunks = chunks.len() as u32;
         }
         state::save(self.kv, &self.checkpoint_key(), cp)?;
-        if seen_changed {
+        if seen_changed && keep != Some(old_slot) {
             // The previous slot is garbage now; a failed delete only wastes a key until the
             // next save overwrites it.
             for n in 0..old_chunks {

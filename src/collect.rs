@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, SeenSet, WindowProgress};
+use crate::checkpoint::{Checkpoint, CheckpointStore, PendingObject, SeenSet, WindowProgress};
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
@@ -121,10 +121,14 @@ pub fn collect_events(
     };
     let state_name = format!("{STREAM}{}", shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
-    let (checkpoint, seen) = match store.load() {
+    let (checkpoint, seen) = match store
+        .load()
+        .and_then(|state| settle_pending(&store, gcs, state, &mut summary))
+    {
         Ok(state) => state,
         Err(e) => {
             summary.error = Some(format!("the checkpoint could not be read: {e}"));
+            summary.error_is_transient = true;
             return summary;
         }
     };
@@ -168,6 +172,38 @@ pub fn collect_events(
 struct Failure {
     message: String,
     transient: bool,
+}
+
+/// Resolves an object a previous run left pending: kept if the bucket holds it, rolled back
+/// (its events to be read again) if not.
+fn settle_pending(
+    store: &CheckpointStore,
+    gcs: &GcsClient,
+    (mut cp, seen): (Checkpoint, SeenSet),
+    summary: &mut StreamSummary,
+) -> Result<(Checkpoint, SeenSet), String> {
+    let Some(pending) = cp.pending.take() else {
+        return Ok((cp, seen));
+    };
+    let landed = gcs
+        .holds(&pending.name, &pending.sha256)
+        .map_err(|e| format!("checking the object an interrupted run was writing: {e}"))?;
+    let seen = if landed {
+        summary.warnings.push(format!(
+            "an interrupted run had written {}; it is kept and its events are not read again",
+            pending.name
+        ));
+        store.save(&mut cp, &seen, false)?;
+        seen
+    } else {
+        cp.in_progress = pending.rollback_progress;
+        cp.seen_slot = pending.rollback_slot;
+        cp.seen_chunks = pending.rollback_chunks;
+        let rolled_back = store.load_seen(cp.seen_slot, cp.seen_chunks)?;
+        store.save(&mut cp, &rolled_back, false)?;
+        rolled_back
+    };
+    Ok((cp, seen))
 }
 
 enum Stop {
@@ -340,25 +376,34 @@ impl Collector<'_, '_> {
     /// moves only after the object has landed.
     fn flush(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         self.write_buffer(progress)?;
-        if self.checkpoint.in_progress.as_ref() != Some(progress) {
+        if self.checkpoint.in_progress.as_ref() != Some(progress)
+            || self.checkpoint.pending.is_some()
+        {
             self.checkpoint.in_progress = Some(progress.clone());
+            self.checkpoint.pending = None;
             self.save()?;
         }
         Ok(())
     }
 
-    /// Uploads the buffered events, if any, as the window's next object.
+    /// Uploads the buffered events, if any, as the window's next object, in two phases: first
+    /// the checkpoint records the position after this object, its events as delivered, and
+    /// the object as pending (with the state to roll back to); then the upload. The caller's
+    /// next save clears the pending mark. A run that dies in between leaves the mark, and the
+    /// next run asks the bucket whether the object landed: if so it keeps the new state, if
+    /// not it rolls back and reads those events again. Either way nothing is lost and
+    /// nothing is written twice.
     fn write_buffer(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         if self.buffer.events == 0 {
             return Ok(());
         }
-        // The buffer is emptied only once the object has landed.
-        let gzipped;
-        let body: &[u8] = if self.config.gcs.gzip {
-            gzipped = gcs::gzip(&self.buffer.ndjson);
-            &gzipped
+        // After a failure from here on nothing more is checkpointed in this run (WriteFailed),
+        // so the buffer may go.
+        let data = std::mem::take(&mut self.buffer);
+        let body = if self.config.gcs.gzip {
+            gcs::gzip(&data.ndjson)
         } else {
-            &self.buffer.ndjson
+            data.ndjson
         };
         let name = gcs::object_name(
             &self.config.gcs,
@@ -367,17 +412,30 @@ impl Collector<'_, '_> {
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
-            &gcs::sha256_hex(body),
+            &gcs::sha256_hex(&body),
             self.config.gcs.gzip,
         );
-        let events = self.buffer.events;
-        let uploaded = self.gcs.create(&name, body, events).map_err(|e| {
+        let events = data.events;
+        let sha256 = gcs::sha256_hex(&body);
+        let mut after = progress.clone();
+        after.objects += 1;
+        self.checkpoint.pending = Some(PendingObject {
+            name: name.clone(),
+            sha256,
+            rollback_progress: self.checkpoint.in_progress.clone(),
+            rollback_slot: self.checkpoint.seen_slot,
+            rollback_chunks: self.checkpoint.seen_chunks,
+        });
+        self.checkpoint.in_progress = Some(after);
+        // The pending mark must reach KV before the object may exist.
+        self.seen_changed = true;
+        self.save()?;
+        let uploaded = self.gcs.create(&name, &body, events).map_err(|e| {
             Stop::WriteFailed(Failure {
                 transient: matches!(e, gcs::GcsError::Transient(_)),
                 message: format!("Cloud Storage: {e}"),
             })
         })?;
-        self.buffer = Buffer::default();
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {
             name: uploaded.name,
@@ -406,6 +464,7 @@ impl Collector<'_, '_> {
     fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
         self.checkpoint.watermark = Some(window.end);
         self.checkpoint.in_progress = None;
+        self.checkpoint.pending = None;
         let before = self.seen.len();
         self.seen
             .prune(window.end - self.config.timing.overlap.as_secs() as i64);

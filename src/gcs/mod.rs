@@ -286,42 +286,58 @@ impl<'e> GcsClient<'e> {
         }
     }
 
-    /// After a 412: the object exists. It is ours only if its content hash matches.
-    fn confirm_existing(&self, name: &str, sha: &str, bytes: usize) -> Result<Uploaded, GcsError> {
+    /// The stored object's metadata, or `None` when there is no such object.
+    fn stat(&self, name: &str) -> Result<Option<ObjectResource>, GcsError> {
         let url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o", name]);
-        let what = format!("checking the existing object {name}");
+        let what = format!("checking the object {name}");
         let resp = self.send(&what, &|| {
             let mut r = OutboundRequest::get(url.clone());
             r.max_response_bytes = 1024 * 1024;
             r
         })?;
-        if resp.status != 200 {
-            return Err(GcsError::Transient(format!(
-                "{what}: Cloud Storage answered {}",
-                resp.status
-            )));
+        match resp.status {
+            200 => serde_json::from_slice(&resp.body)
+                .map(Some)
+                .map_err(|_| GcsError::Transient(format!("{what}: the reply is not an object resource"))),
+            404 => Ok(None),
+            403 => Err(GcsError::Fatal(format!(
+                "{what}: permission denied (403); grant the writer service account roles/storage.objectViewer on bucket {}",
+                self.cfg.bucket
+            ))),
+            s => Err(GcsError::Transient(format!("{what}: Cloud Storage answered {s}"))),
         }
-        let object: ObjectResource = serde_json::from_slice(&resp.body).map_err(|_| {
-            GcsError::Transient(format!("{what}: the reply is not an object resource"))
-        })?;
-        let stored = object
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("sha256"))
-            .and_then(|v| v.as_str());
-        if stored == Some(sha) {
-            Ok(Uploaded {
+    }
+
+    /// Whether `name` exists with exactly the content whose SHA-256 is `sha`.
+    pub fn holds(&self, name: &str, sha: &str) -> Result<bool, GcsError> {
+        Ok(self
+            .stat(name)?
+            .is_some_and(|o| stored_sha(&o) == Some(sha)))
+    }
+
+    /// After a 412: the object exists. It is ours only if its content hash matches.
+    fn confirm_existing(&self, name: &str, sha: &str, bytes: usize) -> Result<Uploaded, GcsError> {
+        match self.stat(name)? {
+            Some(object) if stored_sha(&object) == Some(sha) => Ok(Uploaded {
                 name: name.to_string(),
                 generation: object.generation.unwrap_or_default(),
                 bytes,
                 already_present: true,
-            })
-        } else {
-            Err(GcsError::Fatal(format!(
+            }),
+            Some(_) => Err(GcsError::Fatal(format!(
                 "{name} already exists with different content; another writer uses this prefix, give each deployment its own gcs_prefix"
-            )))
+            ))),
+            None => Err(GcsError::Transient(format!("{name}: a 412 for an object that is not there"))),
         }
     }
+}
+
+fn stored_sha(object: &ObjectResource) -> Option<&str> {
+    object
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("sha256"))
+        .and_then(|v| v.as_str())
 }
 
 #[cfg(test)]

@@ -280,8 +280,9 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
                     fail_get: false,
                     fail_set: true,
                     key_prefix: "v1/events/".into(),
-                    // The window's plan is saved; the checkpoint after the upload is not.
-                    fail_set_after: 1,
+                    // The window's plan and the pending mark (id chunk, checkpoint) are saved;
+                    // the checkpoint after the upload is not.
+                    fail_set_after: 3,
                     kill_at_set: None,
                 })
         })
@@ -292,11 +293,15 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
         inv.outcome
     );
     assert_eq!(rig.objects().await.len(), 1, "the object landed");
-    // The next run reads the same window, builds the same object, finds it there (412), checks
-    // its hash, and moves on.
+    // The next run finds the object still marked pending, sees it in the bucket with the
+    // expected hash, keeps it, and does not read those events again.
     let s = rig.run_ok().await;
     let ev = events_summary(&s);
-    assert_eq!(ev["objects"][0]["already_present"], true, "{ev}");
+    assert!(
+        ev["warnings"].to_string().contains("interrupted run"),
+        "{ev}"
+    );
+    assert_eq!(ev["objects"], serde_json::json!([]), "{ev}");
     assert_eq!(ev["window_finished"], true);
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
@@ -325,7 +330,7 @@ async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success()
                 fail_get: false,
                 fail_set: true,
                 key_prefix: "v1/events/".into(),
-                fail_set_after: 1,
+                fail_set_after: 3,
                 kill_at_set: None,
             })
     })
@@ -585,6 +590,54 @@ async fn a_failed_upload_mid_window_checkpoints_nothing_and_the_next_run_deliver
     let ev = events_summary(&s);
     assert_eq!(ev["events"], 1_500, "{ev}");
     assert!(ev["objects"].as_array().unwrap().len() >= 2, "{ev}");
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_object_that_never_landed_is_rolled_back_and_read_again() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(46),
+        1,
+        50,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    // Killed at the upload's first byte: the pending mark is saved, the object never lands.
+    let proxy = collector_host::google::AuthProxy::start(
+        rig.gcs.addr(),
+        collector_host::google::Accept::Static("ya29.test-static-token".into()),
+    )
+    .await
+    .unwrap();
+    rig.set("gcs_endpoint", &proxy.url());
+    rig.set("time_budget", "3s");
+    proxy
+        .fail_next
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let inv = rig.run().await;
+    assert!(
+        matches!(inv.outcome, collector_host::Outcome::GuestError(_)),
+        "{:?}",
+        inv.outcome
+    );
+    assert!(rig.objects().await.is_empty());
+    proxy
+        .fail_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    rig.set("time_budget", "60s");
+    // New events arrive meanwhile; the rolled-back window is read again with them.
+    let t = rig.clock.now();
+    rig.sim
+        .generate(&mut Rng::new(47), 1, 7, t - 2 * HOUR, t - HOUR, 0.0, 60);
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["events"], 57, "{s}");
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
 }
