@@ -315,11 +315,16 @@ fn check_times(claims: &Value, now: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Tokens the token endpoint issued, for the proxy to accept.
+/// Tokens the token endpoint issued, for the proxy to accept; and its fault switch.
 #[derive(Clone, Default)]
-pub struct IssuedTokens(Arc<Mutex<Vec<String>>>);
+pub struct IssuedTokens(Arc<Mutex<Vec<String>>>, pub Arc<AtomicU32>);
 
 impl IssuedTokens {
+    /// The next `n` token requests get a 500.
+    pub fn fail_next(&self, n: u32) {
+        self.1.store(n, Ordering::SeqCst);
+    }
+
     pub fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
@@ -343,6 +348,13 @@ pub async fn token_endpoint(
                 &json!({"error": code, "error_description": description}),
             )
         };
+        if minted
+            .1
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return error(500, "internal_failure", "Internal error");
+        }
         if req.method != "POST" || !req.target.starts_with("/token") {
             return Reply::json(404, &json!({"error": "not_found"}));
         }

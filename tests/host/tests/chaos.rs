@@ -113,6 +113,10 @@ async fn sequence(seed: u64) -> Tally {
             rig.sim.truncate_next(1);
             *t.faults.entry("Sentry truncated body").or_default() += 1;
         }
+        if rng.chance(0.1) {
+            rig.sim.drop_next(1 + rng.below(2) as u32);
+            *t.faults.entry("Sentry connection dropped").or_default() += 1;
+        }
         if rng.chance(0.15) {
             proxy
                 .fail_next
@@ -132,6 +136,10 @@ async fn sequence(seed: u64) -> Tally {
             faults.fail_set = true;
             faults.fail_set_after = rng.below(3) as u32;
             *t.faults.entry("KV write errors").or_default() += 1;
+        }
+        if rng.chance(0.05) {
+            faults.fail_get = true;
+            *t.faults.entry("KV read errors").or_default() += 1;
         }
         let objects_before = rig.objects().await.len();
         let inv = rig
@@ -179,6 +187,7 @@ async fn sequence(seed: u64) -> Tally {
         proxy.lose_reply_next.store(0, Ordering::SeqCst);
         rig.sim.force_status(0, 200, "");
         rig.sim.truncate_next(0);
+        rig.sim.drop_next(0);
         let from = rig.clock.now();
         for &p in &busy {
             let count = 15 + rng.below(20);

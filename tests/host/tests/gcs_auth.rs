@@ -171,3 +171,26 @@ async fn a_malformed_private_key_is_an_error_naming_the_setting_not_a_panic() {
         "nothing read without a usable credential"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_failing_for_a_moment_is_retried() {
+    let mut rig = rig_with_events(10).await;
+    let key = Arc::new(TestKey::generate(EMAIL).unwrap());
+    let (tokens, issued) = token_endpoint(key.clone(), sim_now(&rig)).await.unwrap();
+    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Issued(issued.clone()))
+        .await
+        .unwrap();
+    rig.set("gcs_endpoint", &proxy.url());
+    rig.unset("gcs_access_token");
+    rig.set("gcs_auth_mode", "token_exchange");
+    rig.set("gcp_token_origin", &tokens.url());
+    rig.set(
+        "gcp_service_account_key",
+        &key.key_file(&format!("{}/token", tokens.url())),
+    );
+    issued.fail_next(2);
+    let s = rig.run_ok().await;
+    assert_eq!(s["tokens_minted"], 1);
+    assert_eq!(tokens.requests().len(), 3, "two 500s, then a token");
+    assert_eq!(rig.delivered().await.len(), 10);
+}

@@ -15,7 +15,6 @@
 //! component's wall clock through the host.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -261,6 +260,8 @@ struct State {
     forced_delay: Option<(u32, Duration)>,
     /// The next N project-events pages are cut off halfway.
     truncate_next: u32,
+    /// The next N requests after region discovery get their connection closed, no answer.
+    drop_next: u32,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -300,7 +301,15 @@ impl Sim {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let sim = sim.clone();
-                        async move { Ok::<_, Infallible>(sim.handle(req).await) }
+                        async move {
+                            match sim.handle(req).await {
+                                Some(resp) => Ok(resp),
+                                // An error from the service makes hyper close the connection.
+                                None => Err(std::io::Error::other(
+                                    "connection dropped by the simulator",
+                                )),
+                            }
+                        }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(conn), service)
@@ -403,6 +412,11 @@ impl Sim {
         self.state.lock().unwrap().forced_delay = (n > 0).then_some((n, delay));
     }
 
+    /// The next `n` requests after region discovery get their connection closed unanswered.
+    pub fn drop_next(&self, n: u32) {
+        self.state.lock().unwrap().drop_next = n;
+    }
+
     /// The next `n` project-events pages are cut off halfway (a body cut short).
     pub fn truncate_next(&self, n: u32) {
         self.state.lock().unwrap().truncate_next = n;
@@ -417,12 +431,20 @@ impl Sim {
         self.base_url.lock().unwrap().clone()
     }
 
+    /// `None`: drop the connection without an answer.
     async fn handle(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
-    ) -> hyper::Response<Full<Bytes>> {
+    ) -> Option<hyper::Response<Full<Bytes>>> {
         let (parts, _body) = req.into_parts();
         let path = parts.uri.path().to_string();
+        if classify(&self.options.org, &path).is_some_and(|c| c != "org") {
+            let mut st = self.state.lock().unwrap();
+            if st.drop_next > 0 {
+                st.drop_next -= 1;
+                return None;
+            }
+        }
         let query = parts.uri.query().unwrap_or("").to_string();
         let auth = parts
             .headers
@@ -469,9 +491,11 @@ impl Sim {
         for (n, v) in &resp.headers {
             builder = builder.header(n.as_str(), v.as_str());
         }
-        builder
-            .body(Full::new(Bytes::from(resp.body)))
-            .expect("simulator response")
+        Some(
+            builder
+                .body(Full::new(Bytes::from(resp.body)))
+                .expect("simulator response"),
+        )
     }
 
     /// Answers one request (synchronously; the HTTP layer is a thin wrapper).
