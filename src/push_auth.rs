@@ -157,11 +157,31 @@ struct CachedJwks {
     keys: Vec<Jwk>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Jwk {
-    kid: String,
-    n: String,
-    e: String,
+/// An RSA signing key from a JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kid: String,
+    pub n: String,
+    pub e: String,
+}
+
+/// The RS256 signing keys of a JWKS document (`{"keys": [...]}`); other keys are ignored.
+pub fn parse_jwks(body: &[u8]) -> Result<Vec<Jwk>, &'static str> {
+    let raw: RawJwks = serde_json::from_slice(body).map_err(|_| "not a JWKS document")?;
+    Ok(raw
+        .keys
+        .into_iter()
+        .filter(|k| k.kty.as_deref() == Some("RSA"))
+        .filter(|k| k.alg.as_deref().is_none_or(|a| a == "RS256"))
+        .filter(|k| k.usage.as_deref().is_none_or(|u| u == "sig"))
+        .filter_map(|k| {
+            Some(Jwk {
+                kid: k.kid?,
+                n: k.n?,
+                e: k.e?,
+            })
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -233,22 +253,7 @@ fn fetch_jwks(env: &Env, rule: &OidcRule) -> Result<CachedJwks, Refusal> {
     if resp.status != 200 {
         return Err(unavailable(format!("answered {}", resp.status)));
     }
-    let raw: RawJwks = serde_json::from_slice(&resp.body)
-        .map_err(|_| unavailable("not a JWKS document".into()))?;
-    let keys = raw
-        .keys
-        .into_iter()
-        .filter(|k| k.kty.as_deref() == Some("RSA"))
-        .filter(|k| k.alg.as_deref().is_none_or(|a| a == "RS256"))
-        .filter(|k| k.usage.as_deref().is_none_or(|u| u == "sig"))
-        .filter_map(|k| {
-            Some(Jwk {
-                kid: k.kid?,
-                n: k.n?,
-                e: k.e?,
-            })
-        })
-        .collect();
+    let keys = parse_jwks(&resp.body).map_err(|e| unavailable(e.into()))?;
     Ok(CachedJwks {
         url: rule.jwks_url.to_string(),
         fetched_at: env.clock.now(),

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use sentry_logs_collector::config::{Config, VariableSource, SETTINGS};
 use sentry_logs_collector::http_api::{pubsub_options, query_options};
 use sentry_logs_collector::jwt;
+use sentry_logs_collector::push_auth::parse_jwks;
 use sentry_logs_collector::sentry::client::parse_events_page;
 use sentry_logs_collector::sentry::link;
 use sentry_logs_collector::shard::Shard;
@@ -80,6 +81,27 @@ proptest! {
             prop_assert!(!p.json.contains('\n'));
             prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&p.json).unwrap(), item);
         }
+    }
+
+    #[test]
+    fn jwks_documents_never_panic_and_yield_only_rsa_signing_keys(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        keys in proptest::collection::vec((
+            proptest::option::of(prop_oneof![Just("RSA"), Just("EC"), Just("oct")]),
+            proptest::option::of(prop_oneof![Just("RS256"), Just("ES256"), Just("HS256")]),
+            proptest::option::of(prop_oneof![Just("sig"), Just("enc")]),
+            proptest::option::of("[a-z0-9]{1,8}"),
+        ), 0..6),
+    ) {
+        let _ = parse_jwks(&body);
+        let doc = serde_json::json!({"keys": keys.iter().map(|(kty, alg, usage, kid)| serde_json::json!({
+            "kty": kty, "alg": alg, "use": usage, "kid": kid, "n": "AQAB", "e": "AQAB",
+        })).collect::<Vec<_>>()});
+        let parsed = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let expected = keys.iter().filter(|(kty, alg, usage, kid)| {
+            *kty == Some("RSA") && alg.is_none_or(|a| a == "RS256") && usage.is_none_or(|u| u == "sig") && kid.is_some()
+        }).count();
+        prop_assert_eq!(parsed.len(), expected);
     }
 
     #[test]

@@ -437,6 +437,10 @@ pub struct AuthProxy {
     /// The next this-many requests reach the emulator, but their reply is replaced by a 503
     /// (the upload landed, the answer was lost).
     pub lose_reply_next: Arc<AtomicU32>,
+    /// The next this-many requests get a 429 without reaching the emulator.
+    pub throttle_next: Arc<AtomicU32>,
+    /// Every request is answered this many milliseconds late while this is above zero.
+    pub delay_ms: Arc<AtomicU32>,
 }
 
 impl AuthProxy {
@@ -445,6 +449,9 @@ impl AuthProxy {
         let rejected = Arc::new(Mutex::new(0u64));
         let fail_next = Arc::new(AtomicU32::new(0));
         let lose_reply_next = Arc::new(AtomicU32::new(0));
+        let throttle_next = Arc::new(AtomicU32::new(0));
+        let delay_ms = Arc::new(AtomicU32::new(0));
+        let (throttle, delay) = (throttle_next.clone(), delay_ms.clone());
         let (seen, rej, fail, lose) = (
             seen_tokens.clone(),
             rejected.clone(),
@@ -461,6 +468,21 @@ impl AuthProxy {
                     503,
                     &json!({"error": {"code": 503, "message": "Service Unavailable"}}),
                 );
+            }
+            if throttle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Reply::json(
+                    429,
+                    &json!({"error": {"code": 429, "message": "rateLimitExceeded"}}),
+                );
+            }
+            let ms = delay.load(Ordering::SeqCst);
+            if ms > 0 {
+                tokio::task::block_in_place(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(ms)))
+                });
             }
             let token = req
                 .header("authorization")
@@ -513,6 +535,8 @@ impl AuthProxy {
             rejected,
             fail_next,
             lose_reply_next,
+            throttle_next,
+            delay_ms,
         })
     }
 

@@ -123,6 +123,12 @@ async fn sequence(seed: u64) -> Tally {
                 .store(1 + rng.below(3) as u32, Ordering::SeqCst);
             *t.faults.entry("GCS 503").or_default() += 1;
         }
+        if rng.chance(0.1) {
+            proxy
+                .throttle_next
+                .store(1 + rng.below(2) as u32, Ordering::SeqCst);
+            *t.faults.entry("GCS 429").or_default() += 1;
+        }
         if rng.chance(0.15) {
             proxy.lose_reply_next.store(1, Ordering::SeqCst);
             *t.faults.entry("GCS reply lost after upload").or_default() += 1;
@@ -185,6 +191,7 @@ async fn sequence(seed: u64) -> Tally {
         }
         proxy.fail_next.store(0, Ordering::SeqCst);
         proxy.lose_reply_next.store(0, Ordering::SeqCst);
+        proxy.throttle_next.store(0, Ordering::SeqCst);
         rig.sim.force_status(0, 200, "");
         rig.sim.truncate_next(0);
         rig.sim.drop_next(0);

@@ -151,3 +151,50 @@ async fn one_huge_event_is_still_one_line() {
         .find(|(_, v, _)| v["metadata"]["padding"].as_str().map(str::len) == Some(3_000_000));
     assert!(big.is_some(), "the huge event arrived whole, on one line");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_storage_slower_than_the_budget_times_out_and_loses_nothing() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(65),
+        1,
+        30,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    let proxy = collector_host::google::AuthProxy::start(
+        rig.gcs.addr(),
+        collector_host::google::Accept::Static("ya29.test-static-token".into()),
+    )
+    .await
+    .unwrap();
+    rig.set("gcs_endpoint", &proxy.url());
+    rig.set("lookback", "6h");
+    rig.set("time_budget", "5s");
+    proxy
+        .delay_ms
+        .store(8_000, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let inv = rig.run().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    let Outcome::GuestError(message) = &inv.outcome else {
+        panic!(
+            "expected a reported timeout, got {:?}\n{}\n{}",
+            inv.outcome, inv.stdout, inv.stderr
+        );
+    };
+    assert!(message.contains("Cloud Storage"), "{message}");
+    proxy.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    rig.set("time_budget", "60s");
+    rig.run_ok().await;
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+}
