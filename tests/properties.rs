@@ -15,12 +15,20 @@ use sentry_logs_collector::sentry::link;
 use sentry_logs_collector::shard::Shard;
 use sentry_logs_collector::time::{parse_rfc3339, rfc3339};
 
+/// Cases per property: `PROPTEST_CASES` when set (longer local runs), else a CI-sized default.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn cursor() -> impl Strategy<Value = String> {
     "[0-9]{1,13}:[0-9]{1,7}:[01]"
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), .. ProptestConfig::default() })]
 
     #[test]
     fn link_headers_never_panic_and_only_yield_plain_cursors(header in ".{0,400}") {
@@ -154,7 +162,7 @@ impl VariableSource for Vars {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), .. ProptestConfig::default() })]
 
     /// Any values at all: the configuration loads or lists problems, each naming a real
     /// setting, and no message repeats a value.
