@@ -415,3 +415,50 @@ fn json_id(v: &serde_json::Value) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_arrays_of_events_are_data() {
+        let ok = br#"[{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}]"#;
+        let events = parse_events_page(ok).unwrap();
+        assert_eq!(events[0].event_id, "a1");
+        assert_eq!(
+            events[0].json,
+            r#"{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}"#
+        );
+        for (body, needle) in [
+            (&b"\xff\xfe[]"[..], "UTF-8"),
+            (&b"<html>502 Bad Gateway</html>"[..], "JSON array"),
+            (
+                &br#""You are attempting to use this endpoint too frequently""#[..],
+                "JSON array",
+            ),
+            (&br#"{"detail": "Invalid token"}"#[..], "JSON array"),
+            (&br#"[{"eventID": "a1"}]"#[..], "eventID and dateCreated"),
+            (
+                &br#"[{"eventID": "a1", "dateCreated": "yesterday"}]"#[..],
+                "dateCreated",
+            ),
+            (
+                &br#"[{"eventID": "", "dateCreated": "2026-11-26T10:00:00Z"}]"#[..],
+                "eventID",
+            ),
+            (&br#"[1, 2]"#[..], "item 0"),
+        ] {
+            let err = parse_events_page(body).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pretty_printed_event_becomes_one_line() {
+        let body = b"[\n  {\n    \"eventID\": \"a1\",\n    \"dateCreated\": \"2026-11-26T10:00:00Z\",\n    \"message\": \"two\\nlines\"\n  }\n]";
+        let events = parse_events_page(body).unwrap();
+        assert!(!events[0].json.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&events[0].json).unwrap();
+        assert_eq!(v["message"], "two\nlines");
+    }
+}
