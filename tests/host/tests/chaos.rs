@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
-use collector_host::google::{Accept, AuthProxy};
+use collector_host::google::Accept;
 use collector_host::kv::KvFaults;
 use collector_host::Outcome;
 use common::*;
@@ -63,13 +63,9 @@ async fn sequence(seed: u64) -> Tally {
     })
     .await;
     add_projects(&rig.sim, 6);
-    let proxy = AuthProxy::start(
-        rig.gcs.addr(),
-        Accept::Static("ya29.test-static-token".into()),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(Accept::Static("ya29.test-static-token".into()))
+        .await;
     rig.set("lookback", "3h");
     rig.set("overlap", "2h");
     rig.set("lag", "1m");

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use collector_host::google::{token_endpoint, Accept, AuthProxy, TestKey};
+use collector_host::google::{token_endpoint, Accept, TestKey};
 use collector_host::Outcome;
 use common::*;
 use sentry_sim::{Rng, SimOptions};
@@ -30,10 +30,9 @@ fn sim_now(rig: &Rig) -> Arc<dyn Fn() -> f64 + Send + Sync> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pre_minted_access_token_is_sent_as_is() {
     let mut rig = rig_with_events(20).await;
-    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Static("ya29.operator-token".into()))
-        .await
-        .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(Accept::Static("ya29.operator-token".into()))
+        .await;
     rig.set("gcs_access_token", "ya29.operator-token");
     rig.run_ok().await;
     assert_eq!(rig.delivered().await.len(), 20);
@@ -44,13 +43,9 @@ async fn a_pre_minted_access_token_is_sent_as_is() {
 async fn a_self_signed_jwt_needs_no_token_endpoint() {
     let mut rig = rig_with_events(20).await;
     let key = Arc::new(TestKey::generate(EMAIL).unwrap());
-    let proxy = AuthProxy::start(
-        rig.gcs.addr(),
-        Accept::SelfSigned(key.clone(), sim_now(&rig)),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(Accept::SelfSigned(key.clone(), sim_now(&rig)))
+        .await;
     rig.unset("gcs_access_token");
     rig.set(
         "gcp_service_account_key",
@@ -74,17 +69,8 @@ async fn the_token_exchange_mints_once_and_reuses_the_cached_token() {
     let mut rig = rig_with_events(20).await;
     let key = Arc::new(TestKey::generate(EMAIL).unwrap());
     let (tokens, issued) = token_endpoint(key.clone(), sim_now(&rig)).await.unwrap();
-    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Issued(issued.clone()))
-        .await
-        .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
-    rig.unset("gcs_access_token");
-    rig.set("gcs_auth_mode", "token_exchange");
-    rig.set("gcp_token_origin", &tokens.url());
-    rig.set(
-        "gcp_service_account_key",
-        &key.key_file(&format!("{}/token", tokens.url())),
-    );
+    let proxy = rig.behind_proxy(Accept::Issued(issued.clone())).await;
+    rig.use_token_exchange(&key, &tokens);
     let first = rig.run_ok().await;
     assert_eq!(first["tokens_minted"], 1);
     // Two more runs with new events: the cached token is reused.
@@ -177,17 +163,8 @@ async fn a_token_endpoint_failing_for_a_moment_is_retried() {
     let mut rig = rig_with_events(10).await;
     let key = Arc::new(TestKey::generate(EMAIL).unwrap());
     let (tokens, issued) = token_endpoint(key.clone(), sim_now(&rig)).await.unwrap();
-    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Issued(issued.clone()))
-        .await
-        .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
-    rig.unset("gcs_access_token");
-    rig.set("gcs_auth_mode", "token_exchange");
-    rig.set("gcp_token_origin", &tokens.url());
-    rig.set(
-        "gcp_service_account_key",
-        &key.key_file(&format!("{}/token", tokens.url())),
-    );
+    let _proxy = rig.behind_proxy(Accept::Issued(issued.clone())).await;
+    rig.use_token_exchange(&key, &tokens);
     issued.fail_next(2);
     let s = rig.run_ok().await;
     assert_eq!(s["tokens_minted"], 1);

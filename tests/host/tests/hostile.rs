@@ -166,13 +166,11 @@ async fn a_cloud_storage_slower_than_the_budget_times_out_and_loses_nothing() {
         0.0,
         60,
     );
-    let proxy = collector_host::google::AuthProxy::start(
-        rig.gcs.addr(),
-        collector_host::google::Accept::Static("ya29.test-static-token".into()),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(collector_host::google::Accept::Static(
+            "ya29.test-static-token".into(),
+        ))
+        .await;
     rig.set("lookback", "6h");
     rig.set("time_budget", "5s");
     proxy

@@ -558,13 +558,11 @@ async fn a_failed_upload_mid_window_checkpoints_nothing_and_the_next_run_deliver
             padding: 6_000,
         });
     }
-    let proxy = collector_host::google::AuthProxy::start(
-        rig.gcs.addr(),
-        collector_host::google::Accept::Static("ya29.test-static-token".into()),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(collector_host::google::Accept::Static(
+            "ya29.test-static-token".into(),
+        ))
+        .await;
     rig.set("lookback", "6h");
     rig.set("time_budget", "10s");
     proxy
@@ -610,13 +608,11 @@ async fn a_pending_object_that_never_landed_is_rolled_back_and_read_again() {
     );
     rig.set("lookback", "6h");
     // Killed at the upload's first byte: the pending mark is saved, the object never lands.
-    let proxy = collector_host::google::AuthProxy::start(
-        rig.gcs.addr(),
-        collector_host::google::Accept::Static("ya29.test-static-token".into()),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let proxy = rig
+        .behind_proxy(collector_host::google::Accept::Static(
+            "ya29.test-static-token".into(),
+        ))
+        .await;
     rig.set("time_budget", "3s");
     proxy
         .fail_next

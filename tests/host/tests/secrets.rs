@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use collector_host::google::{token_endpoint, Accept, AuthProxy, TestKey};
+use collector_host::google::{token_endpoint, Accept, TestKey};
 use common::*;
 use sentry_sim::{Rng, SimOptions};
 
@@ -92,10 +92,7 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
 
     // 1. A pre-minted access token, over cron and over HTTP with a shared secret.
     let mut rig = rig().await;
-    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Static(ACCESS_TOKEN.into()))
-        .await
-        .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+    let _proxy = rig.behind_proxy(Accept::Static(ACCESS_TOKEN.into())).await;
     rig.set("gcs_access_token", ACCESS_TOKEN);
     rig.set("push_shared_secret", SHARED_SECRET);
     rig.set("push_shared_secret_param", "token");
@@ -159,9 +156,8 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
 
     // 2. A self-signed JWT.
     let mut rig = self::rig().await;
-    let proxy = AuthProxy::start(
-        rig.gcs.addr(),
-        Accept::SelfSigned(
+    let _proxy = rig
+        .behind_proxy(Accept::SelfSigned(
             key.clone(),
             Arc::new(|| {
                 std::time::SystemTime::now()
@@ -169,11 +165,8 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
                     .unwrap()
                     .as_secs_f64()
             }),
-        ),
-    )
-    .await
-    .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
+        ))
+        .await;
     rig.unset("gcs_access_token");
     rig.set(
         "gcp_service_account_key",
@@ -198,17 +191,8 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
     )
     .await
     .unwrap();
-    let proxy = AuthProxy::start(rig.gcs.addr(), Accept::Issued(issued))
-        .await
-        .unwrap();
-    rig.set("gcs_endpoint", &proxy.url());
-    rig.unset("gcs_access_token");
-    rig.set("gcs_auth_mode", "token_exchange");
-    rig.set("gcp_token_origin", &tokens.url());
-    rig.set(
-        "gcp_service_account_key",
-        &key.key_file(&format!("{}/token", tokens.url())),
-    );
+    let _proxy = rig.behind_proxy(Accept::Issued(issued)).await;
+    rig.use_token_exchange(&key, &tokens);
     let inv = rig.run().await;
     assert_eq!(summary(&inv)["streams"][0]["events"], 120, "{}", inv.stderr);
     audit.add("exchange stdout", &inv.stdout);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use collector_host::google::{FakeGcs, StoredObject};
+use collector_host::google::{Accept, AuthProxy, FakeGcs, StoredObject, TestKey};
 use collector_host::manifest::ProvidedVariables;
 use collector_host::testing::{build_component, repo_root, temp_dir};
 use collector_host::{App, HostOptions, Invocation, Outcome, Trigger};
@@ -100,6 +100,32 @@ impl Rig {
         app.run_cron(self.clock.now() as u64)
             .await
             .expect("the host runs the component")
+    }
+
+    /// Puts a proxy that checks bearer tokens (and can inject faults) in front of the
+    /// emulator, and points the component at it.
+    pub async fn behind_proxy(&mut self, accept: Accept) -> AuthProxy {
+        let proxy = AuthProxy::start(self.gcs.addr(), accept)
+            .await
+            .expect("the proxy starts");
+        self.set("gcs_endpoint", &proxy.url());
+        proxy
+    }
+
+    /// Switches the component to the OAuth token exchange with `key` at `tokens` (a token
+    /// endpoint serving `/token`).
+    pub fn use_token_exchange(
+        &mut self,
+        key: &TestKey,
+        tokens: &collector_host::testing::RecordingServer,
+    ) {
+        self.unset("gcs_access_token");
+        self.set("gcs_auth_mode", "token_exchange");
+        self.set("gcp_token_origin", &tokens.url());
+        self.set(
+            "gcp_service_account_key",
+            &key.key_file(&format!("{}/token", tokens.url())),
+        );
     }
 
     /// Serves the HTTP export until the returned server is dropped.
