@@ -65,7 +65,21 @@ pub struct FakeGcs {
 }
 
 impl FakeGcs {
+    /// Starts an emulator on a free port with one bucket. The port is chosen before the
+    /// emulator binds it, so a concurrent test can take it first: an emulator that exits, or
+    /// a port that answers with someone else's buckets, means another attempt on a new port.
     pub async fn start(bucket: &str) -> Result<FakeGcs> {
+        let mut last_error = anyhow::anyhow!("no attempt made");
+        for _ in 0..5 {
+            match Self::try_start(bucket).await {
+                Ok(gcs) => return Ok(gcs),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn try_start(bucket: &str) -> Result<FakeGcs> {
         let binary = fake_gcs_binary()?;
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
@@ -86,14 +100,24 @@ impl FakeGcs {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let gcs = FakeGcs {
+        let mut gcs = FakeGcs {
             url,
             bucket: bucket.to_string(),
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = gcs.call("GET", "/storage/v1/b", None).await {
+            if gcs.child.try_wait()?.is_some() {
+                bail!("fake-gcs-server exited (port {port} taken?)");
+            }
+            if let Ok((200, body)) = gcs.call("GET", "/storage/v1/b", None).await {
+                let listing: Value = serde_json::from_str(&body).unwrap_or_default();
+                if listing["items"]
+                    .as_array()
+                    .is_some_and(|items| !items.is_empty())
+                {
+                    bail!("port {port} answers with another emulator's buckets");
+                }
                 break;
             }
             if Instant::now() > deadline {
@@ -108,7 +132,7 @@ impl FakeGcs {
                 Some(json!({"name": bucket})),
             )
             .await?;
-        if status != 200 {
+        if status != 200 || gcs.child.try_wait()?.is_some() {
             bail!("creating the bucket failed: {status} {body}");
         }
         Ok(gcs)
