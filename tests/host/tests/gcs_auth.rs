@@ -13,18 +13,11 @@ use sentry_sim::{Rng, SimOptions};
 const EMAIL: &str = "writer@test-project.iam.gserviceaccount.com";
 
 async fn rig_with_events(n: u64) -> Rig {
-    let mut rig = Rig::start(SimOptions::default()).await;
-    add_projects(&rig.sim, 1);
-    let now = rig.clock.now();
-    rig.sim
-        .generate(&mut Rng::new(21), 1, n, now - 3 * 3600, now - 3600, 0.0, 60);
-    rig.set("lookback", "6h");
-    rig
+    Rig::with_history(SimOptions::default(), 1, 1, n, 0.0, 21).await
 }
 
 fn sim_now(rig: &Rig) -> Arc<dyn Fn() -> f64 + Send + Sync> {
-    let clock = rig.clock.clone();
-    Arc::new(move || clock.now_f64())
+    rig.now_fn()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,16 +52,7 @@ async fn jwks(keys: Vec<Value>) -> Jwks {
 }
 
 async fn rig_with_events() -> Rig {
-    let mut rig = Rig::start(SimOptions::default()).await;
-    add_projects(&rig.sim, 4);
-    let now = rig.clock.now();
-    let mut rng = Rng::new(51);
-    for p in 1..=4 {
-        rig.sim
-            .generate(&mut rng, p, 15, now - 3 * HOUR, now - HOUR, 0.0, 60);
-    }
-    rig.set("lookback", "6h");
-    rig
+    Rig::with_history(SimOptions::default(), 4, 4, 15, 0.0, 51).await
 }
 
 fn google_claims(rig: &Rig) -> Value {

@@ -430,20 +430,7 @@ async fn state_stays_within_kv_limits_for_an_org_of_a_thousand_projects() {
 }
 
 async fn small_rig(seed: u64) -> Rig {
-    let mut rig = Rig::start(SimOptions::default()).await;
-    add_projects(&rig.sim, 2);
-    let now = rig.clock.now();
-    rig.sim.generate(
-        &mut Rng::new(seed),
-        1,
-        25,
-        now - 3 * HOUR,
-        now - HOUR,
-        0.0,
-        60,
-    );
-    rig.set("lookback", "6h");
-    rig
+    Rig::with_history(SimOptions::default(), 2, 1, 25, 0.0, seed).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

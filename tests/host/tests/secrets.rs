@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use collector_host::google::{token_endpoint, Accept, TestKey};
 use common::*;
-use sentry_sim::{Rng, SimOptions};
+use sentry_sim::SimOptions;
 
 const SENTRY_TOKEN: &str = "sntryu_AUDIT7f3c9e2b1a8d4c6e0f5a9b3d7c1e8f2a";
 const ACCESS_TOKEN: &str = "ya29.AUDIT-access-4e8c2a6f9b1d3e5c7a9f";
@@ -66,19 +66,11 @@ impl Audit {
 }
 
 async fn rig() -> Rig {
-    let mut rig = Rig::start(SimOptions {
+    let options = SimOptions {
         token: SENTRY_TOKEN.into(),
         ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 3);
-    let now = rig.clock.now();
-    let mut rng = Rng::new(71);
-    for p in 1..=3 {
-        rig.sim
-            .generate(&mut rng, p, 40, now - 3 * 3600, now - 3600, 0.1, 1800);
-    }
-    rig.set("lookback", "6h");
+    };
+    let mut rig = Rig::with_history(options, 3, 3, 40, 0.1, 71).await;
     rig.set("sentry_auth_token", SENTRY_TOKEN);
     rig
 }
@@ -157,15 +149,7 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
     // 2. A self-signed JWT.
     let mut rig = self::rig().await;
     let _proxy = rig
-        .behind_proxy(Accept::SelfSigned(
-            key.clone(),
-            Arc::new(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs_f64()
-            }),
-        ))
+        .behind_proxy(Accept::SelfSigned(key.clone(), rig.now_fn()))
         .await;
     rig.unset("gcs_access_token");
     rig.set(
@@ -180,17 +164,7 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
 
     // 3. The token exchange, and a key the endpoint refuses.
     let mut rig = self::rig().await;
-    let (tokens, issued) = token_endpoint(
-        key.clone(),
-        Arc::new(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-        }),
-    )
-    .await
-    .unwrap();
+    let (tokens, issued) = token_endpoint(key.clone(), rig.now_fn()).await.unwrap();
     let _proxy = rig.behind_proxy(Accept::Issued(issued)).await;
     rig.use_token_exchange(&key, &tokens);
     let inv = rig.run().await;

@@ -66,6 +66,42 @@ impl Rig {
         }
     }
 
+    /// A rig whose org has `projects` projects, the first `busy` of them with `per_project`
+    /// events from three hours to one hour ago (`late_share` of them ingested up to 30 minutes
+    /// late); the first window reaches back six hours.
+    pub async fn with_history(
+        options: SimOptions,
+        projects: u64,
+        busy: u64,
+        per_project: u64,
+        late_share: f64,
+        seed: u64,
+    ) -> Rig {
+        let mut rig = Rig::start(options).await;
+        add_projects(&rig.sim, projects);
+        let now = rig.clock.now();
+        let mut rng = Rng::new(seed);
+        for p in 1..=busy {
+            rig.sim.generate(
+                &mut rng,
+                p,
+                per_project,
+                now - 3 * 3600,
+                now - 3600,
+                late_share,
+                1800,
+            );
+        }
+        rig.set("lookback", "6h");
+        rig
+    }
+
+    /// The simulated clock as a function (for the token endpoint and the checking proxy).
+    pub fn now_fn(&self) -> std::sync::Arc<dyn Fn() -> f64 + Send + Sync> {
+        let clock = self.clock.clone();
+        std::sync::Arc::new(move || clock.now_f64())
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         self.vars.retain(|(k, _)| k != name);
         self.vars.push((name.to_string(), value.to_string()));
