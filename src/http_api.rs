@@ -130,11 +130,11 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
     match req.path.as_str() {
         "/status" => status(env, &config),
         "/pubsub" => match pubsub_options(&req.body) {
-            Ok(options) => run(env, &options),
+            Ok(options) => run(env, &config, &options),
             Err(e) => ApiResponse::error(400, &e),
         },
         _ => match query_options(&req.query, config.push.shared_secret_param.as_deref()) {
-            Ok(options) => run(env, &options),
+            Ok(options) => run(env, &config, &options),
             Err(e) => ApiResponse::error(400, &e),
         },
     }
@@ -254,8 +254,8 @@ pub fn pubsub_options(body: &[u8]) -> Result<RunOptions, String> {
     )
 }
 
-fn run(env: &Env, options: &RunOptions) -> ApiResponse {
-    match run::run_once(env, run::Trigger::Http, options) {
+fn run(env: &Env, config: &Config, options: &RunOptions) -> ApiResponse {
+    match run::run_with(env, config, run::Trigger::Http, options) {
         Ok(RunOutcome::Ran(summary)) => {
             println!("{}", serde_json::to_string(&summary).unwrap_or_default());
             ApiResponse::json(200, &json!(summary))

@@ -132,9 +132,20 @@ pub enum RunOutcome {
 
 /// Runs once. Whatever the outcome, the last-run record in KV says what happened.
 pub fn run_once(env: &Env, trigger: Trigger, options: &RunOptions) -> Result<RunOutcome, RunError> {
-    let started = env.clock.now();
     let config = Config::load(env.vars).map_err(RunError::Config)?;
-    let streams = chosen_streams(&config, options)?;
+    run_with(env, &config, trigger, options)
+}
+
+/// Runs once with a configuration the caller already loaded (the HTTP routes load it to
+/// authenticate the caller).
+pub fn run_with(
+    env: &Env,
+    config: &Config,
+    trigger: Trigger,
+    options: &RunOptions,
+) -> Result<RunOutcome, RunError> {
+    let started = env.clock.now();
+    let streams = chosen_streams(config, options)?;
     let budget = config.timing.time_budget.as_secs();
     let lease = lease::acquire(env, &options.shard, budget).map_err(RunError::State)?;
     if let Lease::Held { until } = lease {
@@ -152,15 +163,7 @@ pub fn run_once(env: &Env, trigger: Trigger, options: &RunOptions) -> Result<Run
         })
         .unwrap_or_default();
     let runs = previous.runs + 1;
-    let result = collect(
-        env,
-        &config,
-        &streams,
-        options.shard,
-        trigger,
-        started,
-        runs,
-    );
+    let result = collect(env, config, &streams, options.shard, trigger, started, runs);
     let record = LastRun {
         runs,
         trigger: trigger.as_str().to_string(),
