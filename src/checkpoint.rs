@@ -110,7 +110,8 @@ impl SeenSet {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowProgress {
     pub window: Window,
-    /// The projects to read, fixed when the window was planned (the pre-scan's answer).
+    /// The projects to read, fixed when the window was planned (the pre-scan's answer), or
+    /// `[0]` for a stream read for the whole org at once.
     pub projects: Vec<u64>,
     /// Projects dropped by `max_projects` when the window was planned.
     pub projects_cut: usize,
@@ -121,6 +122,13 @@ pub struct WindowProgress {
     pub cursor: Option<String>,
     /// Number of objects written for this window so far (the next object's sequence number).
     pub objects: u32,
+    /// Oldest-first streams: where the current query starts, once the offset cap moved it
+    /// past the window's start.
+    #[serde(default)]
+    pub query_start: Option<i64>,
+    /// Oldest-first streams: rows the current query has returned (its offset).
+    #[serde(default)]
+    pub query_rows: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,13 @@
-//! The `events` stream: plan a window, find the projects with events in it, page each one,
-//! drop what was already delivered, write NDJSON objects, and advance the checkpoint only
-//! after the object holding those events has landed.
+//! One stream's collection: plan a window, find what to read in it (for `events`, the
+//! projects with events), page through it, drop what was already delivered, write NDJSON
+//! objects, and advance the checkpoint only after the object holding those lines has landed.
 //!
 //! Windows are `[watermark - overlap, now - lag)`, at most `max_window` past the watermark;
 //! the first starts at `now - lookback`. Cursors are used only inside a closed window and
 //! never polled: Sentry's events endpoint pages newest first by offset, so a late event that
 //! arrives during the read shifts later pages by one (a re-read, dropped by id) but never
-//! hides one.
+//! hides one. Oldest-first streams (Discover / Explore) meet the 10,000-row offset cap by
+//! starting the query again at the last timestamp read.
 
 use serde::Serialize;
 
@@ -14,13 +15,16 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, PendingObject, SeenSet, Win
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
-use crate::sentry::client::{SentryClient, Window};
+use crate::sentry::client::{is_no_global_views, SentryClient, Window, ORG_WIDE};
 use crate::sentry::SentryError;
 use crate::shard::Shard;
 use crate::state::{self, StreamStatus};
+use crate::streams::{Kind, Order, StreamDef};
 use crate::time::rfc3339;
 
-pub const STREAM: &str = "events";
+/// Rows one Discover / Explore query can page through by offset: reaching it means the
+/// window may hold more, so the query starts again at the last timestamp read.
+pub const OFFSET_CAP: u64 = 10_000;
 /// An object is written once this much NDJSON has been read. SecOps ingests a few large
 /// objects better than many small ones; this keeps the component's memory far under the
 /// platforms' 128 MiB (the buffer, plus the multipart copy, plus a page).
@@ -54,6 +58,7 @@ pub struct StreamSummary {
     /// Projects left out by `max_projects`; their events in those windows are not collected.
     pub projects_cut: usize,
     pub pages: u64,
+    /// Lines written: events, issues, audit-log entries or rows, by stream.
     pub events: u64,
     pub duplicates_dropped: u64,
     pub outside_window_dropped: u64,
@@ -64,6 +69,8 @@ pub struct StreamSummary {
     pub retries: u64,
     pub waited_secs: f64,
     pub gcs_requests: u64,
+    /// Oldest-first streams: queries started again because they reached the offset cap.
+    pub queries_split: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
@@ -78,6 +85,7 @@ struct Buffer {
 }
 
 struct Collector<'a, 'e> {
+    def: &'static StreamDef,
     env: Env<'e>,
     config: &'a Config,
     sentry: &'a SentryClient<'e>,
@@ -89,6 +97,8 @@ struct Collector<'a, 'e> {
     seen_changed: bool,
     buffer: Buffer,
     summary: StreamSummary,
+    /// A sampled-results warning was given in this run.
+    warned_partial: bool,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -107,19 +117,20 @@ pub fn plan_window(config: &Config, watermark: Option<i64>, now: i64) -> Option<
 }
 
 /// Runs the stream until its window is done, the budget runs out, or something fails.
-pub fn collect_events(
+pub fn collect_stream(
     env: Env,
     config: &Config,
     sentry: &SentryClient,
     gcs: &GcsClient,
     shard: Shard,
+    def: &'static StreamDef,
 ) -> StreamSummary {
     let mut summary = StreamSummary {
-        stream: STREAM,
+        stream: def.name,
         shard: shard.to_string(),
         ..StreamSummary::default()
     };
-    let state_name = format!("{STREAM}{}", shard.suffix());
+    let state_name = format!("{}{}", def.name, shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
     let (checkpoint, seen) = match store
         .load()
@@ -133,6 +144,7 @@ pub fn collect_events(
         }
     };
     let mut c = Collector {
+        def,
         env,
         config,
         sentry,
@@ -144,6 +156,7 @@ pub fn collect_events(
         seen_changed: false,
         buffer: Buffer::default(),
         summary,
+        warned_partial: false,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -264,8 +277,8 @@ impl Collector<'_, '_> {
                 self.summary.window_start = Some(rfc3339(progress.window.start));
             }
             self.summary.window_end = Some(rfc3339(progress.window.end));
-            self.summary.projects_active =
-                self.summary.projects_active.max(progress.projects.len());
+            let projects = progress.projects.iter().filter(|&&p| p != ORG_WIDE).count();
+            self.summary.projects_active = self.summary.projects_active.max(projects);
             if progress.projects_cut > 0 {
                 self.summary.projects_cut += progress.projects_cut;
                 let w = format!(
@@ -296,8 +309,21 @@ impl Collector<'_, '_> {
         }
     }
 
-    /// Fixes the window's project list: one Discover query, or every project without it.
+    /// Fixes what the window reads: for `events`, the projects with events (one Discover
+    /// query, or every project without it); for the other streams, the whole org at once.
     fn plan(&mut self, window: Window) -> Result<WindowProgress, Stop> {
+        if self.def.kind != Kind::Events {
+            return Ok(WindowProgress {
+                window,
+                projects: vec![ORG_WIDE],
+                projects_cut: 0,
+                next_project: 0,
+                cursor: None,
+                objects: 0,
+                query_start: None,
+                query_rows: 0,
+            });
+        }
         let mut projects: Vec<u64> = match self.sentry.active_projects(window)? {
             Some(active) => active.into_iter().map(|p| p.id).collect(),
             None => {
@@ -326,6 +352,8 @@ impl Collector<'_, '_> {
             next_project: 0,
             cursor: None,
             objects: 0,
+            query_start: None,
+            query_rows: 0,
         })
     }
 
@@ -333,21 +361,68 @@ impl Collector<'_, '_> {
     fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         let window = progress.window;
         while progress.next_project < progress.projects.len() {
-            let project = progress.projects[progress.next_project];
-            let page = self
-                .sentry
-                .events_page(project, window, progress.cursor.as_deref())?;
+            let unit = progress.projects[progress.next_project];
+            let range = Window {
+                start: progress.query_start.unwrap_or(window.start),
+                end: window.end,
+            };
+            let page = match self.sentry.stream_page(
+                self.def,
+                unit,
+                range,
+                progress.cursor.as_deref(),
+            )? {
+                Ok(page) => page,
+                Err(detail)
+                    if unit == ORG_WIDE
+                        && matches!(self.def.kind, Kind::Explore(_))
+                        && is_no_global_views(&detail) =>
+                {
+                    self.summary.warnings.push(format!(
+                            "this org cannot query several projects at once (no global views): {} is read one project at a time",
+                            self.def.name
+                        ));
+                    progress.projects = self
+                        .sentry
+                        .all_projects()?
+                        .into_iter()
+                        .map(|p| p.id)
+                        .collect();
+                    next_unit(progress);
+                    progress.next_project = 0;
+                    continue;
+                }
+                Err(detail) => {
+                    let whom = if unit == ORG_WIDE {
+                        String::new()
+                    } else {
+                        format!(" of project {unit}")
+                    };
+                    return Err(Stop::Failed(Failure {
+                        message: format!(
+                            "Sentry: {}{whom}: Sentry refused the request (400): {detail}",
+                            self.def.name
+                        ),
+                        transient: false,
+                    }));
+                }
+            };
             self.summary.pages += 1;
-            let mut older = 0;
-            for event in &page.events {
-                if !window.contains(event.date_created) {
+            if page.partial && !self.warned_partial {
+                self.warned_partial = true;
+                let w = format!(
+                    "Sentry answered {} from sampled data (meta.dataScanned = partial): rows outside the sample are not collected",
+                    self.def.name
+                );
+                eprintln!("warning: {w}");
+                self.summary.warnings.push(w);
+            }
+            for item in &page.items {
+                if !window.contains(item.time) {
                     self.summary.outside_window_dropped += 1;
-                    if event.date_created < window.start {
-                        older += 1;
-                    }
-                } else if self.seen.insert(&event.event_id, event.date_created) {
+                } else if self.seen.insert(&item.key, item.time) {
                     self.seen_changed = true;
-                    self.buffer.ndjson.extend_from_slice(event.json.as_bytes());
+                    self.buffer.ndjson.extend_from_slice(item.json.as_bytes());
                     self.buffer.ndjson.push(b'\n');
                     self.buffer.events += 1;
                     self.summary.events += 1;
@@ -355,14 +430,26 @@ impl Collector<'_, '_> {
                     self.summary.duplicates_dropped += 1;
                 }
             }
-            // Newest first: a page entirely older than the window means the rest is too
-            // (servers that ignore start/end return the whole retention).
-            let all_older = !page.events.is_empty() && older == page.events.len();
-            match page.next {
-                Some(cursor) if !all_older => progress.cursor = Some(cursor),
-                _ => {
-                    progress.next_project += 1;
-                    progress.cursor = None;
+            match self.def.order {
+                Order::NewestFirst => {
+                    // A page that reaches past the window's start means the rest is older
+                    // (servers that ignore start/end return the whole retention; audit logs
+                    // take no dates at all).
+                    let past_start = page.items.last().is_some_and(|i| i.time < window.start);
+                    match page.next {
+                        Some(cursor) if !past_start => progress.cursor = Some(cursor),
+                        _ => next_unit(progress),
+                    }
+                }
+                Order::OldestFirst => {
+                    progress.query_rows += page.items.len() as u64;
+                    if progress.query_rows >= OFFSET_CAP {
+                        self.split_query(progress, range, &page.items);
+                    } else if let Some(cursor) = page.next {
+                        progress.cursor = Some(cursor);
+                    } else {
+                        next_unit(progress);
+                    }
                 }
             }
             if self.buffer.ndjson.len() >= OBJECT_TARGET_BYTES {
@@ -370,6 +457,39 @@ impl Collector<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// An oldest-first query reached the offset cap: whatever comes after it is read by a new
+    /// query starting at the last timestamp read (rows of that second already delivered are
+    /// dropped by id). Only a single second holding more rows than the cap cannot be split
+    /// this way; that is reported, never passed over silently.
+    fn split_query(
+        &mut self,
+        progress: &mut WindowProgress,
+        range: Window,
+        items: &[crate::sentry::pages::Item],
+    ) {
+        self.summary.queries_split += 1;
+        let last = items.iter().map(|i| i.time).max().unwrap_or(range.start);
+        let next_start = if last > range.start {
+            last
+        } else {
+            let w = format!(
+                "{}: more than {OFFSET_CAP} rows share the second {}; Sentry's offset cap hides the rest of that second, which is not collected",
+                self.def.name,
+                rfc3339(range.start)
+            );
+            eprintln!("warning: {w}");
+            self.summary.warnings.push(w);
+            range.start + 1
+        };
+        progress.cursor = None;
+        progress.query_rows = 0;
+        if next_start >= range.end {
+            next_unit(progress);
+        } else {
+            progress.query_start = Some(next_start);
+        }
     }
 
     /// Writes the buffered events as one object, then records the position. The checkpoint
@@ -407,7 +527,7 @@ impl Collector<'_, '_> {
         };
         let name = gcs::object_name(
             &self.config.gcs,
-            STREAM,
+            self.def.name,
             &self.shard.suffix(),
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
@@ -473,4 +593,12 @@ impl Collector<'_, '_> {
         self.summary.window_finished = true;
         Ok(())
     }
+}
+
+/// Moves to the next project (or unit), forgetting the position inside the last one.
+fn next_unit(progress: &mut WindowProgress) {
+    progress.next_project += 1;
+    progress.cursor = None;
+    progress.query_start = None;
+    progress.query_rows = 0;
 }

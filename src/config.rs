@@ -86,9 +86,6 @@ pub const SETTINGS: &[Setting] = &[
     optional("allow_unauthenticated", "false", false, "serve /pubsub, /run, /status without authentication (local use only)"),
 ];
 
-/// The streams this version collects. The others in [`KNOWN_STREAMS`] are refused with a
-/// message saying they are not available yet.
-pub const SUPPORTED_STREAMS: &[&str] = &["events"];
 /// Every stream name the product defines.
 pub const KNOWN_STREAMS: &[&str] = &[
     "events",
@@ -614,13 +611,7 @@ fn stream_list(v: String) -> Result<Vec<String>, String> {
         if !KNOWN_STREAMS.contains(&name) {
             return Err(format!(
                 "names an unknown stream; choose from {}",
-                SUPPORTED_STREAMS.join(", ")
-            ));
-        }
-        if !SUPPORTED_STREAMS.contains(&name) {
-            return Err(format!(
-                "names the stream {name}, which this version does not collect yet; choose from {}",
-                SUPPORTED_STREAMS.join(", ")
+                KNOWN_STREAMS.join(", ")
             ));
         }
         if !streams.iter().any(|s| s == name) {
@@ -630,7 +621,7 @@ fn stream_list(v: String) -> Result<Vec<String>, String> {
     if streams.is_empty() {
         return Err(format!(
             "names no stream; choose from {}",
-            SUPPORTED_STREAMS.join(", ")
+            KNOWN_STREAMS.join(", ")
         ));
     }
     Ok(streams)

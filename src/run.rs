@@ -14,6 +14,7 @@ use crate::sentry::client::SentryClient;
 use crate::sentry::{region, SentryError};
 use crate::shard::Shard;
 use crate::state::{self, keys, LastRun};
+use crate::streams;
 use crate::time::rfc3339;
 
 /// Time kept back from the budget for writing the last object and the checkpoint: Sentry
@@ -216,14 +217,37 @@ fn collect(
         deadline - write_reserve(budget),
     );
     let mut summaries = Vec::new();
-    for stream in streams {
-        let summary = match stream.as_str() {
-            collect::STREAM => collect::collect_events(*env, config, &sentry, &gcs, shard),
-            // Config::load admits only supported streams.
-            other => StreamSummary {
-                error: Some(format!("stream {other} is not implemented")),
-                ..StreamSummary::default()
-            },
+    let sentry_deadline = sentry.deadline();
+    for (i, name) in streams.iter().enumerate() {
+        // Config::load admits only defined streams.
+        let Some(def) = streams::by_name(name) else {
+            continue;
+        };
+        // Each stream gets an equal share of what is left, so a backlog in one never starves
+        // the others; time a stream does not use goes to the ones after it.
+        let now = env.clock.now();
+        let share = (sentry_deadline - now) / (streams.len() - i) as f64;
+        sentry.set_deadline(now + share.max(0.0));
+        let summary = if def.org_wide && shard.count > 1 {
+            if shard.index == 0 {
+                // Org-wide streams are not split: shard 0 reads them for the whole org.
+                let mut s = collect::collect_stream(*env, config, &sentry, &gcs, Shard::WHOLE, def);
+                s.shard = shard.to_string();
+                s
+            } else {
+                StreamSummary {
+                    stream: def.name,
+                    shard: shard.to_string(),
+                    up_to_date: true,
+                    warnings: vec![format!(
+                        "{} is read for the whole org by shard 0/{}; this shard skips it",
+                        def.name, shard.count
+                    )],
+                    ..StreamSummary::default()
+                }
+            }
+        } else {
+            collect::collect_stream(*env, config, &sentry, &gcs, shard, def)
         };
         summaries.push(summary);
     }

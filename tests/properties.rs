@@ -10,9 +10,10 @@ use sentry_logs_collector::config::{Config, VariableSource, SETTINGS};
 use sentry_logs_collector::http_api::{pubsub_options, query_options};
 use sentry_logs_collector::jwt;
 use sentry_logs_collector::push_auth::parse_jwks;
-use sentry_logs_collector::sentry::client::parse_events_page;
 use sentry_logs_collector::sentry::link;
+use sentry_logs_collector::sentry::pages::{parse_page, Envelope};
 use sentry_logs_collector::shard::Shard;
+use sentry_logs_collector::streams::STREAMS;
 use sentry_logs_collector::time::{parse_rfc3339, rfc3339};
 
 /// Cases per property: `PROPTEST_CASES` when set (longer local runs), else a CI-sized default.
@@ -58,34 +59,48 @@ proptest! {
     }
 
     #[test]
-    fn event_pages_never_panic_and_accepted_events_are_single_lines(body in proptest::collection::vec(any::<u8>(), 0..600)) {
-        if let Ok(events) = parse_events_page(&body) {
-            for e in events {
-                prop_assert!(!e.json.contains('\n'));
-                let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
-                prop_assert_eq!(v["eventID"].as_str(), Some(e.event_id.as_str()));
+    fn pages_never_panic_and_accepted_items_are_single_lines(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+        for def in STREAMS {
+            if let Ok(page) = parse_page(&body, &def.shape) {
+                for item in page.items {
+                    prop_assert!(!item.json.contains('\n'));
+                    let v: serde_json::Value = serde_json::from_str(&item.json).unwrap();
+                    let id = match &v[def.shape.id_field] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    prop_assert!(item.key.starts_with(&id));
+                }
             }
         }
     }
 
     #[test]
     fn generated_pages_round_trip_exactly(
+        stream in 0..STREAMS.len(),
         events in proptest::collection::vec(("[0-9a-f]{32}", 0i64..4_000_000_000, "[ -~]{0,40}", any::<bool>()), 0..20)
     ) {
+        let shape = STREAMS[stream].shape;
         let items: Vec<serde_json::Value> = events
             .iter()
-            .map(|(id, t, title, _)| serde_json::json!({"eventID": id, "dateCreated": rfc3339(*t), "title": title, "tags": [{"key": "k", "value": title}]}))
+            .map(|(id, t, title, _)| serde_json::json!({shape.id_field: id, shape.time_field: rfc3339(*t), "title": title, "tags": [{"key": "k", "value": title}]}))
             .collect();
-        // Some servers pretty-print; each event must still come out as one line.
-        let body = if events.first().is_some_and(|e| e.3) {
-            serde_json::to_vec_pretty(&items).unwrap()
-        } else {
-            serde_json::to_vec(&items).unwrap()
+        let wrapped = match shape.envelope {
+            Envelope::Array => serde_json::json!(items),
+            Envelope::Rows => serde_json::json!({"rows": items, "options": []}),
+            Envelope::Data => serde_json::json!({"data": items, "meta": {"dataScanned": "full"}}),
         };
-        let parsed = parse_events_page(&body).unwrap();
+        // Some servers pretty-print; each item must still come out as one line.
+        let body = if events.first().is_some_and(|e| e.3) {
+            serde_json::to_vec_pretty(&wrapped).unwrap()
+        } else {
+            serde_json::to_vec(&wrapped).unwrap()
+        };
+        let parsed = parse_page(&body, &shape).unwrap().items;
         prop_assert_eq!(parsed.len(), items.len());
-        for (p, (item, (_, t, _, _))) in parsed.iter().zip(items.iter().zip(events.iter())) {
-            prop_assert_eq!(p.date_created, *t);
+        for (p, (item, (id, t, _, _))) in parsed.iter().zip(items.iter().zip(events.iter())) {
+            prop_assert_eq!(p.time, *t);
+            prop_assert!(p.key.starts_with(id.as_str()));
             prop_assert!(!p.json.contains('\n'));
             prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&p.json).unwrap(), item);
         }

@@ -345,16 +345,15 @@ fn max_projects_is_a_bounded_whole_number() {
 }
 
 #[test]
-fn streams_are_known_supported_and_deduplicated() {
+fn streams_are_known_and_deduplicated() {
     rejects(&[("streams", "events,bogus")], "streams", "unknown stream");
-    rejects(
-        &[("streams", "audit_logs")],
-        "streams",
-        "does not collect yet",
-    );
+    rejects(&[("streams", "event")], "streams", "audit_logs");
     rejects(&[("streams", " , ")], "streams", "names no stream");
     let c = Config::load(&with(&[("streams", " events , events ")])).unwrap();
     assert_eq!(c.streams, vec!["events"]);
+    let all = "events,issues,audit_logs,transactions,spans,logs";
+    let c = Config::load(&with(&[("streams", all)])).unwrap();
+    assert_eq!(c.streams.join(","), all);
 }
 
 #[test]

@@ -1,18 +1,19 @@
 //! Requests to Sentry with pacing, retries and the run's deadline, and the three reads the
 //! events stream needs: the Discover pre-scan, the project list, and a page of project events.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use url::Url;
 
+use super::pages::{parse_page, Item};
 use super::ratelimit::Pacer;
 use super::{authorized_get, classify_status, link, SentryError};
 use crate::config::SentryConfig;
 use crate::ports::{Env, InboundResponse, Timeouts, TransportError};
 use crate::retry;
-use crate::time::{parse_rfc3339, rfc3339};
+use crate::streams::{Kind, StreamDef};
+use crate::time::rfc3339;
 
 /// A request is not started unless this much time remains before the deadline.
 const MIN_REQUEST_SECS: f64 = 1.0;
@@ -43,62 +44,11 @@ impl Window {
     }
 }
 
-/// One event exactly as the API returned it, with the fields we read from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawEvent {
-    pub event_id: String,
-    pub date_created: i64,
-    /// The event's JSON text, one line.
-    pub json: String,
-}
-
+/// One page of a list endpoint: its items and the `next` cursor, if there is a next page.
 pub struct Page {
-    pub events: Vec<RawEvent>,
+    pub items: Vec<Item>,
+    pub partial: bool,
     pub next: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct EventKeys<'a> {
-    #[serde(rename = "eventID", borrow)]
-    event_id: std::borrow::Cow<'a, str>,
-    #[serde(rename = "dateCreated", borrow)]
-    date_created: std::borrow::Cow<'a, str>,
-}
-
-/// Splits a page body into events, keeping each one's JSON text as returned. Anything that is
-/// not an array of objects with an `eventID` and a parsable `dateCreated` is refused whole:
-/// a body that is not events is never written as events.
-pub fn parse_events_page(body: &[u8]) -> Result<Vec<RawEvent>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the page is not UTF-8".to_string())?;
-    let items: Vec<&RawValue> =
-        serde_json::from_str(text).map_err(|_| "the page is not a JSON array".to_string())?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let keys: EventKeys = serde_json::from_str(raw.get()).map_err(|_| {
-                format!("item {i} of the page is not an event with eventID and dateCreated")
-            })?;
-            let date_created = parse_rfc3339(&keys.date_created)
-                .ok_or_else(|| format!("item {i} of the page has an unreadable dateCreated"))?;
-            if keys.event_id.is_empty() || keys.event_id.len() > 128 {
-                return Err(format!("item {i} of the page has an invalid eventID"));
-            }
-            // NDJSON needs one line per event: re-encode compactly if the server pretty-printed.
-            let json = if raw.get().contains(['\n', '\r']) {
-                let value: serde_json::Value =
-                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                value.to_string()
-            } else {
-                raw.get().to_string()
-            };
-            Ok(RawEvent {
-                event_id: keys.event_id.into_owned(),
-                date_created,
-                json,
-            })
-        })
-        .collect()
 }
 
 /// A project as the pre-scan or the project list names it.
@@ -112,7 +62,7 @@ pub struct SentryClient<'e> {
     env: Env<'e>,
     cfg: &'e SentryConfig,
     region: Url,
-    deadline: f64,
+    deadline: Cell<f64>,
     pacer: RefCell<Pacer>,
     stats: RefCell<RequestStats>,
 }
@@ -123,10 +73,19 @@ impl<'e> SentryClient<'e> {
             env,
             cfg,
             region,
-            deadline,
+            deadline: Cell::new(deadline),
             pacer: RefCell::new(Pacer::default()),
             stats: RefCell::new(RequestStats::default()),
         }
+    }
+
+    /// Moves the time after which no request starts (each stream gets its share of a run).
+    pub fn set_deadline(&self, deadline: f64) {
+        self.deadline.set(deadline);
+    }
+
+    pub fn deadline(&self) -> f64 {
+        self.deadline.get()
     }
 
     pub fn stats(&self) -> RequestStats {
@@ -140,7 +99,7 @@ impl<'e> SentryClient<'e> {
     /// Waits until `until` if the deadline allows; otherwise reports that time ran out.
     fn wait_until(&self, until: f64) -> Result<(), SentryError> {
         let now = self.env.clock.now();
-        if until + MIN_REQUEST_SECS > self.deadline {
+        if until + MIN_REQUEST_SECS > self.deadline.get() {
             return Err(SentryError::OutOfTime);
         }
         if until > now {
@@ -154,17 +113,17 @@ impl<'e> SentryClient<'e> {
     /// non-retryable 400's body back so the caller can read Sentry's detail.
     fn get(
         &self,
-        endpoint: &'static str,
-        what: &str,
+        call: &Call,
         url: Url,
         max_bytes: usize,
     ) -> Result<Result<InboundResponse, String>, SentryError> {
+        let (endpoint, what) = (call.endpoint, call.what.as_str());
         let mut attempt = 0;
         loop {
             self.wait_until(self.pacer.borrow().ready_at(endpoint))?;
             let mut request = authorized_get(self.cfg, url.clone());
             request.max_response_bytes = max_bytes;
-            request.timeouts = Timeouts::within(self.deadline - self.env.clock.now());
+            request.timeouts = Timeouts::within(self.deadline.get() - self.env.clock.now());
             self.stats.borrow_mut().requests += 1;
             let transient = match self.env.http.send(&request) {
                 Err(TransportError::Denied(m)) => {
@@ -197,7 +156,7 @@ impl<'e> SentryClient<'e> {
                             }
                         }
                         s if s >= 500 => format!("{what}: Sentry answered {s}"),
-                        _ => return Err(classify_status(what, &resp)),
+                        _ => return Err(classify_status(what, call.permission, &resp)),
                     }
                 }
             };
@@ -234,8 +193,7 @@ impl<'e> SentryClient<'e> {
     /// `on_page`. `Ok(Err(detail))` is a 400 with Sentry's detail.
     fn for_each_page(
         &self,
-        endpoint: &'static str,
-        what: &str,
+        call: &Call,
         base: &Url,
         mut on_page: impl FnMut(&[u8]) -> Result<(), SentryError>,
     ) -> Result<Result<(), String>, SentryError> {
@@ -245,7 +203,7 @@ impl<'e> SentryClient<'e> {
             if let Some(c) = &cursor {
                 url.query_pairs_mut().append_pair("cursor", c);
             }
-            let (body, next) = match self.get_with_link(endpoint, what, url, MAX_SMALL_BODY)? {
+            let (body, next) = match self.get_with_link(call, url, MAX_SMALL_BODY)? {
                 Ok(page) => page,
                 Err(detail) => return Ok(Err(detail)),
             };
@@ -272,7 +230,12 @@ impl<'e> SentryClient<'e> {
         struct Body {
             data: Vec<Row>,
         }
-        let what = "the active-project pre-scan (Discover)";
+        let call = Call::new(
+            "discover",
+            "the active-project pre-scan (Discover)".into(),
+            ORG_READ,
+        );
+        let what = call.what.as_str();
         let mut url = self.org_url("events/");
         url.query_pairs_mut()
             .append_pair("field", "project.id")
@@ -284,7 +247,7 @@ impl<'e> SentryClient<'e> {
             .append_pair("sort", "project.id")
             .append_pair("per_page", "100");
         let mut projects: Vec<ProjectRef> = Vec::new();
-        let pages = self.for_each_page("discover", what, &url, |body| {
+        let pages = self.for_each_page(&call, &url, |body| {
             let body: Body = serde_json::from_slice(body).map_err(|_| {
                 SentryError::Malformed(format!(
                     "{what}: the body is not Discover's {{\"data\": [...]}}"
@@ -310,7 +273,7 @@ impl<'e> SentryClient<'e> {
                 projects.sort_by_key(|p| p.id);
                 Ok(Some(projects))
             }
-            Err(detail) if detail.contains("multiple projects") => Ok(None),
+            Err(detail) if is_no_global_views(&detail) => Ok(None),
             Err(detail) => Err(SentryError::Fatal(format!(
                 "{what}: Sentry refused the query (400): {detail}"
             ))),
@@ -323,11 +286,12 @@ impl<'e> SentryClient<'e> {
         struct Item {
             id: serde_json::Value,
         }
-        let what = "the project list";
+        let call = Call::new("projects", "the project list".into(), ORG_READ);
+        let what = call.what.as_str();
         let mut url = self.org_url("projects/");
         url.query_pairs_mut().append_pair("per_page", "100");
         let mut projects = Vec::new();
-        self.for_each_page("projects", what, &url, |body| {
+        self.for_each_page(&call, &url, |body| {
             let items: Vec<Item> = serde_json::from_slice(body).map_err(|_| {
                 SentryError::Malformed(format!("{what}: the body is not a JSON array of projects"))
             })?;
@@ -349,61 +313,152 @@ impl<'e> SentryClient<'e> {
         Ok(projects)
     }
 
-    /// One page of a project's error events in the window, newest first.
-    pub fn events_page(
+    /// One page of a stream: the request for `unit` (a project id, or [`ORG_WIDE`]) over
+    /// `[start, end)`, continuing at `cursor`. `Ok(Err(detail))` is a 400 with Sentry's
+    /// detail (the caller decides whether it means "no multi-project queries").
+    pub fn stream_page(
         &self,
-        project: u64,
-        window: Window,
+        def: &StreamDef,
+        unit: u64,
+        range: Window,
         cursor: Option<&str>,
-    ) -> Result<Page, SentryError> {
-        let what = format!("events of project {project}");
-        let mut url = self.region.clone();
-        url.set_path(&format!(
-            "/api/0/projects/{}/{project}/events/",
-            self.cfg.org
-        ));
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("start", &rfc3339(window.start))
-                .append_pair("end", &rfc3339(window.end));
-            if self.cfg.full_events {
-                // Sentry caps full pages at 10 (getsentry/sentry#122718).
-                q.append_pair("full", "true").append_pair("per_page", "10");
-            } else {
-                q.append_pair("per_page", "100");
+    ) -> Result<Result<Page, String>, SentryError> {
+        let (call, mut url) = match def.kind {
+            Kind::Events => {
+                let mut url = self.region.clone();
+                url.set_path(&format!("/api/0/projects/{}/{unit}/events/", self.cfg.org));
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("start", &rfc3339(range.start))
+                        .append_pair("end", &rfc3339(range.end));
+                    if self.cfg.full_events {
+                        // Sentry caps full pages at 10 (getsentry/sentry#122718).
+                        q.append_pair("full", "true").append_pair("per_page", "10");
+                    } else {
+                        q.append_pair("per_page", "100");
+                    }
+                }
+                let what = format!("events of project {unit}");
+                (Call::new("project-events", what, def.permission), url)
             }
-            if let Some(c) = cursor {
-                q.append_pair("cursor", c);
+            Kind::Issues => {
+                let mut url = self.org_url("issues/");
+                url.query_pairs_mut()
+                    // An empty query: all issues, not only the unresolved ones (the default).
+                    .append_pair("query", "")
+                    .append_pair("sort", "date")
+                    .append_pair("project", "-1")
+                    .append_pair("start", &rfc3339(range.start))
+                    .append_pair("end", &rfc3339(range.end))
+                    .append_pair("limit", "100")
+                    // The 24-hour histogram is bulky and says nothing a SIEM uses.
+                    .append_pair("collapse", "stats");
+                (
+                    Call::new("issues", "the issue list".into(), def.permission),
+                    url,
+                )
             }
+            Kind::AuditLogs => {
+                // A control-silo endpoint: the API base (sentry.io), never the region host.
+                let mut url = self.cfg.api_base.clone();
+                url.set_path(&format!(
+                    "/api/0/organizations/{}/audit-logs/",
+                    self.cfg.org
+                ));
+                url.set_query(None);
+                url.query_pairs_mut().append_pair("per_page", "100");
+                (
+                    Call::new("audit-logs", "the audit log".into(), def.permission),
+                    url,
+                )
+            }
+            Kind::Explore(dataset) => {
+                let mut url = self.org_url("events/");
+                {
+                    let mut q = url.query_pairs_mut();
+                    for field in dataset.fields {
+                        q.append_pair("field", field);
+                    }
+                    let project = if unit == ORG_WIDE {
+                        "-1".to_string()
+                    } else {
+                        unit.to_string()
+                    };
+                    q.append_pair("dataset", dataset.name)
+                        .append_pair("project", &project)
+                        .append_pair("start", &rfc3339(range.start))
+                        .append_pair("end", &rfc3339(range.end))
+                        .append_pair("sort", "timestamp")
+                        .append_pair("per_page", &EXPLORE_PER_PAGE.to_string());
+                }
+                let what = if unit == ORG_WIDE {
+                    format!("the {} dataset (Explore)", dataset.name)
+                } else {
+                    format!("the {} dataset of project {unit} (Explore)", dataset.name)
+                };
+                (Call::new("discover", what, def.permission), url)
+            }
+        };
+        if let Some(c) = cursor {
+            url.query_pairs_mut().append_pair("cursor", c);
         }
-        let (body, next) = self
-            .get_with_link("project-events", &what, url, MAX_PAGE_BYTES)?
-            .map_err(|detail| {
-                SentryError::Fatal(format!(
-                    "{what}: Sentry refused the request (400): {detail}"
-                ))
-            })?;
-        let events =
-            parse_events_page(&body).map_err(|e| SentryError::Malformed(format!("{what}: {e}")))?;
-        Ok(Page { events, next })
+        let (body, next) = match self.get_with_link(&call, url, MAX_PAGE_BYTES)? {
+            Ok(page) => page,
+            Err(detail) => return Ok(Err(detail)),
+        };
+        let parsed = parse_page(&body, &def.shape)
+            .map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
+        Ok(Ok(Page {
+            items: parsed.items,
+            partial: parsed.partial,
+            next,
+        }))
     }
 
     /// A 2xx body and the `next` cursor from its Link header.
     #[allow(clippy::type_complexity)]
     fn get_with_link(
         &self,
-        endpoint: &'static str,
-        what: &str,
+        call: &Call,
         url: Url,
         max_bytes: usize,
     ) -> Result<Result<(Vec<u8>, Option<String>), String>, SentryError> {
-        let resp = match self.get(endpoint, what, url, max_bytes)? {
+        let resp = match self.get(call, url, max_bytes)? {
             Ok(resp) => resp,
             Err(detail) => return Ok(Err(detail)),
         };
         let next = link::next_cursor(resp.header("link"))
-            .map_err(|e| SentryError::Malformed(format!("{what}: {e}")))?;
+            .map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
         Ok(Ok((resp.body, next)))
+    }
+}
+
+/// The unit of an org-wide read (`project=-1`); Sentry project ids start at 1.
+pub const ORG_WIDE: u64 = 0;
+/// Rows per Discover / Explore page (Sentry's maximum).
+pub const EXPLORE_PER_PAGE: u64 = 100;
+const ORG_READ: &str = "Organization Read (org:read)";
+
+/// Sentry's 400 for a multi-project query in an org without `global-views`.
+pub fn is_no_global_views(detail: &str) -> bool {
+    detail.contains("multiple projects")
+}
+
+/// One kind of request: the rate-limit class, what to call it in messages, and what
+/// permission a 403 means is missing.
+struct Call {
+    endpoint: &'static str,
+    what: String,
+    permission: &'static str,
+}
+
+impl Call {
+    fn new(endpoint: &'static str, what: String, permission: &'static str) -> Call {
+        Call {
+            endpoint,
+            what,
+            permission,
+        }
     }
 }
 
@@ -413,52 +468,5 @@ fn json_id(v: &serde_json::Value) -> Option<u64> {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_arrays_of_events_are_data() {
-        let ok = br#"[{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}]"#;
-        let events = parse_events_page(ok).unwrap();
-        assert_eq!(events[0].event_id, "a1");
-        assert_eq!(
-            events[0].json,
-            r#"{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}"#
-        );
-        for (body, needle) in [
-            (&b"\xff\xfe[]"[..], "UTF-8"),
-            (&b"<html>502 Bad Gateway</html>"[..], "JSON array"),
-            (
-                &br#""You are attempting to use this endpoint too frequently""#[..],
-                "JSON array",
-            ),
-            (&br#"{"detail": "Invalid token"}"#[..], "JSON array"),
-            (&br#"[{"eventID": "a1"}]"#[..], "eventID and dateCreated"),
-            (
-                &br#"[{"eventID": "a1", "dateCreated": "yesterday"}]"#[..],
-                "dateCreated",
-            ),
-            (
-                &br#"[{"eventID": "", "dateCreated": "2026-11-26T10:00:00Z"}]"#[..],
-                "eventID",
-            ),
-            (&br#"[1, 2]"#[..], "item 0"),
-        ] {
-            let err = parse_events_page(body).unwrap_err();
-            assert!(err.contains(needle), "{err}");
-        }
-    }
-
-    #[test]
-    fn a_pretty_printed_event_becomes_one_line() {
-        let body = b"[\n  {\n    \"eventID\": \"a1\",\n    \"dateCreated\": \"2026-11-26T10:00:00Z\",\n    \"message\": \"two\\nlines\"\n  }\n]";
-        let events = parse_events_page(body).unwrap();
-        assert!(!events[0].json.contains('\n'));
-        let v: serde_json::Value = serde_json::from_str(&events[0].json).unwrap();
-        assert_eq!(v["message"], "two\nlines");
     }
 }

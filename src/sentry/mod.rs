@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod link;
+pub mod pages;
 pub mod ratelimit;
 pub mod region;
 
@@ -54,13 +55,14 @@ pub(crate) fn from_transport(what: &str, e: TransportError) -> SentryError {
 }
 
 /// Classifies a non-2xx answer. `what` names the request for the operator.
-pub(crate) fn classify_status(what: &str, resp: &InboundResponse) -> SentryError {
+/// `permission` names what the request needs, for a 403.
+pub(crate) fn classify_status(what: &str, permission: &str, resp: &InboundResponse) -> SentryError {
     match resp.status {
         401 => SentryError::Fatal(format!(
             "{what}: Sentry rejected sentry_auth_token (401); check that the token is current and pasted whole"
         )),
         403 => SentryError::Fatal(format!(
-            "{what}: the token lacks a permission (403); the internal integration needs Project Read, Issue & Event Read and Organization Read"
+            "{what}: the token lacks a permission (403); give the internal integration {permission}"
         )),
         404 => SentryError::Fatal(format!(
             "{what}: not found (404); check sentry_org (the organization slug) and sentry_api_base"

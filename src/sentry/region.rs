@@ -77,7 +77,7 @@ pub fn region_url(env: &Env, cfg: &SentryConfig, deadline: f64) -> Result<Url, S
         .send(&request)
         .map_err(|e| from_transport(what, e))?;
     if !(200..300).contains(&resp.status) {
-        return Err(classify_status(what, &resp));
+        return Err(classify_status(what, "Organization Read (org:read)", &resp));
     }
     let details: OrgDetails = serde_json::from_slice(&resp.body).map_err(|_| {
         SentryError::Malformed(format!(
