@@ -9,10 +9,14 @@
 //! - a `Link` header built on a different host than the one called;
 //! - sentry.io's rate limits, with a 429 whose body is a JSON string and no `Retry-After`;
 //! - events with an event time and a later ingestion time, visible only once ingested;
+//! - issues, audit logs and the Discover / Explore datasets of the other streams, each with
+//!   its own paginator (see `streams.rs`);
 //! - a ground-truth listing, request counters, and forced faults.
 //!
 //! Time is a [`SimClock`]: real time plus an offset the test can move forward, shared with the
 //! component's wall clock through the host.
+
+#![recursion_limit = "256"]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,7 +32,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+mod streams;
 pub mod time;
+
+pub use streams::{issue_id, AuditEntry, ExploreRow, IssueVersion, DATASETS, OFFSET_CAP};
 
 /// Real time plus an adjustable offset, in seconds.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +120,7 @@ impl Event {
         json!({
             "id": self.event_id,
             "eventID": self.event_id,
-            "groupID": self.group_id.to_string(),
+            "groupID": issue_id(self.project_id, self.group_id).to_string(),
             "projectID": self.project_id.to_string(),
             "event.type": "error",
             "title": self.title,
@@ -248,6 +255,10 @@ struct Bucket {
 struct State {
     projects: Vec<Project>,
     events: Vec<Event>,
+    audit: Vec<AuditEntry>,
+    rows: Vec<ExploreRow>,
+    /// Discover answers say `dataScanned: "partial"`.
+    sampled: bool,
     counters: Counters,
     buckets: BTreeMap<&'static str, Bucket>,
     /// The next N project-events requests get a 429 that resets this many seconds later.
@@ -602,6 +613,8 @@ impl Sim {
             "org" => self.org_details(),
             "projects" => self.project_list(&st, &params, path),
             "discover" => self.discover(&st, &params, path, now),
+            "issues" => self.issues(&st, &params, path, now),
+            "audit-logs" => self.audit_logs(&st, &params, path, now),
             _ => {
                 let project = segments[4];
                 let found = st
@@ -691,6 +704,21 @@ impl Sim {
                 &json!({"detail": "You can view up to 20 fields at a time. Please delete some and try again."}),
             );
         }
+        let wanted: Vec<u64> = projects
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| *p != u64::MAX)
+            .collect();
+        let dataset = params.get("dataset").unwrap_or("errors");
+        if let Some(d) = DATASETS.iter().find(|d| **d == dataset) {
+            return self.explore(st, d, params, path, now, (!multi).then_some(wanted));
+        }
+        if dataset != "errors" {
+            return SimResponse::json(
+                400,
+                &json!({"detail": format!("Invalid dataset: {dataset}")}),
+            );
+        }
         if fields != ["project.id", "count()"] {
             return SimResponse::json(
                 400,
@@ -705,11 +733,6 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
-        let wanted: Vec<u64> = projects
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .filter(|p| *p != u64::MAX)
-            .collect();
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
         for e in &st.events {
             let in_range =
@@ -828,6 +851,8 @@ fn classify(org: &str, path: &str) -> Option<&'static str> {
         ["api", "0", "organizations", o] if *o == org => Some("org"),
         ["api", "0", "organizations", o, "projects"] if *o == org => Some("projects"),
         ["api", "0", "organizations", o, "events"] if *o == org => Some("discover"),
+        ["api", "0", "organizations", o, "issues"] if *o == org => Some("issues"),
+        ["api", "0", "organizations", o, "audit-logs"] if *o == org => Some("audit-logs"),
         ["api", "0", "projects", o, _, "events"] if *o == org => Some("project-events"),
         _ => None,
     }

@@ -347,3 +347,236 @@ fn sixty_project_event_requests_a_minute_then_a_429_without_retry_after() {
         .starts_with("You are attempting to use this endpoint too frequently"));
     assert_eq!(sim.counters().avoidable_429s, 1);
 }
+
+fn link_next(resp: &sentry_sim::SimResponse) -> Option<String> {
+    let link = resp
+        .headers
+        .iter()
+        .find(|(n, _)| n == "link")
+        .map(|(_, v)| v.clone())?;
+    let next = link.split(", <").nth(1)?;
+    if !next.contains("results=\"true\"") {
+        return None;
+    }
+    let c = next.split("cursor=\"").nth(1)?;
+    Some(c.trim_end_matches('"').to_string())
+}
+
+#[test]
+fn issues_match_the_schema_and_the_default_query_hides_resolved_ones() {
+    let doc = fixtures();
+    let (schema, example) = response(
+        &doc,
+        "/api/0/organizations/{organization_id_or_slug}/issues/",
+    );
+    let sim = Sim::new(SimOptions::default(), SimClock::default());
+    sim.add_project(1, "web");
+    let now = sim.clock.now();
+    sim.generate(&mut Rng::new(3), 1, 400, now - 7200, now - 600, 0.0, 60);
+    let all = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        "query=&sort=date&project=-1",
+    );
+    assert_valid(&all, &schema, "issues");
+    assert_has_example_fields(&all[0], &example[0], "an issue");
+    let default = get(&sim, "/api/0/organizations/acme/issues/", "sort=date");
+    let statuses = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(statuses(&all).iter().any(|s| s == "resolved"));
+    assert!(statuses(&default).iter().all(|s| s == "unresolved"));
+    assert!(default.as_array().unwrap().len() < all.as_array().unwrap().len());
+    // Newest lastSeen first; collapse=stats drops the histogram.
+    let seen: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["lastSeen"].as_str().unwrap())
+        .collect();
+    assert!(seen.windows(2).all(|w| w[0] >= w[1]), "{seen:?}");
+    let collapsed = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        "query=&collapse=stats",
+    );
+    assert!(collapsed[0].get("stats").is_none() && collapsed[0].get("lifetime").is_some());
+}
+
+#[test]
+fn issue_score_cursors_do_not_shift_when_an_issue_moves() {
+    let sim = Sim::new(SimOptions::default(), SimClock::default());
+    sim.add_project(1, "web");
+    let now = sim.clock.now();
+    sim.generate(&mut Rng::new(4), 1, 2000, now - 7200, now - 3600, 0.0, 60);
+    let auth = format!("Bearer {}", sim.options.token);
+    let q = "query=&sort=date&limit=10";
+    let first = sim.respond("GET", "/api/0/organizations/acme/issues/", q, &auth);
+    let page1: Value = serde_json::from_slice(&first.body).unwrap();
+    let cursor = link_next(&first).expect("a next page");
+    // The newest issue is seen again: it moves to the top, out of the pages still to read.
+    let moved = &page1[0];
+    let group: u64 = moved["id"].as_str().unwrap().parse::<u64>().unwrap() % 1_000_000;
+    sim.add_event(sentry_sim::Event {
+        event_id: format!("{:032x}", 7),
+        project_id: 1,
+        group_id: group,
+        date_created: now - 60,
+        received_at: now - 60,
+        title: "again".into(),
+        padding: 0,
+    });
+    let second = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        &format!("{q}&cursor={cursor}"),
+    );
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (a, b) = (ids(&page1), ids(&second));
+    assert_eq!(b.len(), 10);
+    assert!(b.iter().all(|id| !a.contains(id)), "{a:?} {b:?}");
+    // The page continues exactly where the first stopped, as if nothing had moved.
+    let all = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        "query=&sort=date&limit=100",
+    );
+    let expected: Vec<String> = ids(&all)[1..].iter().skip(9).take(10).cloned().collect();
+    assert_eq!(b, expected);
+}
+
+#[test]
+fn audit_logs_are_rows_newest_first_with_date_cursors_and_need_org_write() {
+    let sim = Sim::new(SimOptions::default(), SimClock::default());
+    let now = sim.clock.now();
+    sim.generate_audit(&mut Rng::new(5), 250, now - 3600, now - 60);
+    let auth = format!("Bearer {}", sim.options.token);
+    let mut cursor: Option<String> = None;
+    let mut ids = Vec::new();
+    let mut times = Vec::new();
+    loop {
+        let q = cursor
+            .as_ref()
+            .map_or(String::new(), |c| format!("cursor={c}"));
+        let r = sim.respond("GET", "/api/0/organizations/acme/audit-logs/", &q, &auth);
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["options"].is_array());
+        for row in v["rows"].as_array().unwrap() {
+            for key in [
+                "id",
+                "actor",
+                "event",
+                "ipAddress",
+                "note",
+                "targetObject",
+                "targetUser",
+                "data",
+                "dateCreated",
+            ] {
+                assert!(row.get(key).is_some(), "{key}");
+            }
+            ids.push(row["id"].as_str().unwrap().to_string());
+            times.push(row["dateCreated"].as_str().unwrap().to_string());
+        }
+        match link_next(&r) {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 250);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 250);
+    assert!(times.windows(2).all(|w| w[0] >= w[1]));
+    sim.forbid("audit-logs");
+    let r = sim.respond("GET", "/api/0/organizations/acme/audit-logs/", "", &auth);
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn explore_datasets_match_the_schema_and_stop_at_the_offset_cap() {
+    let doc = fixtures();
+    let (schema, _) = response(
+        &doc,
+        "/api/0/organizations/{organization_id_or_slug}/events/",
+    );
+    let sim = Sim::new(SimOptions::default(), SimClock::default());
+    sim.add_project(1, "web");
+    let now = sim.clock.now();
+    let mut rng = Rng::new(6);
+    for d in sentry_sim::DATASETS {
+        sim.generate_rows(&mut rng, d, 1, 50, now - 3600, now - 600, 0.0, 60);
+    }
+    for (d, fields) in [
+        (
+            "transactions",
+            "field=id&field=timestamp&field=transaction&field=transaction.duration",
+        ),
+        (
+            "spans",
+            "field=id&field=timestamp&field=span.op&field=span.duration",
+        ),
+        (
+            "logs",
+            "field=id&field=timestamp&field=message&field=severity",
+        ),
+    ] {
+        let v = get(
+            &sim,
+            "/api/0/organizations/acme/events/",
+            &format!("{fields}&dataset={d}&project=-1&sort=timestamp&per_page=100"),
+        );
+        assert_valid(&v, &schema, d);
+        let rows = v["data"].as_array().unwrap();
+        assert_eq!(rows.len(), 50, "{d}");
+        assert_eq!(
+            rows[0].as_object().unwrap().len(),
+            4,
+            "{d}: only the fields asked for"
+        );
+        let ts: Vec<&str> = rows
+            .iter()
+            .map(|r| r["timestamp"].as_str().unwrap())
+            .collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{d}: ascending");
+        assert!(ts[0].ends_with("+00:00"));
+    }
+    let auth = format!("Bearer {}", sim.options.token);
+    let bad = sim.respond(
+        "GET",
+        "/api/0/organizations/acme/events/",
+        "field=id&field=nonsense&dataset=spans",
+        &auth,
+    );
+    assert_eq!(bad.status, 400);
+    // 10,050 rows: offset paging ends at 10,000 and says there is no more.
+    sim.generate_rows(&mut rng, "logs", 1, 10_000, now - 3600, now - 600, 0.0, 60);
+    let r = sim.respond(
+        "GET",
+        "/api/0/organizations/acme/events/",
+        "field=id&field=timestamp&dataset=logs&sort=timestamp&per_page=100&cursor=0:9900:0",
+        &auth,
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 100);
+    assert_eq!(link_next(&r), None);
+    sim.set_sampled(true);
+    let v = get(
+        &sim,
+        "/api/0/organizations/acme/events/",
+        "field=id&field=timestamp&dataset=logs",
+    );
+    assert_eq!(v["meta"]["dataScanned"], "partial");
+}

@@ -1,0 +1,651 @@
+//! The endpoints of the other streams, each with its own paginator and quirks:
+//!
+//! - issues (`/organizations/{org}/issues/`): derived from the events (one issue per project
+//!   and group), `lastSeen` the newest visible event, mutable; `query` defaults to
+//!   `is:unresolved`; `sort=date` pages newest `lastSeen` first with score cursors
+//!   (`{lastSeen ms}:{offset}:{is_prev}`), so an issue that moves does not shift the pages after
+//!   it; `limit` at most 100; `collapse=stats` drops `stats`;
+//! - audit logs (`/organizations/{org}/audit-logs/`): `{"rows": [...], "options": [...]}`,
+//!   newest first, `DateTimePaginator` cursors (`{epoch ms}:{offset}:{is_prev}`), no date
+//!   filter, 403 for a token without `org:write`;
+//! - Discover / Explore datasets (`transactions`, `spans`, `logs`): flat rows of the requested
+//!   fields (20 at most, unknown ones refused), `sort=timestamp` or `-timestamp`, offset paging
+//!   that silently stops at 10,000 rows (`results="false"` at the cap: the worst case), and
+//!   `meta.dataScanned` that says `partial` when sampling is switched on.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::{time, Event, Params, Rng, Sim, SimResponse, State};
+
+/// Rows one Discover query can page through by offset.
+pub const OFFSET_CAP: usize = 10_000;
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: u64,
+    /// Milliseconds since the epoch.
+    pub date_created_ms: i64,
+    pub event: String,
+    pub actor: String,
+}
+
+/// One row of a Discover / Explore dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExploreRow {
+    pub dataset: &'static str,
+    pub id: String,
+    pub project_id: u64,
+    /// Whole seconds (Discover's `timestamp` precision).
+    pub timestamp: i64,
+    /// Invisible before this time.
+    pub received_at: i64,
+    pub n: u64,
+}
+
+/// One version of an issue: its id and a `lastSeen` it had.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IssueVersion {
+    pub id: String,
+    pub last_seen: String,
+}
+
+pub const DATASETS: &[&str] = &["transactions", "spans", "logs"];
+
+/// Fields the simulator knows per dataset (Sentry refuses unknown ones).
+fn known_field(dataset: &str, field: &str) -> bool {
+    const COMMON: &[&str] = &[
+        "id",
+        "timestamp",
+        "project",
+        "project.id",
+        "environment",
+        "release",
+        "user.id",
+        "user.email",
+        "user.ip",
+        "trace",
+        "sdk.name",
+        "platform",
+        "count()",
+    ];
+    const TRANSACTIONS: &[&str] = &[
+        "transaction",
+        "transaction.op",
+        "transaction.status",
+        "transaction.duration",
+        "http.method",
+        "http.status_code",
+    ];
+    const SPANS: &[&str] = &[
+        "span.op",
+        "span.description",
+        "span.duration",
+        "span.status",
+        "is_transaction",
+        "transaction",
+        "parent_span",
+    ];
+    const LOGS: &[&str] = &["message", "severity", "severity_number"];
+    COMMON.contains(&field)
+        || match dataset {
+            "transactions" => TRANSACTIONS.contains(&field),
+            "spans" => SPANS.contains(&field),
+            "logs" => LOGS.contains(&field),
+            _ => false,
+        }
+}
+
+/// The issue id of a project's group (ids are org-wide in Sentry).
+pub fn issue_id(project_id: u64, group_id: u64) -> u64 {
+    project_id * 1_000_000 + group_id
+}
+
+struct Issue<'a> {
+    id: u64,
+    project_id: u64,
+    group_id: u64,
+    first_seen: i64,
+    last_seen: i64,
+    count: u64,
+    latest: &'a Event,
+}
+
+fn ms_rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let rest = ms.rem_euclid(1000);
+    let s = time::rfc3339(secs);
+    format!("{}.{rest:03}Z", s.trim_end_matches('Z'))
+}
+
+/// `value:offset:is_prev` of a score or date cursor.
+fn score_cursor(params: &Params) -> Option<(i64, usize)> {
+    let c = params.get("cursor")?;
+    let mut parts = c.split(':');
+    let value = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    Some((value, offset))
+}
+
+/// Newest-first paging by a score: items with a score at most the cursor's, skipping `offset`
+/// of them, and the next cursor (the last item's score, and how many items with that score
+/// have been returned).
+fn page_by_score<T>(
+    items: &[T],
+    score: impl Fn(&T) -> i64,
+    cursor: Option<(i64, usize)>,
+    per_page: usize,
+) -> (Vec<&T>, Option<(i64, usize)>) {
+    let eligible: Vec<&T> = items
+        .iter()
+        .filter(|i| cursor.is_none_or(|(v, _)| score(i) <= v))
+        .collect();
+    let skip = cursor.map_or(0, |(_, o)| o);
+    let page: Vec<&T> = eligible.iter().skip(skip).take(per_page).copied().collect();
+    let more = eligible.len() > skip + page.len();
+    let next = match page.last() {
+        Some(last) if more => {
+            let v = score(last);
+            let same = page.iter().filter(|i| score(i) == v).count();
+            let carried = match cursor {
+                Some((cv, o)) if cv == v => o,
+                _ => 0,
+            };
+            Some((v, same + carried))
+        }
+        _ => None,
+    };
+    (page, next)
+}
+
+impl Sim {
+    /// Adds `count` audit-log entries with times uniform in `[from, to)` (milliseconds apart,
+    /// several in one second).
+    pub fn generate_audit(&self, rng: &mut Rng, count: u64, from: i64, to: i64) {
+        const EVENTS: &[&str] = &[
+            "member.invite",
+            "member.remove",
+            "member.edit",
+            "project.edit",
+            "org.edit",
+            "api-key.create",
+            "sentry-app.install",
+        ];
+        let mut st = self.state.lock().unwrap();
+        for _ in 0..count {
+            let ms = from * 1000 + rng.below(((to - from).max(1) * 1000) as u64) as i64;
+            let id = st.audit.len() as u64 + 1;
+            st.audit.push(AuditEntry {
+                id,
+                date_created_ms: ms,
+                event: EVENTS[rng.below(EVENTS.len() as u64) as usize].to_string(),
+                actor: format!("user{}@example.com", rng.below(20)),
+            });
+        }
+    }
+
+    /// Adds `count` rows to a dataset of a project, with times uniform in `[from, to)`, each
+    /// visible a few seconds later, or up to `max_late_secs` later with probability
+    /// `late_share`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_rows(
+        &self,
+        rng: &mut Rng,
+        dataset: &'static str,
+        project_id: u64,
+        count: u64,
+        from: i64,
+        to: i64,
+        late_share: f64,
+        max_late_secs: i64,
+    ) {
+        assert!(DATASETS.contains(&dataset), "unknown dataset {dataset}");
+        let mut st = self.state.lock().unwrap();
+        for _ in 0..count {
+            let timestamp = from + rng.below((to - from).max(1) as u64) as i64;
+            let delay = if rng.chance(late_share) {
+                60 + rng.below((max_late_secs - 60).max(1) as u64) as i64
+            } else {
+                rng.below(30) as i64
+            };
+            // Spans have 16-hex-digit ids, the others 32.
+            let id = if dataset == "spans" {
+                format!("{:016x}", rng.next_u64())
+            } else {
+                format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+            };
+            st.rows.push(ExploreRow {
+                dataset,
+                id,
+                project_id,
+                timestamp,
+                received_at: timestamp + delay,
+                n: rng.below(1000),
+            });
+        }
+    }
+
+    /// Answers Discover queries with `meta.dataScanned: "partial"` (sampled) or not.
+    pub fn set_sampled(&self, sampled: bool) {
+        self.state.lock().unwrap().sampled = sampled;
+    }
+
+    /// Audit entries in `[start, end)` (whole seconds).
+    pub fn audit_truth(&self, start: i64, end: i64) -> Vec<AuditEntry> {
+        let st = self.state.lock().unwrap();
+        st.audit
+            .iter()
+            .filter(|a| {
+                let s = a.date_created_ms.div_euclid(1000);
+                s >= start && s < end
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Rows of a dataset with a timestamp in `[start, end)` visible by `visible_at`.
+    pub fn rows_truth(
+        &self,
+        dataset: &str,
+        start: i64,
+        end: i64,
+        visible_at: i64,
+    ) -> Vec<ExploreRow> {
+        let st = self.state.lock().unwrap();
+        st.rows
+            .iter()
+            .filter(|r| {
+                r.dataset == dataset
+                    && r.timestamp >= start
+                    && r.timestamp < end
+                    && r.received_at <= visible_at
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Every issue as it is at `now`: its id and current `lastSeen`.
+    pub fn issue_versions(&self, now: i64) -> Vec<IssueVersion> {
+        let st = self.state.lock().unwrap();
+        issues_at(&st, now)
+            .iter()
+            .map(|i| IssueVersion {
+                id: i.id.to_string(),
+                last_seen: time::rfc3339(i.last_seen),
+            })
+            .collect()
+    }
+
+    pub(crate) fn issues(&self, st: &State, params: &Params, path: &str, now: i64) -> SimResponse {
+        let limit = match params.get("limit") {
+            None => 100,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return SimResponse::json(
+                        400,
+                        &json!({"detail": "limit must be between 1 and 100"}),
+                    )
+                }
+            },
+        };
+        if params.get("sort").is_some_and(|s| s != "date") {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "the simulator sorts issues only by date"}),
+            );
+        }
+        let (start, end) = match params.date_range() {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        // No `query` means Sentry's default, `is:unresolved`.
+        let unresolved_only = params
+            .get("query")
+            .is_none_or(|q| q.contains("is:unresolved"));
+        let collapse = params.all("collapse");
+        let mut issues: Vec<Issue> = issues_at(st, now)
+            .into_iter()
+            .filter(|i| {
+                start.is_none_or(|s| i.last_seen >= s)
+                    && end.is_none_or(|e| i.last_seen < e)
+                    && (!unresolved_only || !resolved(i.group_id))
+            })
+            .collect();
+        issues.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.id.cmp(&a.id)));
+        let (page, next) =
+            page_by_score(&issues, |i| i.last_seen * 1000, score_cursor(params), limit);
+        let body: Vec<Value> = page
+            .iter()
+            .map(|i| self.issue_json(st, i, collapse.iter().any(|c| c == "stats")))
+            .collect();
+        let cursor = |c: Option<(i64, usize)>, prev: bool| {
+            c.map_or("0:0:0".to_string(), |(v, o)| {
+                format!("{v}:{o}:{}", prev as u8)
+            })
+        };
+        let next_cursor = cursor(next, false);
+        let prev_cursor = format!("{}:0:1", page.first().map_or(0, |i| i.last_seen * 1000));
+        self.link_page(
+            json!(body),
+            path,
+            params,
+            (&prev_cursor, params.get("cursor").is_some()),
+            (&next_cursor, next.is_some()),
+        )
+    }
+
+    fn issue_json(&self, st: &State, i: &Issue, collapse_stats: bool) -> Value {
+        let slug = st
+            .projects
+            .iter()
+            .find(|p| p.id == i.project_id)
+            .map_or("unknown".to_string(), |p| p.slug.clone());
+        let status = if resolved(i.group_id) {
+            "resolved"
+        } else {
+            "unresolved"
+        };
+        let mut v = json!({
+            "id": i.id.to_string(),
+            "shareId": null,
+            "shortId": format!("{}-{}", slug.to_uppercase(), i.group_id),
+            "title": i.latest.title,
+            "culprit": "/api/checkout/",
+            "permalink": format!("https://acme.sentry.example/issues/{}/", i.id),
+            "logger": null,
+            "level": "error",
+            "status": status,
+            "statusDetails": {},
+            "substatus": if status == "resolved" { Value::Null } else { json!("ongoing") },
+            "isPublic": false,
+            "platform": "python",
+            "priority": "medium",
+            "priorityLockedAt": null,
+            "seerFixabilityScore": null,
+            "seerAutofixLastTriggered": null,
+            "seerExplorerAutofixLastTriggered": null,
+            "project": {"id": i.project_id.to_string(), "name": slug, "slug": slug, "platform": "python"},
+            "type": "error",
+            "issueType": "error",
+            "issueCategory": "error",
+            "metadata": {"type": "ValueError", "value": i.latest.title},
+            "numComments": 0,
+            "assignedTo": {"type": "team", "id": "2", "name": "backend"},
+            "isBookmarked": false,
+            "isSubscribed": false,
+            "subscriptionDetails": null,
+            "hasSeen": false,
+            "annotations": [],
+            "isUnhandled": false,
+            "count": i.count.to_string(),
+            "userCount": 1,
+            "firstSeen": time::rfc3339(i.first_seen),
+            "lastSeen": time::rfc3339(i.last_seen),
+            "derivedData": {"blocker": "none", "progress": "none", "status": "open", "viewCount": 0, "hasOpenFixPr": false, "isAssigned": true, "hasRootCause": false, "lastCompletedAutofixStep": "none", "lastProgressedAt": time::rfc3339(i.first_seen)},
+            "stats": {"24h": [[i.last_seen - i.last_seen % 3600, i.count]]},
+            "lifetime": {"count": i.count.to_string(), "userCount": 1, "firstSeen": time::rfc3339(i.first_seen), "lastSeen": time::rfc3339(i.last_seen)},
+            "filtered": null,
+            "sessionCount": 0,
+            "inbox": {"reason": 0, "reason_details": null, "date_added": time::rfc3339(i.first_seen)},
+            "owners": {"type": "team", "owner": "team:2", "date_added": time::rfc3339(i.first_seen)},
+        });
+        let tail = json!({
+            "integrationIssues": [],
+            "sentryAppIssues": [],
+            "latestEventHasAttachments": false,
+            "matchingEventId": null,
+            "matchingEventEnvironment": null,
+        });
+        if let (Some(o), Value::Object(tail)) = (v.as_object_mut(), tail) {
+            o.extend(tail);
+        }
+        if collapse_stats {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("stats");
+            }
+        }
+        v
+    }
+
+    pub(crate) fn audit_logs(
+        &self,
+        st: &State,
+        params: &Params,
+        path: &str,
+        now: i64,
+    ) -> SimResponse {
+        let per_page = match params.per_page(100) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let mut rows: Vec<&AuditEntry> = st
+            .audit
+            .iter()
+            .filter(|a| a.date_created_ms.div_euclid(1000) <= now)
+            .collect();
+        rows.sort_by(|a, b| {
+            b.date_created_ms
+                .cmp(&a.date_created_ms)
+                .then(b.id.cmp(&a.id))
+        });
+        let (page, next) =
+            page_by_score(&rows, |a| a.date_created_ms, score_cursor(params), per_page);
+        let body: Vec<Value> = page
+            .iter()
+            .map(|a| {
+                json!({
+                    "id": a.id.to_string(),
+                    "actor": {"id": "7", "name": a.actor, "username": a.actor, "email": a.actor, "isActive": true},
+                    "event": a.event,
+                    "ipAddress": "198.51.100.23",
+                    "note": format!("{} by {}", a.event, a.actor),
+                    "targetObject": 42,
+                    "targetUser": null,
+                    "data": {"email": a.actor, "role": "member"},
+                    "dateCreated": ms_rfc3339(a.date_created_ms),
+                })
+            })
+            .collect();
+        let options: Vec<&str> = vec!["member.invite", "member.remove", "org.edit"];
+        let next_cursor = next.map_or("0:0:0".to_string(), |(v, o)| format!("{v}:{o}:0"));
+        let prev_cursor = format!("{}:0:1", page.first().map_or(0, |a| a.date_created_ms));
+        self.link_page(
+            json!({"rows": body, "options": options}),
+            path,
+            params,
+            (&prev_cursor, params.get("cursor").is_some()),
+            (&next_cursor, next.is_some()),
+        )
+    }
+
+    /// A Discover / Explore query on one of [`DATASETS`].
+    pub(crate) fn explore(
+        &self,
+        st: &State,
+        dataset: &str,
+        params: &Params,
+        path: &str,
+        now: i64,
+        projects: Option<Vec<u64>>,
+    ) -> SimResponse {
+        let fields = params.all("field");
+        if let Some(f) = fields.iter().find(|f| !known_field(dataset, f)) {
+            return SimResponse::json(
+                400,
+                &json!({"detail": format!("Invalid query. Unknown field: {f}")}),
+            );
+        }
+        let descending = match params.get("sort") {
+            None | Some("timestamp") => false,
+            Some("-timestamp") => true,
+            Some(other) => {
+                return SimResponse::json(
+                    400,
+                    &json!({"detail": format!("the simulator sorts only by timestamp, not {other}")}),
+                )
+            }
+        };
+        if params.get("sort").is_some() && !fields.iter().any(|f| f == "timestamp") {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "Cannot sort by a field that is not selected."}),
+            );
+        }
+        let (start, end) = match params.date_range() {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let per_page = match params.per_page(100) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let mut rows: Vec<&ExploreRow> = st
+            .rows
+            .iter()
+            .filter(|r| {
+                r.dataset == dataset
+                    && r.received_at <= now
+                    && start.is_none_or(|s| r.timestamp >= s)
+                    && end.is_none_or(|e| r.timestamp < e)
+                    && projects.as_ref().is_none_or(|p| p.contains(&r.project_id))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(a.id.cmp(&b.id)));
+        if descending {
+            rows.reverse();
+        }
+        let offset = params.offset();
+        // Offset paging stops at the cap, saying there is nothing more.
+        let reachable = rows.len().min(OFFSET_CAP);
+        let page: Vec<Value> = rows
+            .iter()
+            .take(reachable)
+            .skip(offset)
+            .take(per_page)
+            .map(|r| {
+                let slug = st
+                    .projects
+                    .iter()
+                    .find(|p| p.id == r.project_id)
+                    .map_or("unknown".to_string(), |p| p.slug.clone());
+                let mut row = Map::new();
+                for f in &fields {
+                    row.insert(f.clone(), row_field(r, &slug, f));
+                }
+                Value::Object(row)
+            })
+            .collect();
+        let more = reachable > offset + per_page;
+        let mut types = Map::new();
+        for f in &fields {
+            let t = match f.as_str() {
+                "timestamp" => "date",
+                "project.id" | "http.status_code" | "severity_number" => "integer",
+                "transaction.duration" | "span.duration" => "duration",
+                "is_transaction" => "boolean",
+                _ => "string",
+            };
+            types.insert(f.clone(), json!(t));
+        }
+        let body = json!({
+            "data": page,
+            "meta": {"fields": types, "units": {}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if st.sampled { "partial" } else { "full" }},
+        });
+        self.paged(body, path, params, offset, per_page, more)
+    }
+
+    /// A page with a Link header carrying the given cursors, built on `link_base`.
+    fn link_page(
+        &self,
+        body: Value,
+        path: &str,
+        params: &Params,
+        (prev, prev_results): (&str, bool),
+        (next, next_results): (&str, bool),
+    ) -> SimResponse {
+        let query: String = params
+            .pairs
+            .iter()
+            .filter(|(k, _)| k != "cursor")
+            .map(|(k, v)| format!("{k}={v}&"))
+            .collect();
+        let base = format!("{}{}?{}", self.options.link_base, path, query);
+        let link = format!(
+            "<{base}cursor={prev}>; rel=\"previous\"; results=\"{prev_results}\"; cursor=\"{prev}\", <{base}cursor={next}>; rel=\"next\"; results=\"{next_results}\"; cursor=\"{next}\""
+        );
+        let mut resp = SimResponse::json(200, &body);
+        resp.headers.push(("link".into(), link));
+        resp
+    }
+}
+
+/// Every fifth group is resolved (the default query hides it).
+fn resolved(group_id: u64) -> bool {
+    group_id % 5 == 0
+}
+
+fn issues_at(st: &State, now: i64) -> Vec<Issue<'_>> {
+    let mut by_issue: BTreeMap<u64, Issue> = BTreeMap::new();
+    for e in st.events.iter().filter(|e| e.received_at <= now) {
+        let id = issue_id(e.project_id, e.group_id);
+        let issue = by_issue.entry(id).or_insert(Issue {
+            id,
+            project_id: e.project_id,
+            group_id: e.group_id,
+            first_seen: e.date_created,
+            last_seen: e.date_created,
+            count: 0,
+            latest: e,
+        });
+        issue.count += 1;
+        issue.first_seen = issue.first_seen.min(e.date_created);
+        if e.date_created >= issue.last_seen {
+            issue.last_seen = e.date_created;
+            issue.latest = e;
+        }
+    }
+    by_issue.into_values().collect()
+}
+
+fn row_field(r: &ExploreRow, slug: &str, field: &str) -> Value {
+    match field {
+        "id" => json!(r.id),
+        // Discover writes timestamps with an explicit offset.
+        "timestamp" => json!(format!(
+            "{}+00:00",
+            time::rfc3339(r.timestamp).trim_end_matches('Z')
+        )),
+        "project" => json!(slug),
+        "project.id" => json!(r.project_id),
+        "environment" => json!("production"),
+        "release" => json!("web@1.4.2"),
+        "user.id" => json!(format!("{}", r.n % 50)),
+        "user.email" => json!(format!("user{}@example.com", r.n % 50)),
+        "user.ip" => json!("203.0.113.7"),
+        "trace" => json!(format!("{:032x}", r.n.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+        "sdk.name" => json!("sentry.python"),
+        "platform" => json!("python"),
+        "transaction" => json!(format!("/api/orders/{}", r.n % 7)),
+        "transaction.op" => json!("http.server"),
+        "transaction.status" => json!(if r.n % 11 == 0 {
+            "internal_error"
+        } else {
+            "ok"
+        }),
+        "transaction.duration" | "span.duration" => json!((r.n % 900) as f64 + 0.5),
+        "http.method" => json!("GET"),
+        "http.status_code" => json!(if r.n % 11 == 0 { 500 } else { 200 }),
+        "span.op" => json!("db"),
+        "span.description" => json!("SELECT * FROM orders WHERE id = %s"),
+        "span.status" => json!("ok"),
+        "is_transaction" => json!(false),
+        "parent_span" => json!(format!("{:016x}", r.n)),
+        "message" => json!(format!("order {} processed", r.n)),
+        "severity" => json!(if r.n % 13 == 0 { "error" } else { "info" }),
+        "severity_number" => json!(if r.n % 13 == 0 { 17 } else { 9 }),
+        _ => Value::Null,
+    }
+}
