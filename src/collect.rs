@@ -390,6 +390,8 @@ impl Collector<'_, '_> {
                         .collect();
                     next_unit(progress);
                     progress.next_project = 0;
+                    self.summary.projects_active =
+                        self.summary.projects_active.max(progress.projects.len());
                     continue;
                 }
                 Err(detail) => {

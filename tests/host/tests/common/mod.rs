@@ -230,16 +230,15 @@ impl Rig {
         objects
     }
 
-    /// Every line of every object: (eventID, the parsed line, object name). Asserts each line
-    /// is a JSON object with an eventID, and that every object is an events object.
-    pub async fn delivered(&mut self) -> Vec<(String, Value, String)> {
+    /// Every line of every object of `stream` (under `{PREFIX}{stream}/`): the parsed line and
+    /// the object's name. Asserts each object is NDJSON ending in a newline.
+    pub async fn stream_lines(&mut self, stream: &str) -> Vec<(Value, String)> {
         let mut lines = Vec::new();
+        let prefix = format!("{PREFIX}{stream}/");
         for o in self.objects().await {
-            assert!(
-                o.name.starts_with(&format!("{PREFIX}events/")),
-                "unexpected object {}",
-                o.name
-            );
+            if !o.name.starts_with(&prefix) {
+                continue;
+            }
             let bytes = self.gcs.download(&o.name).await.expect("download");
             let text = if o.name.ends_with(".gz") {
                 let mut out = String::new();
@@ -260,16 +259,48 @@ impl Rig {
             for line in text.lines() {
                 let v: Value = serde_json::from_str(line)
                     .unwrap_or_else(|e| panic!("{}: a line is not JSON ({e}): {line}", o.name));
-                let id = v["eventID"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{}: a line has no eventID: {line}", o.name))
-                    .to_string();
-                lines.push((id, v, o.name.clone()));
+                assert!(v.is_object(), "{}: a line is not an object", o.name);
+                lines.push((v, o.name.clone()));
             }
         }
         lines
     }
+
+    /// Every events line: (eventID, the parsed line, object name). Asserts each line has an
+    /// eventID, and that the bucket holds no object outside the streams' prefixes.
+    pub async fn delivered(&mut self) -> Vec<(String, Value, String)> {
+        for o in self.objects().await {
+            assert!(
+                STREAMS
+                    .iter()
+                    .any(|s| o.name.starts_with(&format!("{PREFIX}{s}/"))),
+                "unexpected object {}",
+                o.name
+            );
+        }
+        self.stream_lines("events")
+            .await
+            .into_iter()
+            .map(|(v, name)| {
+                let id = v["eventID"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: a line has no eventID: {v}"))
+                    .to_string();
+                (id, v, name)
+            })
+            .collect()
+    }
 }
+
+/// Every stream's object prefix (below `PREFIX`).
+pub const STREAMS: &[&str] = &[
+    "events",
+    "issues",
+    "audit_logs",
+    "transactions",
+    "spans",
+    "logs",
+];
 
 pub fn summary(inv: &Invocation) -> Value {
     let line = inv
@@ -283,10 +314,15 @@ pub fn summary(inv: &Invocation) -> Value {
 
 /// The events stream's part of a run summary.
 pub fn events_summary(summary: &Value) -> &Value {
+    stream_summary(summary, "events")
+}
+
+/// One stream's part of a run summary.
+pub fn stream_summary<'a>(summary: &'a Value, stream: &str) -> &'a Value {
     summary["streams"]
         .as_array()
-        .and_then(|s| s.iter().find(|x| x["stream"] == "events"))
-        .expect("the summary has the events stream")
+        .and_then(|s| s.iter().find(|x| x["stream"] == stream))
+        .unwrap_or_else(|| panic!("the summary has no {stream} stream: {summary}"))
 }
 
 /// Asserts delivered ids equal the truth exactly: nothing lost, nothing twice.
