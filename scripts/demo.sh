@@ -61,6 +61,7 @@ run() {
     --variable sentry_api_base="http://127.0.0.1:$sentry_port" \
     --variable sentry_region_hosts="http://127.0.0.1:$sentry_port" \
     --variable lookback=3h \
+    --variable streams=events,issues,audit_logs,transactions,spans,logs \
     cron
 }
 
@@ -70,10 +71,10 @@ import json, sys
 s = json.loads([l for l in sys.stdin.read().splitlines() if l.startswith("{")][-1])
 for st in s["streams"]:
     print("  stream {stream}: window {window_start} .. {window_end} (finished: {window_finished})".format(**st))
-    print("    projects with events: {projects_active}, pages: {pages}, Sentry requests: {sentry_requests}, 429s: {rate_limited}".format(**st))
-    print("    events written: {events}, already delivered (dropped): {duplicates_dropped}, bytes: {bytes}".format(**st))
+    print("    pages: {pages}, Sentry requests: {sentry_requests}, 429s: {rate_limited}".format(**st))
+    print("    lines written: {events}, already delivered (dropped): {duplicates_dropped}, bytes: {bytes}".format(**st))
     for o in st["objects"]:
-        print("    wrote {name} ({events} events)".format(**o))
+        print("    wrote {name} ({events} lines)".format(**o))
     print("    watermark now: {watermark}".format(**st))
 '
 }
@@ -92,14 +93,17 @@ import json, sys, urllib.request
 port = sys.argv[1]
 listing = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/demo-bucket/o"))
 lines = 0
+first = {}
 for o in listing.get("items", []):
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/demo-bucket/o/{urllib.request.quote(o['name'], safe='')}?alt=media").read()
     n = body.count(b"\n")
     lines += n
-    print(f"  gs://demo-bucket/{o['name']}  {o['size']} bytes, {n} events")
-    first = json.loads(body.splitlines()[0])
-print(f"  {lines} events in all; the first line of the last object:")
-print("  " + json.dumps({k: first[k] for k in ("eventID", "projectID", "dateCreated", "title")}))
+    print(f"  gs://demo-bucket/{o['name']}  {o['size']} bytes, {n} lines")
+    stream = o["name"].split("/")[1]
+    first.setdefault(stream, json.loads(body.splitlines()[0]))
+print(f"  {lines} lines in all; the first line of each stream, cut to a few fields:")
+for stream, line in sorted(first.items()):
+    print(f"  {stream}: " + json.dumps(dict(list(line.items())[:4])))
 EOF
 echo
 echo "== the full summary of run 2"

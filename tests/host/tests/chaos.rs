@@ -1,5 +1,7 @@
 //! The chaos suite: many seeded sequences of runs with faults injected everywhere the pipeline
-//! touches the world. After each sequence the bucket is compared with the simulator's truth:
+//! touches the world, collecting three streams with three different paginators (`events`,
+//! `audit_logs`, `spans`). After each sequence the bucket is compared with the simulator's
+//! truth, stream by stream:
 //! nothing lost, nothing duplicated (not even when a run dies between an upload and its
 //! checkpoint: the pending-object record settles that), state readable, no trap but the
 //! injected kills.
@@ -19,13 +21,30 @@ use sentry_sim::{Rng, SimOptions};
 
 const STEP: i64 = 30 * 60;
 const MAX_LATE: i64 = 3600;
+const STREAMS_UNDER_TEST: [&str; 3] = ["events", "audit_logs", "spans"];
+
+/// New data in `[from, to)`: events of the busy projects, spans, audit entries.
+fn add_data(rig: &Rig, rng: &mut Rng, busy: &[u64], from: i64, to: i64) {
+    for &p in busy {
+        let count = 15 + rng.below(20);
+        rig.sim.generate(rng, p, count, from, to, 0.2, MAX_LATE);
+        let count = 15 + rng.below(20);
+        rig.sim
+            .generate_rows(rng, "spans", p, count, from, to, 0.2, MAX_LATE);
+    }
+    let count = rng.below(10);
+    rig.sim.generate_audit(rng, count, from, to);
+}
 
 #[derive(Debug, Default, Clone)]
 struct Tally {
     sequences: u64,
     runs: u64,
     faults: BTreeMap<&'static str, u64>,
+    /// Lines of every stream checked against the truth.
     events: u64,
+    /// The same, per stream.
+    lines: BTreeMap<&'static str, u64>,
     lost: u64,
     duplicated: u64,
     /// Runs that failed after an object of theirs landed (settled by the next run).
@@ -44,9 +63,28 @@ impl Tally {
             *self.outcomes.entry(k).or_default() += v;
         }
         self.events += other.events;
+        for (k, v) in &other.lines {
+            *self.lines.entry(k).or_default() += v;
+        }
         self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.crash_windows += other.crash_windows;
+    }
+}
+
+/// Records each stream's window start from a run summary (the earliest is where its truth
+/// begins).
+fn note_starts(summary: &serde_json::Value, first_start: &mut BTreeMap<&'static str, i64>) {
+    for stream in STREAMS_UNDER_TEST {
+        let start = summary["streams"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["stream"] == stream))
+            .and_then(|s| s["window_start"].as_str())
+            .and_then(sentry_sim::time::parse_rfc3339);
+        if let Some(start) = start {
+            let e = first_start.entry(stream).or_insert(start);
+            *e = (*e).min(start);
+        }
     }
 }
 
@@ -69,18 +107,19 @@ async fn sequence(seed: u64) -> Tally {
     rig.set("lookback", "3h");
     rig.set("overlap", "2h");
     rig.set("lag", "1m");
+    rig.set("streams", &STREAMS_UNDER_TEST.join(","));
     let busy = [1u64, 3, 4];
     let now = rig.clock.now();
-    for &p in &busy {
-        rig.sim
-            .generate(&mut rng, p, 40, now - 3 * 3600, now, 0.2, MAX_LATE);
+    for h in (1..=3).rev() {
+        add_data(&rig, &mut rng, &busy, now - h * 3600, now - (h - 1) * 3600);
     }
-    // The first window starts at now - lookback as of the first run that saved its plan.
-    let mut first_start = i64::MAX;
+    // Each stream's first window starts at now - lookback as of the first run that saved its
+    // plan.
+    let mut first_start: BTreeMap<&str, i64> = BTreeMap::new();
     let steps = 4 + rng.below(3);
     for _ in 0..steps {
         let mut faults = KvFaults {
-            key_prefix: "v1/events/".into(),
+            key_prefix: "v1/".into(),
             ..KvFaults::default()
         };
         let budget = if rng.chance(0.1) {
@@ -161,18 +200,12 @@ async fn sequence(seed: u64) -> Tally {
             }
         };
         *t.outcomes.entry(outcome).or_default() += 1;
-        if let Some(start) = inv
+        for summary in inv
             .stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|s| {
-                s["streams"][0]["window_start"]
-                    .as_str()
-                    .and_then(sentry_sim::time::parse_rfc3339)
-            })
-            .next()
         {
-            first_start = first_start.min(start);
+            note_starts(&summary, &mut first_start);
         }
         if std::env::var("CHAOS_VERBOSE").is_ok() {
             eprintln!(
@@ -192,62 +225,90 @@ async fn sequence(seed: u64) -> Tally {
         rig.sim.truncate_next(0);
         rig.sim.drop_next(0);
         let from = rig.clock.now();
-        for &p in &busy {
-            let count = 15 + rng.below(20);
-            rig.sim
-                .generate(&mut rng, p, count, from, from + STEP, 0.2, MAX_LATE);
-        }
+        add_data(&rig, &mut rng, &busy, from, from + STEP);
         rig.clock.advance(STEP);
     }
     // Settle: no faults, every late event arrived, run until caught up.
     rig.clock.advance(MAX_LATE + 120);
     rig.set("time_budget", "60s");
-    let mut watermark = None;
+    let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
     for _ in 0..4 {
         let s = rig.run_ok().await;
         t.runs += 1;
-        let ev = events_summary(&s);
-        if let Some(start) = ev["window_start"]
-            .as_str()
-            .and_then(sentry_sim::time::parse_rfc3339)
-        {
-            first_start = first_start.min(start);
+        note_starts(&s, &mut first_start);
+        for stream in STREAMS_UNDER_TEST {
+            let st = stream_summary(&s, stream);
+            if st["window_finished"] == true || st["up_to_date"] == true {
+                if let Some(w) = st["watermark"]
+                    .as_str()
+                    .and_then(sentry_sim::time::parse_rfc3339)
+                {
+                    watermarks.insert(stream, w);
+                }
+            }
         }
-        if ev["window_finished"] == true || ev["up_to_date"] == true {
-            watermark = ev["watermark"]
-                .as_str()
-                .and_then(sentry_sim::time::parse_rfc3339);
+        if watermarks.len() == STREAMS_UNDER_TEST.len() {
             break;
         }
     }
-    let watermark = watermark.unwrap_or_else(|| panic!("seed {seed}: the stream did not catch up"));
-    let truth: BTreeSet<String> = rig
-        .sim
-        .truth(first_start, watermark, rig.clock.now())
-        .into_iter()
-        .map(|e| e.event_id)
-        .collect();
-    let delivered = rig.delivered().await;
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for (id, _, _) in &delivered {
-        *counts.entry(id.as_str()).or_default() += 1;
-    }
-    t.events = truth.len() as u64;
-    t.lost = truth
-        .iter()
-        .filter(|id| !counts.contains_key(id.as_str()))
-        .count() as u64;
-    t.duplicated = counts
-        .values()
-        .filter(|n| **n > 1)
-        .map(|n| (*n - 1) as u64)
-        .sum();
-    assert_eq!(t.lost, 0, "seed {seed}: {} events lost: {t:?}", t.lost);
     assert_eq!(
-        t.duplicated, 0,
-        "seed {seed}: {} duplicates ({} runs failed after an object of theirs landed): {t:?}",
-        t.duplicated, t.crash_windows
+        watermarks.len(),
+        STREAMS_UNDER_TEST.len(),
+        "seed {seed}: not every stream caught up: {watermarks:?}"
     );
+    let now = rig.clock.now();
+    for stream in STREAMS_UNDER_TEST {
+        let (start, end) = (first_start[stream], watermarks[stream]);
+        let truth: BTreeSet<String> = match stream {
+            "events" => rig
+                .sim
+                .truth(start, end, now)
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect(),
+            "audit_logs" => rig
+                .sim
+                .audit_truth(start, end)
+                .into_iter()
+                .map(|a| a.id.to_string())
+                .collect(),
+            _ => rig
+                .sim
+                .rows_truth(stream, start, end, now)
+                .into_iter()
+                .map(|r| r.id)
+                .collect(),
+        };
+        let field = if stream == "events" { "eventID" } else { "id" };
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (line, name) in rig.stream_lines(stream).await {
+            let id = line[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("seed {seed}: {name}: a line without {field}"));
+            *counts.entry(id.to_string()).or_default() += 1;
+        }
+        let lost = truth.iter().filter(|id| !counts.contains_key(*id)).count() as u64;
+        let duplicated: u64 = counts
+            .values()
+            .filter(|n| **n > 1)
+            .map(|n| (*n - 1) as u64)
+            .sum();
+        let extra = counts.keys().filter(|id| !truth.contains(*id)).count();
+        assert_eq!(lost, 0, "seed {seed}: {stream}: {lost} lost: {t:?}");
+        assert_eq!(
+            duplicated, 0,
+            "seed {seed}: {stream}: {duplicated} duplicates ({} runs failed after an object of theirs landed): {t:?}",
+            t.crash_windows
+        );
+        assert_eq!(
+            extra, 0,
+            "seed {seed}: {stream}: {extra} lines outside the truth"
+        );
+        *t.lines.entry(stream).or_default() += truth.len() as u64;
+        t.events += truth.len() as u64;
+        t.lost += lost;
+        t.duplicated += duplicated;
+    }
     t
 }
 
@@ -272,11 +333,12 @@ async fn chaos_sequences_lose_nothing() {
         }
     }
     println!(
-        "chaos: {} sequences, {} runs in {:.0?}; events {}, lost {}, duplicated {} (crash windows {}); outcomes {:?}; faults {:?}",
+        "chaos: {} sequences, {} runs in {:.0?}; lines {} {:?}, lost {}, duplicated {} (crash windows {}); outcomes {:?}; faults {:?}",
         total.sequences,
         total.runs,
         started.elapsed(),
         total.events,
+        total.lines,
         total.lost,
         total.duplicated,
         total.crash_windows,

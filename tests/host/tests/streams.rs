@@ -376,3 +376,61 @@ async fn explore_without_global_views_reads_each_project_and_sampling_is_reporte
     let lines = rig.stream_lines("transactions").await;
     assert_once("transactions", &counts(ids(&lines, "id")), &truth, &truth);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_split_events_and_shard_zero_reads_the_org_wide_streams() {
+    let mut rig = Rig::start(SimOptions {
+        rate_limits: false,
+        ..SimOptions::default()
+    })
+    .await;
+    add_projects(&rig.sim, 3);
+    rig.set("streams", "events,audit_logs,logs");
+    rig.set("lookback", "2h");
+    rig.set("push_shared_secret", "a-shared-secret-for-this-test-only");
+    let mut rng = Rng::new(65);
+    let now = rig.clock.now();
+    add_data(&rig, &mut rng, now - 90 * MIN, now - 2 * MIN);
+    let served = rig.serve().await;
+    let headers = [("authorization", "Bearer a-shared-secret-for-this-test-only")];
+    for i in [1, 0] {
+        let r = served
+            .request("POST", &format!("/run?shard={i}/2"), &headers, b"")
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json().unwrap();
+        for stream in ["audit_logs", "logs"] {
+            let s = stream_summary(&v, stream);
+            assert_eq!(s["shard"], format!("{i}/2"));
+            if i == 0 {
+                assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+            } else {
+                assert_eq!(s["events"], 0, "{s}");
+                assert!(s["warnings"].to_string().contains("shard 0/2"), "{s}");
+            }
+        }
+    }
+    let truth: BTreeSet<String> = rig
+        .sim
+        .audit_truth(0, i64::MAX)
+        .into_iter()
+        .map(|a| a.id.to_string())
+        .collect();
+    let audit = rig.stream_lines("audit_logs").await;
+    assert_once("audit_logs", &counts(ids(&audit, "id")), &truth, &truth);
+    // Org-wide streams keep the unsharded checkpoint and names; events are per shard.
+    let keys: Vec<String> = rig.kv_entries().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.contains(&"v1/audit_logs/checkpoint".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"v1/events.s1of2/checkpoint".to_string()),
+        "{keys:?}"
+    );
+    assert!(audit
+        .iter()
+        .all(|(_, name)| name.contains("/acme-audit_logs-2")));
+    let events = rig.delivered().await;
+    assert_exact(&events, &rig.sim.truth(0, i64::MAX, rig.clock.now()));
+}

@@ -6,12 +6,12 @@
 //!            [--legacy] [--no-global-views] [--no-rate-limits] [--latency-ms N]
 //! ```
 //!
-//! It fills `--history-hours` of past events for the first `--busy` projects, then keeps
-//! adding events as time passes, prints `listening on URL` and serves until SIGTERM or Ctrl-C.
+//! It fills `--history-hours` of past events (and as many rows of each Explore dataset) for the
+//! first `--busy` projects and some audit-log entries, then keeps adding them as time passes, prints `listening on URL` and serves until SIGTERM or Ctrl-C.
 
 use std::time::Duration;
 
-use sentry_sim::{Rng, Sim, SimClock, SimOptions};
+use sentry_sim::{Rng, Sim, SimClock, SimOptions, DATASETS};
 
 struct Args {
     port: u16,
@@ -102,7 +102,26 @@ async fn main() {
             args.late_share,
             1800,
         );
+        // The other streams' data: rows of each dataset at the same rate, some audit entries.
+        for dataset in DATASETS {
+            sim.generate_rows(
+                &mut rng,
+                dataset,
+                id,
+                count,
+                now - args.history_hours * 3600,
+                now,
+                args.late_share,
+                1800,
+            );
+        }
     }
+    sim.generate_audit(
+        &mut rng,
+        20 * args.history_hours as u64,
+        now - args.history_hours * 3600,
+        now,
+    );
     let server = match sim.serve(args.port).await {
         Ok(s) => s,
         Err(e) => {
@@ -126,6 +145,21 @@ async fn main() {
                     // Events of the last seconds, arriving at the configured hourly rate.
                     let count = (args.per_hour * secs + rng.below(3600)) / 3600;
                     sim.generate(&mut rng, id, count, last, now, args.late_share, 1800);
+                    for dataset in DATASETS {
+                        sim.generate_rows(
+                            &mut rng,
+                            dataset,
+                            id,
+                            count,
+                            last,
+                            now,
+                            args.late_share,
+                            1800,
+                        );
+                    }
+                }
+                if rng.chance(secs as f64 / 60.0) {
+                    sim.generate_audit(&mut rng, 1, last, now);
                 }
                 last = now;
             }
