@@ -20,7 +20,7 @@ use crate::sentry::SentryError;
 use crate::shard::Shard;
 use crate::state::{self, StreamStatus};
 use crate::streams::{Kind, Order, StreamDef};
-use crate::time::rfc3339;
+use crate::time::{parse_rfc3339, rfc3339};
 
 /// Rows one Discover / Explore query can page through by offset: reaching it means the
 /// window may hold more, so the query starts again at the last timestamp read.
@@ -173,12 +173,61 @@ pub fn collect_stream(
         ((stats.waited_secs - sentry_before.waited_secs) * 1000.0).round() / 1000.0;
     summary.gcs_requests = gcs.requests.get() - gcs_before;
     summary.watermark = c.checkpoint.watermark.map(rfc3339);
-    let status =
-        StreamStatus::from_summary(&summary, c.checkpoint.watermark, env.clock.now() as i64);
+    summary
+}
+
+/// Records what the run did for the stream, for `/status`.
+pub fn save_status(env: Env, def: &StreamDef, shard: Shard, summary: &StreamSummary) {
+    let state_name = format!("{}{}", def.name, shard.suffix());
+    let watermark = summary.watermark.as_deref().and_then(parse_rfc3339);
+    let status = StreamStatus::from_summary(summary, watermark, env.clock.now() as i64);
     if let Err(e) = state::save(env.kv, &StreamStatus::key(&state_name), &status) {
         eprintln!("warning: could not record the stream's status: {e}");
     }
-    summary
+}
+
+impl StreamSummary {
+    /// The stream stopped because its share of the budget ran out, not because it was done
+    /// or failed: more time in the same run would let it go on.
+    pub fn wants_more_time(&self) -> bool {
+        self.error.is_none() && !self.up_to_date
+    }
+
+    /// Adds what a later pass over the same stream in the same run did.
+    pub fn absorb(&mut self, later: StreamSummary) {
+        if self.window_start.is_none() {
+            self.window_start = later.window_start;
+        }
+        if later.window_end.is_some() {
+            self.window_end = later.window_end;
+        }
+        self.window_finished = later.window_finished;
+        self.up_to_date = later.up_to_date;
+        if later.watermark.is_some() {
+            self.watermark = later.watermark;
+        }
+        self.projects_active = self.projects_active.max(later.projects_active);
+        self.projects_cut += later.projects_cut;
+        self.pages += later.pages;
+        self.events += later.events;
+        self.duplicates_dropped += later.duplicates_dropped;
+        self.outside_window_dropped += later.outside_window_dropped;
+        self.objects.extend(later.objects);
+        self.bytes += later.bytes;
+        self.sentry_requests += later.sentry_requests;
+        self.rate_limited += later.rate_limited;
+        self.retries += later.retries;
+        self.waited_secs = ((self.waited_secs + later.waited_secs) * 1000.0).round() / 1000.0;
+        self.gcs_requests += later.gcs_requests;
+        self.queries_split += later.queries_split;
+        for w in later.warnings {
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
+        self.error = later.error;
+        self.error_is_transient = later.error_is_transient;
+    }
 }
 
 /// A failure, and whether a later attempt may succeed without anyone changing anything.
@@ -603,4 +652,64 @@ fn next_unit(progress: &mut WindowProgress) {
     progress.cursor = None;
     progress.query_start = None;
     progress.query_rows = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_pass_adds_to_the_first() {
+        let first = StreamSummary {
+            stream: "events",
+            window_start: Some("a".into()),
+            window_end: Some("b".into()),
+            pages: 3,
+            events: 250,
+            objects: vec![ObjectSummary {
+                name: "o1".into(),
+                events: 250,
+                bytes: 10,
+                already_present: false,
+            }],
+            bytes: 10,
+            waited_secs: 0.5,
+            warnings: vec!["w".into()],
+            ..StreamSummary::default()
+        };
+        assert!(first.wants_more_time());
+        let mut merged = first.clone();
+        merged.absorb(StreamSummary {
+            stream: "events",
+            window_start: Some("b".into()),
+            window_end: Some("c".into()),
+            window_finished: true,
+            up_to_date: true,
+            watermark: Some("c".into()),
+            pages: 2,
+            events: 100,
+            objects: vec![ObjectSummary {
+                name: "o2".into(),
+                events: 100,
+                bytes: 4,
+                already_present: false,
+            }],
+            bytes: 4,
+            waited_secs: 0.25,
+            warnings: vec!["w".into(), "v".into()],
+            ..StreamSummary::default()
+        });
+        assert_eq!(merged.window_start.as_deref(), Some("a"));
+        assert_eq!(merged.window_end.as_deref(), Some("c"));
+        assert_eq!((merged.pages, merged.events, merged.bytes), (5, 350, 14));
+        assert_eq!(merged.objects.len(), 2);
+        assert_eq!(merged.waited_secs, 0.75);
+        assert_eq!(merged.warnings, vec!["w", "v"]);
+        assert!(merged.window_finished && !merged.wants_more_time());
+        let failed = StreamSummary {
+            error: Some("Sentry: 403".into()),
+            ..StreamSummary::default()
+        };
+        assert!(!failed.wants_more_time());
+    }
 }

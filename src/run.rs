@@ -14,7 +14,7 @@ use crate::sentry::client::SentryClient;
 use crate::sentry::{region, SentryError};
 use crate::shard::Shard;
 use crate::state::{self, keys, LastRun};
-use crate::streams;
+use crate::streams::{self, StreamDef};
 use crate::time::rfc3339;
 
 /// Time kept back from the budget for writing the last object and the checkpoint: Sentry
@@ -22,6 +22,9 @@ use crate::time::rfc3339;
 fn write_reserve(budget_secs: f64) -> f64 {
     (budget_secs * 0.2).clamp(1.0, 10.0)
 }
+
+/// A second pass over streams that ran out of their share starts only with this much time left.
+const MIN_SECOND_PASS_SECS: f64 = 2.0;
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,40 +219,62 @@ fn collect(
         region.clone(),
         deadline - write_reserve(budget),
     );
-    let mut summaries = Vec::new();
-    let sentry_deadline = sentry.deadline();
-    for (i, name) in streams.iter().enumerate() {
+    // Which streams this run reads, and as which shard (org-wide streams are read whole by
+    // shard 0 only).
+    let mut summaries: Vec<StreamSummary> = Vec::new();
+    let mut work: Vec<(usize, &'static StreamDef, Shard)> = Vec::new();
+    for name in streams {
         // Config::load admits only defined streams.
         let Some(def) = streams::by_name(name) else {
             continue;
         };
-        // Each stream gets an equal share of what is left, so a backlog in one never starves
-        // the others; time a stream does not use goes to the ones after it.
-        let now = env.clock.now();
-        let share = (sentry_deadline - now) / (streams.len() - i) as f64;
-        sentry.set_deadline(now + share.max(0.0));
-        let summary = if def.org_wide && shard.count > 1 {
-            if shard.index == 0 {
-                // Org-wide streams are not split: shard 0 reads them for the whole org.
-                let mut s = collect::collect_stream(*env, config, &sentry, &gcs, Shard::WHOLE, def);
-                s.shard = shard.to_string();
-                s
+        let read_as = if def.org_wide { Shard::WHOLE } else { shard };
+        if def.org_wide && shard.index != 0 {
+            summaries.push(StreamSummary {
+                stream: def.name,
+                shard: shard.to_string(),
+                up_to_date: true,
+                warnings: vec![format!(
+                    "{} is read for the whole org by shard 0/{}; this shard skips it",
+                    def.name, shard.count
+                )],
+                ..StreamSummary::default()
+            });
+            continue;
+        }
+        work.push((summaries.len(), def, read_as));
+        summaries.push(StreamSummary::default());
+    }
+    // Each stream gets an equal share of what is left, so a backlog in one never starves the
+    // others; time a stream does not use goes to the ones after it. A second pass gives what
+    // is still left to the streams that ran out of their share.
+    let sentry_deadline = sentry.deadline();
+    for pass in 0..2 {
+        let todo: Vec<_> = work
+            .iter()
+            .filter(|(i, _, _)| pass == 0 || summaries[*i].wants_more_time())
+            .copied()
+            .collect();
+        if pass == 1
+            && (todo.is_empty() || sentry_deadline - env.clock.now() < MIN_SECOND_PASS_SECS)
+        {
+            break;
+        }
+        for (k, &(i, def, read_as)) in todo.iter().enumerate() {
+            let now = env.clock.now();
+            let share = (sentry_deadline - now) / (todo.len() - k) as f64;
+            sentry.set_deadline(now + share.max(0.0));
+            let mut s = collect::collect_stream(*env, config, &sentry, &gcs, read_as, def);
+            s.shard = shard.to_string();
+            if pass == 0 {
+                summaries[i] = s;
             } else {
-                StreamSummary {
-                    stream: def.name,
-                    shard: shard.to_string(),
-                    up_to_date: true,
-                    warnings: vec![format!(
-                        "{} is read for the whole org by shard 0/{}; this shard skips it",
-                        def.name, shard.count
-                    )],
-                    ..StreamSummary::default()
-                }
+                summaries[i].absorb(s);
             }
-        } else {
-            collect::collect_stream(*env, config, &sentry, &gcs, shard, def)
-        };
-        summaries.push(summary);
+        }
+    }
+    for &(i, def, read_as) in &work {
+        collect::save_status(*env, def, read_as, &summaries[i]);
     }
     let summary = RunSummary {
         trigger: trigger.as_str(),

@@ -434,3 +434,32 @@ async fn shards_split_events_and_shard_zero_reads_the_org_wide_streams() {
     let events = rig.delivered().await;
     assert_exact(&events, &rig.sim.truth(0, i64::MAX, rig.clock.now()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_in_one_stream_does_not_starve_the_others() {
+    let mut rig = Rig::start(SimOptions {
+        // Every answer takes 300 ms: the events backlog needs far more than the budget.
+        latency: std::time::Duration::from_millis(300),
+        ..SimOptions::default()
+    })
+    .await;
+    add_projects(&rig.sim, 2);
+    rig.set("streams", "events,audit_logs");
+    rig.set("lookback", "6h");
+    rig.set("time_budget", "10s");
+    let mut rng = Rng::new(66);
+    let now = rig.clock.now();
+    for p in 1..=2 {
+        rig.sim
+            .generate(&mut rng, p, 4000, now - 6 * 3600, now - 10 * MIN, 0.0, 60);
+    }
+    rig.sim
+        .generate_audit(&mut rng, 30, now - 5 * 3600, now - 10 * MIN);
+    let summary = rig.run_ok().await;
+    let events = stream_summary(&summary, "events");
+    let audit = stream_summary(&summary, "audit_logs");
+    assert_eq!(events["window_finished"], false, "{events}");
+    assert!(events["events"].as_u64().unwrap() > 0, "{events}");
+    assert_eq!(audit["window_finished"], true, "{audit}");
+    assert_eq!(audit["events"], 30, "{audit}");
+}

@@ -584,7 +584,7 @@ impl Sim {
 
 /// Every fifth group is resolved (the default query hides it).
 fn resolved(group_id: u64) -> bool {
-    group_id % 5 == 0
+    group_id.is_multiple_of(5)
 }
 
 fn issues_at(st: &State, now: i64) -> Vec<Issue<'_>> {
@@ -630,22 +630,26 @@ fn row_field(r: &ExploreRow, slug: &str, field: &str) -> Value {
         "platform" => json!("python"),
         "transaction" => json!(format!("/api/orders/{}", r.n % 7)),
         "transaction.op" => json!("http.server"),
-        "transaction.status" => json!(if r.n % 11 == 0 {
+        "transaction.status" => json!(if r.n.is_multiple_of(11) {
             "internal_error"
         } else {
             "ok"
         }),
         "transaction.duration" | "span.duration" => json!((r.n % 900) as f64 + 0.5),
         "http.method" => json!("GET"),
-        "http.status_code" => json!(if r.n % 11 == 0 { 500 } else { 200 }),
+        "http.status_code" => json!(if r.n.is_multiple_of(11) { 500 } else { 200 }),
         "span.op" => json!("db"),
         "span.description" => json!("SELECT * FROM orders WHERE id = %s"),
         "span.status" => json!("ok"),
         "is_transaction" => json!(false),
         "parent_span" => json!(format!("{:016x}", r.n)),
         "message" => json!(format!("order {} processed", r.n)),
-        "severity" => json!(if r.n % 13 == 0 { "error" } else { "info" }),
-        "severity_number" => json!(if r.n % 13 == 0 { 17 } else { 9 }),
+        "severity" => json!(if r.n.is_multiple_of(13) {
+            "error"
+        } else {
+            "info"
+        }),
+        "severity_number" => json!(if r.n.is_multiple_of(13) { 17 } else { 9 }),
         _ => Value::Null,
     }
 }
