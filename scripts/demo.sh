@@ -102,8 +102,10 @@ for o in listing.get("items", []):
     stream = o["name"].split("/")[1]
     first.setdefault(stream, json.loads(body.splitlines()[0]))
 print(f"  {lines} lines in all; the first line of each stream, cut to a few fields:")
+keep = ("id", "eventID", "shortId", "event", "title", "transaction", "span.op", "message",
+        "status", "dateCreated", "lastSeen", "timestamp")
 for stream, line in sorted(first.items()):
-    print(f"  {stream}: " + json.dumps(dict(list(line.items())[:4])))
+    print(f"  {stream}: " + json.dumps({k: line[k] for k in keep if k in line}))
 EOF
 echo
 echo "== the full summary of run 2"
