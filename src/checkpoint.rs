@@ -32,19 +32,31 @@ pub struct SeenSet {
     ids: HashMap<[u8; 16], i64>,
 }
 
-fn id_key(event_id: &str) -> [u8; 16] {
+/// The 16 bytes an id is kept as: a 32-hex-digit Sentry event id exactly, anything else as
+/// the first 16 bytes of its SHA-256.
+pub fn seen_key(id: &str) -> [u8; 16] {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
     let mut key = [0u8; 16];
-    let hex = event_id.as_bytes();
+    let hex = id.as_bytes();
     let parsed = hex.len() == 32
-        && hex.chunks(2).enumerate().all(|(i, pair)| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .map(|b| key[i] = b)
-                .is_some()
+        && hex.chunks_exact(2).enumerate().all(|(i, pair)| {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(h), Some(l)) => {
+                    key[i] = h << 4 | l;
+                    true
+                }
+                _ => false,
+            }
         });
     if !parsed {
-        key.copy_from_slice(&Sha256::digest(event_id.as_bytes())[..16]);
+        key.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
     }
     key
 }
@@ -52,11 +64,16 @@ fn id_key(event_id: &str) -> [u8; 16] {
 impl SeenSet {
     /// Records an id; `false` when it was already there.
     pub fn insert(&mut self, event_id: &str, date_created: i64) -> bool {
-        self.ids.insert(id_key(event_id), date_created).is_none()
+        self.insert_key(seen_key(event_id), date_created)
+    }
+
+    /// Records a key made by [`seen_key`]; `false` when it was already there.
+    pub fn insert_key(&mut self, key: [u8; 16], date_created: i64) -> bool {
+        self.ids.insert(key, date_created).is_none()
     }
 
     pub fn contains(&self, event_id: &str) -> bool {
-        self.ids.contains_key(&id_key(event_id))
+        self.ids.contains_key(&seen_key(event_id))
     }
 
     pub fn len(&self) -> usize {

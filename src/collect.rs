@@ -15,6 +15,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, PendingObject, SeenSet, Win
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
+use crate::sentry::pages::{Item, Parsed};
 use crate::sentry::client::{is_no_global_views, SentryClient, Window, ORG_WIDE};
 use crate::sentry::SentryError;
 use crate::shard::Shard;
@@ -459,7 +460,7 @@ impl Collector<'_, '_> {
                 }
             };
             self.summary.pages += 1;
-            if page.partial && !self.warned_partial {
+            if page.parsed.partial && !self.warned_partial {
                 self.warned_partial = true;
                 let w = format!(
                     "Sentry answered {} from sampled data (meta.dataScanned = partial): rows outside the sample are not collected",
@@ -468,34 +469,27 @@ impl Collector<'_, '_> {
                 eprintln!("warning: {w}");
                 self.summary.warnings.push(w);
             }
-            for item in &page.items {
-                if !window.contains(item.time) {
-                    self.summary.outside_window_dropped += 1;
-                } else if self.seen.insert(&item.key, item.time) {
-                    self.seen_changed = true;
-                    self.buffer.ndjson.extend_from_slice(item.json.as_bytes());
-                    self.buffer.ndjson.push(b'\n');
-                    self.buffer.events += 1;
-                    self.summary.events += 1;
-                } else {
-                    self.summary.duplicates_dropped += 1;
-                }
-            }
+            let took = absorb(&page.parsed, window, &mut self.seen, &mut self.buffer.ndjson);
+            self.seen_changed |= took.written > 0;
+            self.buffer.events += took.written;
+            self.summary.events += took.written as u64;
+            self.summary.duplicates_dropped += took.duplicates;
+            self.summary.outside_window_dropped += took.outside;
             match self.def.order {
                 Order::NewestFirst => {
                     // A page that reaches past the window's start means the rest is older
                     // (servers that ignore start/end return the whole retention; audit logs
                     // take no dates at all).
-                    let past_start = page.items.last().is_some_and(|i| i.time < window.start);
+                    let past_start = page.parsed.items.last().is_some_and(|i| i.time < window.start);
                     match page.next {
                         Some(cursor) if !past_start => progress.cursor = Some(cursor),
                         _ => next_unit(progress),
                     }
                 }
                 Order::OldestFirst => {
-                    progress.query_rows += page.items.len() as u64;
+                    progress.query_rows += page.parsed.items.len() as u64;
                     if progress.query_rows >= OFFSET_CAP {
-                        self.split_query(progress, range, &page.items);
+                        self.split_query(progress, range, &page.parsed.items);
                     } else if let Some(cursor) = page.next {
                         progress.cursor = Some(cursor);
                     } else {
@@ -518,7 +512,7 @@ impl Collector<'_, '_> {
         &mut self,
         progress: &mut WindowProgress,
         range: Window,
-        items: &[crate::sentry::pages::Item],
+        items: &[Item],
     ) {
         self.summary.queries_split += 1;
         let last = items.iter().map(|i| i.time).max().unwrap_or(range.start);
@@ -644,6 +638,32 @@ impl Collector<'_, '_> {
         self.summary.window_finished = true;
         Ok(())
     }
+}
+
+/// What [`absorb`] did with a page.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Absorbed {
+    pub written: usize,
+    pub duplicates: u64,
+    pub outside: u64,
+}
+
+/// The hot path after parsing: drops items outside the window and items already delivered,
+/// and appends the others to `out` as NDJSON lines.
+pub fn absorb(page: &Parsed, window: Window, seen: &mut SeenSet, out: &mut Vec<u8>) -> Absorbed {
+    let mut took = Absorbed::default();
+    for item in &page.items {
+        if !window.contains(item.time) {
+            took.outside += 1;
+        } else if seen.insert_key(item.key, item.time) {
+            out.extend_from_slice(page.json(item));
+            out.push(b'\n');
+            took.written += 1;
+        } else {
+            took.duplicates += 1;
+        }
+    }
+    took
 }
 
 /// Moves to the next project (or unit), forgetting the position inside the last one.

@@ -36,7 +36,7 @@ pub fn with_spin_env<T>(f: impl FnOnce(&ports::Env) -> T) -> T {
 
 /// The Spin exports exist only in the wasm build: their symbol names (`wasi:http/...#handle`)
 /// cannot be exported from a native shared library, and natively nothing calls them.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod exports {
     use spin_sdk::http::{IntoResponse, Request, Response};
 

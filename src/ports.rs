@@ -155,6 +155,52 @@ pub struct Env<'a> {
     pub clock: &'a dyn Clock,
 }
 
+/// Wraps the HTTP client and the clock to measure how long the run waited on the network and
+/// on rate-limit sleeps, so the summary can report the component's own compute time.
+pub struct WaitMeter<'a> {
+    http: &'a dyn HttpClient,
+    clock: &'a dyn Clock,
+    waited: std::cell::Cell<f64>,
+}
+
+impl<'a> WaitMeter<'a> {
+    pub fn new(http: &'a dyn HttpClient, clock: &'a dyn Clock) -> Self {
+        WaitMeter {
+            http,
+            clock,
+            waited: std::cell::Cell::new(0.0),
+        }
+    }
+
+    /// Seconds spent in HTTP requests and sleeps so far.
+    pub fn waited_secs(&self) -> f64 {
+        self.waited.get()
+    }
+}
+
+impl HttpClient for WaitMeter<'_> {
+    fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, TransportError> {
+        let start = self.clock.now();
+        let result = self.http.send(request);
+        self.waited
+            .set(self.waited.get() + (self.clock.now() - start).max(0.0));
+        result
+    }
+}
+
+impl Clock for WaitMeter<'_> {
+    fn now(&self) -> f64 {
+        self.clock.now()
+    }
+
+    fn sleep(&self, secs: f64) {
+        let start = self.clock.now();
+        self.clock.sleep(secs);
+        self.waited
+            .set(self.waited.get() + (self.clock.now() - start).max(0.0));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

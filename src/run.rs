@@ -9,7 +9,7 @@ use crate::collect::{self, StreamSummary};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
 use crate::lease::{self, Lease};
-use crate::ports::Env;
+use crate::ports::{Env, WaitMeter};
 use crate::sentry::client::SentryClient;
 use crate::sentry::{region, SentryError};
 use crate::shard::Shard;
@@ -117,6 +117,8 @@ pub struct RunSummary {
     pub streams: Vec<StreamSummary>,
     /// Runs recorded in this state store so far, this one included.
     pub runs: u64,
+    /// Milliseconds the run spent computing rather than waiting on HTTP or rate limits.
+    pub busy_ms: f64,
 }
 
 /// A run that another run's lease kept from starting.
@@ -148,6 +150,12 @@ pub fn run_with(
     trigger: Trigger,
     options: &RunOptions,
 ) -> Result<RunOutcome, RunError> {
+    let meter = WaitMeter::new(env.http, env.clock);
+    let env = &Env {
+        http: &meter,
+        clock: &meter,
+        ..*env
+    };
     let started = env.clock.now();
     let streams = chosen_streams(config, options)?;
     let budget = config.timing.time_budget.as_secs();
@@ -167,7 +175,15 @@ pub fn run_with(
         })
         .unwrap_or_default();
     let runs = previous.runs + 1;
-    let result = collect(env, config, &streams, options.shard, trigger, started, runs);
+    let mut result = collect(env, config, &streams, options.shard, trigger, started, runs);
+    // What the run spent computing (parsing, de-duplicating, encoding, hashing, KV calls):
+    // its wall time less the time it waited on the network and on rate limits.
+    let busy_ms = ((env.clock.now() - started - meter.waited_secs()).max(0.0) * 1000.0).round();
+    match &mut result {
+        Ok(s) => s.busy_ms = busy_ms,
+        Err(RunError::Streams(s)) => s.busy_ms = busy_ms,
+        Err(_) => {}
+    }
     let record = LastRun {
         runs,
         trigger: trigger.as_str().to_string(),
@@ -287,6 +303,7 @@ fn collect(
         tokens_minted: gcs.tokens_minted(),
         streams: summaries,
         runs,
+        busy_ms: 0.0,
     };
     if summary.streams.iter().any(|s| s.error.is_some()) {
         return Err(RunError::Streams(Box::new(summary)));

@@ -11,6 +11,7 @@ use sentry_logs_collector::http_api::{pubsub_options, query_options};
 use sentry_logs_collector::jwt;
 use sentry_logs_collector::push_auth::parse_jwks;
 use sentry_logs_collector::sentry::link;
+use sentry_logs_collector::checkpoint::seen_key;
 use sentry_logs_collector::sentry::pages::{parse_page, Envelope};
 use sentry_logs_collector::shard::Shard;
 use sentry_logs_collector::streams::STREAMS;
@@ -61,17 +62,52 @@ proptest! {
     #[test]
     fn pages_never_panic_and_accepted_items_are_single_lines(body in proptest::collection::vec(any::<u8>(), 0..600)) {
         for def in STREAMS {
-            if let Ok(page) = parse_page(&body, &def.shape) {
-                for item in page.items {
-                    prop_assert!(!item.json.contains('\n'));
-                    let v: serde_json::Value = serde_json::from_str(&item.json).unwrap();
-                    let id = match &v[def.shape.id_field] {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    prop_assert!(item.key.starts_with(&id));
+            let strict = serde_json::from_slice::<serde_json::Value>(&body);
+            match parse_page(body.clone(), &def.shape) {
+                Ok(page) => {
+                    // Whatever the scanner accepts, serde_json accepts too.
+                    prop_assert!(strict.is_ok());
+                    for item in &page.items {
+                        let text = page.json(item);
+                        prop_assert!(!text.contains(&b'\n'));
+                        let v: serde_json::Value = serde_json::from_slice(text).unwrap();
+                        let id = match &v[def.shape.id_field] {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let time = v[def.shape.time_field].as_str().unwrap();
+                        let key = if def.shape.key_includes_time {
+                            seen_key(&format!("{id}@{time}"))
+                        } else {
+                            seen_key(&id)
+                        };
+                        prop_assert_eq!(item.key, key);
+                    }
                 }
+                Err(e) => prop_assert!(!e.is_empty()),
             }
+        }
+    }
+
+    #[test]
+    fn a_damaged_page_is_accepted_only_if_it_is_still_json(
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        mode in 0u8..3,
+    ) {
+        let page = br#"[{"eventID":"0123456789abcdef0123456789abcdef","dateCreated":"2026-11-26T10:00:00Z","tags":[{"key":"k","value":"v\u00e9"}],"n":-1.5e3,"ok":true,"no":null}]"#;
+        let mut body = page.to_vec();
+        let i = at.index(body.len());
+        match mode {
+            0 => body[i] = byte,
+            1 => body.insert(i, byte),
+            _ => {
+                body.remove(i);
+            }
+        }
+        let strict = serde_json::from_slice::<serde_json::Value>(&body);
+        if parse_page(body.clone(), &STREAMS[0].shape).is_ok() {
+            prop_assert!(strict.is_ok(), "{}", String::from_utf8_lossy(&body));
         }
     }
 
@@ -96,13 +132,18 @@ proptest! {
         } else {
             serde_json::to_vec(&wrapped).unwrap()
         };
-        let parsed = parse_page(&body, &shape).unwrap().items;
-        prop_assert_eq!(parsed.len(), items.len());
-        for (p, (item, (id, t, _, _))) in parsed.iter().zip(items.iter().zip(events.iter())) {
+        let page = parse_page(body, &shape).unwrap();
+        prop_assert_eq!(page.items.len(), items.len());
+        for (p, (item, (id, t, _, _))) in page.items.iter().zip(items.iter().zip(events.iter())) {
             prop_assert_eq!(p.time, *t);
-            prop_assert!(p.key.starts_with(id.as_str()));
-            prop_assert!(!p.json.contains('\n'));
-            prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&p.json).unwrap(), item);
+            let key = if shape.key_includes_time {
+                seen_key(&format!("{id}@{}", rfc3339(*t)))
+            } else {
+                seen_key(id)
+            };
+            prop_assert_eq!(p.key, key);
+            prop_assert!(!page.json(p).contains(&b'\n'));
+            prop_assert_eq!(&serde_json::from_slice::<serde_json::Value>(page.json(p)).unwrap(), item);
         }
     }
 

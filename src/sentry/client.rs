@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::pages::{parse_page, Item};
+use super::pages::{parse_page, Parsed};
 use super::ratelimit::Pacer;
 use super::{authorized_get, classify_status, link, SentryError};
 use crate::config::SentryConfig;
@@ -46,8 +46,7 @@ impl Window {
 
 /// One page of a list endpoint: its items and the `next` cursor, if there is a next page.
 pub struct Page {
-    pub items: Vec<Item>,
-    pub partial: bool,
+    pub parsed: Parsed,
     pub next: Option<String>,
 }
 
@@ -406,13 +405,9 @@ impl<'e> SentryClient<'e> {
             Ok(page) => page,
             Err(detail) => return Ok(Err(detail)),
         };
-        let parsed = parse_page(&body, &def.shape)
+        let parsed = parse_page(body, &def.shape)
             .map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
-        Ok(Ok(Page {
-            items: parsed.items,
-            partial: parsed.partial,
-            next,
-        }))
+        Ok(Ok(Page { parsed, next }))
     }
 
     /// A 2xx body and the `next` cursor from its Link header.

@@ -5,13 +5,9 @@
 //! that is not the documented shape, or an item without those fields, refuses the whole page:
 //! a body that is not data (an error, a proxy's HTML page) is never written as data.
 
-use std::borrow::Cow;
-use std::fmt;
+use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
+use crate::checkpoint::seen_key;
 use crate::time::parse_rfc3339;
 
 /// What the page's JSON wraps its items in.
@@ -40,136 +36,100 @@ pub struct Shape {
 /// One item of a page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
-    /// What de-duplication compares: the id, or `id@time` when the shape says so.
-    pub key: String,
+    /// What de-duplication compares (see [`seen_key`]): of the id, or of `id@time` when the
+    /// shape says so.
+    pub key: [u8; 16],
     /// The time field, whole Unix seconds.
     pub time: i64,
-    /// The item's JSON text, one line.
-    pub json: String,
+    /// Where the item's JSON text is in the page (one line).
+    pub span: Range<usize>,
 }
 
+/// A parsed page: the body, and where each item is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Parsed {
+    body: Vec<u8>,
     pub items: Vec<Item>,
     /// Discover said `meta.dataScanned: "partial"`: the rows are a sample.
     pub partial: bool,
 }
 
-#[derive(Deserialize)]
-struct RowsBody<'a> {
-    #[serde(borrow)]
-    rows: Vec<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct DataBody<'a> {
-    #[serde(borrow)]
-    data: Vec<&'a RawValue>,
-    #[serde(default)]
-    meta: Option<Meta>,
-}
-
-#[derive(Deserialize)]
-struct Meta {
-    #[serde(rename = "dataScanned", default)]
-    data_scanned: Option<String>,
-}
-
-/// The two fields of an item, read without building the rest of it.
-#[derive(Default)]
-struct Picked {
-    id: Option<String>,
-    time: Option<String>,
-}
-
-struct Picker<'s> {
-    shape: &'s Shape,
-}
-
-impl<'de> DeserializeSeed<'de> for Picker<'_> {
-    type Value = Picked;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Picked, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Picker<'_> {
-    type Value = Picked;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Picked, A::Error> {
-        let mut picked = Picked::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == self.shape.id_field {
-                picked.id = match map.next_value::<serde_json::Value>()? {
-                    serde_json::Value::String(s) => Some(s),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                };
-            } else if key == self.shape.time_field {
-                picked.time = match map.next_value::<serde_json::Value>()? {
-                    serde_json::Value::String(s) => Some(s),
-                    _ => None,
-                };
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(picked)
+impl Parsed {
+    /// The item's JSON text, one line.
+    pub fn json(&self, item: &Item) -> &[u8] {
+        &self.body[item.span.clone()]
     }
 }
 
 /// The most bytes an id may have; anything longer is not an id Sentry writes.
 const MAX_ID_BYTES: usize = 128;
+/// Nesting deeper than this is refused (a hostile body must not exhaust the stack).
+const MAX_DEPTH: usize = 128;
 
-/// Splits a page body into items. See the module documentation.
-pub fn parse_page(body: &[u8], shape: &Shape) -> Result<Parsed, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the page is not UTF-8".to_string())?;
-    let (raw_items, partial): (Vec<&RawValue>, bool) = match shape.envelope {
-        Envelope::Array => (
-            serde_json::from_str(text).map_err(|_| "the page is not a JSON array".to_string())?,
-            false,
-        ),
-        Envelope::Rows => {
-            let b: RowsBody = serde_json::from_str(text)
-                .map_err(|_| "the page is not {\"rows\": [...]}".to_string())?;
-            (b.rows, false)
-        }
-        Envelope::Data => {
-            let b: DataBody = serde_json::from_str(text)
-                .map_err(|_| "the page is not Discover's {\"data\": [...]}".to_string())?;
-            let partial = b
-                .meta
-                .and_then(|m| m.data_scanned)
-                .is_some_and(|s| s == "partial");
-            (b.data, partial)
-        }
+/// Splits a page body into items, in one pass that checks the JSON grammar, finds each
+/// item's text and reads its id and time. See the module documentation.
+pub fn parse_page(body: Vec<u8>, shape: &Shape) -> Result<Parsed, String> {
+    if std::str::from_utf8(&body).is_err() {
+        return Err("the page is not UTF-8".into());
+    }
+    let mut p = Scanner {
+        b: &body,
+        i: 0,
+        depth: 0,
     };
-    let items = raw_items
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| parse_item(i, raw, shape))
-        .collect::<Result<Vec<Item>, String>>()?;
-    Ok(Parsed { items, partial })
+    let (found, partial) = p.page(shape)?;
+    p.ws();
+    if p.i != body.len() {
+        return Err(p.not_envelope(shape));
+    }
+    let mut items = Vec::with_capacity(found.len());
+    let mut flatten = false;
+    for (i, f) in found.into_iter().enumerate() {
+        items.push(item(i, &body, f, shape)?);
+        flatten |= body[items[i].span.clone()].contains(&b'\n')
+            || body[items[i].span.clone()].contains(&b'\r');
+    }
+    let mut body = body;
+    if flatten {
+        // Raw line breaks in valid JSON can only be whitespace between tokens (inside strings
+        // they are escaped): a space keeps the item the same JSON on one line.
+        for it in &items {
+            for b in &mut body[it.span.clone()] {
+                if *b == b'\n' || *b == b'\r' {
+                    *b = b' ';
+                }
+            }
+        }
+    }
+    Ok(Parsed {
+        body,
+        items,
+        partial,
+    })
 }
 
-fn parse_item(i: usize, raw: &RawValue, shape: &Shape) -> Result<Item, String> {
+/// An item as the scanner found it: its text, and the raw (quoted) text of its id and time
+/// values when present.
+struct Found {
+    span: Range<usize>,
+    id: Option<Range<usize>>,
+    time: Option<Range<usize>>,
+}
+
+fn item(i: usize, body: &[u8], f: Found, shape: &Shape) -> Result<Item, String> {
     let missing = || {
         format!(
             "item {i} of the page is not an object with {} and {}",
             shape.id_field, shape.time_field
         )
     };
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let picked = Picker { shape }
-        .deserialize(&mut de)
-        .map_err(|_| missing())?;
-    let (Some(id), Some(time_text)) = (picked.id, picked.time) else {
+    let (Some(id), Some(time)) = (f.id, f.time) else {
         return Err(missing());
     };
+    let id = scalar_text(&body[id]).ok_or_else(missing)?;
+    let time_text = scalar_text(&body[time.clone()])
+        .filter(|_| body[time.start] == b'"')
+        .ok_or_else(missing)?;
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
         return Err(format!(
             "item {i} of the page has an invalid {}",
@@ -182,20 +142,322 @@ fn parse_item(i: usize, raw: &RawValue, shape: &Shape) -> Result<Item, String> {
             shape.time_field
         )
     })?;
-    // NDJSON needs one line per item: re-encode compactly if the server pretty-printed.
-    let json = if raw.get().contains(['\n', '\r']) {
-        let value: serde_json::Value =
-            serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-        value.to_string()
-    } else {
-        raw.get().to_string()
-    };
     let key = if shape.key_includes_time {
-        format!("{id}@{time_text}")
+        seen_key(&format!("{id}@{time_text}"))
     } else {
-        id
+        seen_key(&id)
     };
-    Ok(Item { key, time, json })
+    Ok(Item {
+        key,
+        time,
+        span: f.span,
+    })
+}
+
+/// The text of a JSON string (unescaped) or number; `None` for anything else.
+fn scalar_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    match raw.first()? {
+        b'"' => {
+            let inner = &raw[1..raw.len() - 1];
+            if inner.contains(&b'\\') {
+                serde_json::from_slice::<String>(raw).ok().map(Into::into)
+            } else {
+                std::str::from_utf8(inner).ok().map(Into::into)
+            }
+        }
+        b'-' | b'0'..=b'9' => std::str::from_utf8(raw).ok().map(Into::into),
+        _ => None,
+    }
+}
+
+/// A validating single-pass JSON scanner over a UTF-8 body (RFC 8259 grammar).
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+}
+
+impl Scanner<'_> {
+    fn not_envelope(&self, shape: &Shape) -> String {
+        match shape.envelope {
+            Envelope::Array => "the page is not a JSON array".into(),
+            Envelope::Rows => "the page is not {\"rows\": [...]}".into(),
+            Envelope::Data => "the page is not Discover's {\"data\": [...]}".into(),
+        }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The page: its items and whether Discover said the data was sampled.
+    fn page(&mut self, shape: &Shape) -> Result<(Vec<Found>, bool), String> {
+        let bad = |s: &Self| s.not_envelope(shape);
+        if shape.envelope == Envelope::Array {
+            return self.items(shape).map(|f| (f, false)).ok_or_else(|| bad(self));
+        }
+        let list_key: &[u8] = if shape.envelope == Envelope::Rows {
+            b"rows"
+        } else {
+            b"data"
+        };
+        if !self.eat(b'{') {
+            return Err(bad(self));
+        }
+        let mut found = None;
+        let mut partial = false;
+        if !self.eat(b'}') {
+            loop {
+                let key = self.string().ok_or_else(|| bad(self))?;
+                if !self.eat(b':') {
+                    return Err(bad(self));
+                }
+                let key = &self.b[key.start + 1..key.end - 1];
+                if key == list_key && found.is_none() {
+                    found = Some(self.items(shape).ok_or_else(|| bad(self))?);
+                } else if key == b"meta" && shape.envelope == Envelope::Data {
+                    partial = self.meta().ok_or_else(|| bad(self))?;
+                } else {
+                    self.value().ok_or_else(|| bad(self))?;
+                }
+                if self.eat(b',') {
+                    continue;
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                return Err(bad(self));
+            }
+        }
+        found.map(|f| (f, partial)).ok_or_else(|| bad(self))
+    }
+
+    /// Discover's `meta` object: whether `dataScanned` is `"partial"`.
+    fn meta(&mut self) -> Option<bool> {
+        if self.peek() != Some(b'{') {
+            self.value()?;
+            return Some(false);
+        }
+        self.i += 1;
+        let mut partial = false;
+        if self.eat(b'}') {
+            return Some(false);
+        }
+        loop {
+            let key = self.string()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            let value = self.value()?;
+            if &self.b[key] == b"\"dataScanned\"" && &self.b[value] == b"\"partial\"" {
+                partial = true;
+            }
+            if self.eat(b',') {
+                continue;
+            }
+            return self.eat(b'}').then_some(partial);
+        }
+    }
+
+    /// An array of objects, recording each object's span and its id and time values.
+    fn items(&mut self, shape: &Shape) -> Option<Vec<Found>> {
+        if !self.eat(b'[') {
+            return None;
+        }
+        let mut found = Vec::new();
+        if self.eat(b']') {
+            return Some(found);
+        }
+        loop {
+            self.ws();
+            let start = self.i;
+            let mut f = Found {
+                span: start..start,
+                id: None,
+                time: None,
+            };
+            if self.peek() == Some(b'{') {
+                self.i += 1;
+                self.depth += 1;
+                if !self.eat(b'}') {
+                    loop {
+                        let key = self.string()?;
+                        if !self.eat(b':') {
+                            return None;
+                        }
+                        let key = &self.b[key.start + 1..key.end - 1];
+                        let value = self.value()?;
+                        if key == shape.id_field.as_bytes() {
+                            f.id = Some(value);
+                        } else if key == shape.time_field.as_bytes() {
+                            f.time = Some(value);
+                        }
+                        if self.eat(b',') {
+                            continue;
+                        }
+                        if self.eat(b'}') {
+                            break;
+                        }
+                        return None;
+                    }
+                }
+                self.depth -= 1;
+            } else {
+                // Not an object: still valid JSON, refused with the item's number later.
+                self.value()?;
+            }
+            f.span = start..self.i;
+            found.push(f);
+            if self.eat(b',') {
+                continue;
+            }
+            return self.eat(b']').then_some(found);
+        }
+    }
+
+    /// Any JSON value; returns its span.
+    fn value(&mut self) -> Option<Range<usize>> {
+        self.ws();
+        let start = self.i;
+        match *self.b.get(self.i)? {
+            b'"' => return self.string(),
+            b'{' | b'[' => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return None;
+                }
+                let object = self.b[self.i] == b'{';
+                self.i += 1;
+                let close = if object { b'}' } else { b']' };
+                if !self.eat(close) {
+                    loop {
+                        if object {
+                            self.string()?;
+                            if !self.eat(b':') {
+                                return None;
+                            }
+                        }
+                        self.value()?;
+                        if self.eat(b',') {
+                            continue;
+                        }
+                        if self.eat(close) {
+                            break;
+                        }
+                        return None;
+                    }
+                }
+                self.depth -= 1;
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
+        }
+        Some(start..self.i)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Option<()> {
+        if self.b[self.i] == b'-' {
+            self.i += 1;
+        }
+        match self.b.get(self.i)? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    /// A string; returns its span, quotes included.
+    fn string(&mut self) -> Option<Range<usize>> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.i;
+        self.i += 1;
+        loop {
+            // Skip the plain run quickly.
+            let rest = &self.b[self.i..];
+            let n = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            self.i += n;
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Some(start..self.i);
+                }
+                b'\\' => {
+                    self.i += 1;
+                    match *self.b.get(self.i)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 1..self.i + 5)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 5;
+                        }
+                        _ => return None,
+                    }
+                }
+                // A raw control character inside a string is not JSON.
+                _ => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -212,11 +474,11 @@ mod tests {
     #[test]
     fn only_arrays_of_events_are_data() {
         let ok = br#"[{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}]"#;
-        let page = parse_page(ok, &EVENTS).unwrap();
-        assert_eq!(page.items[0].key, "a1");
+        let page = parse_page(ok.to_vec(), &EVENTS).unwrap();
+        assert_eq!(page.items[0].key, seen_key("a1"));
         assert_eq!(
-            page.items[0].json,
-            r#"{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}"#
+            page.json(&page.items[0]),
+            br#"{"eventID":"a1","dateCreated":"2026-11-26T10:00:00Z","title":"x"}"#
         );
         for (body, needle) in [
             (&b"\xff\xfe[]"[..], "UTF-8"),
@@ -241,7 +503,7 @@ mod tests {
             ),
             (&br#"[1, 2]"#[..], "item 0"),
         ] {
-            let err = parse_page(body, &EVENTS).unwrap_err();
+            let err = parse_page(body.to_vec(), &EVENTS).unwrap_err();
             assert!(err.contains(needle), "{err}");
         }
     }
@@ -249,9 +511,9 @@ mod tests {
     #[test]
     fn a_pretty_printed_item_becomes_one_line() {
         let body = b"[\n  {\n    \"eventID\": \"a1\",\n    \"dateCreated\": \"2026-11-26T10:00:00Z\",\n    \"message\": \"two\\nlines\"\n  }\n]";
-        let page = parse_page(body, &EVENTS).unwrap();
-        assert!(!page.items[0].json.contains('\n'));
-        let v: serde_json::Value = serde_json::from_str(&page.items[0].json).unwrap();
+        let page = parse_page(body.to_vec(), &EVENTS).unwrap();
+        assert!(!page.json(&page.items[0]).contains(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(page.json(&page.items[0])).unwrap();
         assert_eq!(v["message"], "two\nlines");
     }
 
@@ -264,9 +526,9 @@ mod tests {
             key_includes_time: true,
         };
         let body = br#"[{"id":"7","lastSeen":"2026-11-26T10:00:00.123Z","title":"t"},{"id":8,"lastSeen":"2026-11-26T09:00:00Z"}]"#;
-        let page = parse_page(body, &shape).unwrap();
-        assert_eq!(page.items[0].key, "7@2026-11-26T10:00:00.123Z");
-        assert_eq!(page.items[1].key, "8@2026-11-26T09:00:00Z");
+        let page = parse_page(body.to_vec(), &shape).unwrap();
+        assert_eq!(page.items[0].key, seen_key("7@2026-11-26T10:00:00.123Z"));
+        assert_eq!(page.items[1].key, seen_key("8@2026-11-26T09:00:00Z"));
         assert_eq!(page.items[0].time, page.items[1].time + 3600);
     }
 
@@ -279,14 +541,14 @@ mod tests {
             key_includes_time: false,
         };
         let page = parse_page(
-            br#"{"rows":[{"id":"1","dateCreated":"2026-11-26T10:00:00Z","event":"member.invite"}],"options":["member.invite"]}"#,
+            br#"{"rows":[{"id":"1","dateCreated":"2026-11-26T10:00:00Z","event":"member.invite"}],"options":["member.invite"]}"#.to_vec(),
             &rows,
         )
         .unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(!page.partial);
         assert!(parse_page(
-            br#"[{"id":"1","dateCreated":"2026-11-26T10:00:00Z"}]"#,
+            br#"[{"id":"1","dateCreated":"2026-11-26T10:00:00Z"}]"#.to_vec(),
             &rows
         )
         .unwrap_err()
@@ -299,7 +561,7 @@ mod tests {
             key_includes_time: false,
         };
         let page = parse_page(
-            br#"{"data":[{"id":"ab","timestamp":"2026-11-26T10:00:00+00:00"}],"meta":{"fields":{},"dataScanned":"partial"}}"#,
+            br#"{"data":[{"id":"ab","timestamp":"2026-11-26T10:00:00+00:00"}],"meta":{"fields":{},"dataScanned":"partial"}}"#.to_vec(),
             &data,
         )
         .unwrap();
@@ -308,10 +570,49 @@ mod tests {
             page.items[0].time,
             parse_rfc3339("2026-11-26T10:00:00Z").unwrap()
         );
-        let page = parse_page(br#"{"data":[],"meta":{"dataScanned":"full"}}"#, &data).unwrap();
+        let page = parse_page(
+            br#"{"data":[],"meta":{"dataScanned":"full"}}"#.to_vec(), &data).unwrap();
         assert!(!page.partial && page.items.is_empty());
-        assert!(parse_page(br#"{"detail":"Query timeout"}"#, &data)
+        assert!(parse_page(
+            br#"{"detail":"Query timeout"}"#.to_vec(), &data)
             .unwrap_err()
             .contains("Discover"));
+    }
+
+    #[test]
+    fn the_scanner_refuses_what_is_not_json() {
+        let ok = |b: &str| parse_page(b.as_bytes().to_vec(), &EVENTS);
+        let good = r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":[1,-2.5e3,true,null,{"x":"\u00e9\n"}]}]"#;
+        assert_eq!(ok(good).unwrap().items.len(), 1);
+        for bad in [
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":01}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":tru}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":"a	b"}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":"\x"}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z",}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z"}] x"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z"}"#,
+            r#"[{"eventID":"a" "dateCreated":"2026-11-26T10:00:00Z"}]"#,
+            r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":1.}]"#,
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err(), "{bad}");
+        }
+        // Hostile nesting is refused, not a stack overflow.
+        let deep = format!(
+            r#"[{{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":{}{}}}]"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(ok(&deep).is_err());
+        // Escaped ids are read unescaped; a number id is its text.
+        let page = ok(r#"[{"eventID":"a\u0062","dateCreated":"2026-11-26T10:00:00Z"},{"eventID":12,"dateCreated":"2026-11-26T10:00:00Z"}]"#).unwrap();
+        assert_eq!(page.items[0].key, seen_key("ab"));
+        assert_eq!(page.items[1].key, seen_key("12"));
+        // A time that is not a string is refused.
+        assert!(ok(r#"[{"eventID":"a","dateCreated":1790000000}]"#).is_err());
+        // Nested keys with the same name are not the item's.
+        let page = ok(r#"[{"x":{"eventID":"no"},"eventID":"yes","dateCreated":"2026-11-26T10:00:00Z"}]"#).unwrap();
+        assert_eq!(page.items[0].key, seen_key("yes"));
     }
 }

@@ -123,6 +123,37 @@ pub struct Invocation {
     pub outcome: Outcome,
     pub stdout: String,
     pub stderr: String,
+    /// The most linear memory the instance asked for, in bytes (wasm memory never shrinks, so
+    /// this is its size at the end).
+    pub peak_memory_bytes: usize,
+}
+
+/// Records how far the instance's linear memory grew. Nothing is refused: Spin sets no limit
+/// of its own (hosted platforms cap an instance at 128 MiB), this only measures.
+#[derive(Debug, Default)]
+pub struct MemoryMeter {
+    pub peak_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryMeter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +173,7 @@ pub struct InstanceState {
     variables: Arc<BTreeMap<String, String>>,
     kv_allowed: Arc<Vec<String>>,
     stores: Arc<BTreeMap<String, FileStore>>,
+    memory: MemoryMeter,
 }
 
 impl WasiView for InstanceState {
@@ -379,7 +411,7 @@ impl App {
             builder.wall_clock(OffsetClock(offset.clone()));
         }
         let wasi = builder.build();
-        Store::new(
+        let mut store = Store::new(
             self.compiled.engine(),
             InstanceState {
                 table: ResourceTable::new(),
@@ -392,8 +424,11 @@ impl App {
                 variables: Arc::new(self.component.variables.clone()),
                 kv_allowed: Arc::new(self.component.key_value_stores.clone()),
                 stores: self.stores.clone(),
+                memory: MemoryMeter::default(),
             },
-        )
+        );
+        store.limiter(|s| &mut s.memory);
+        store
     }
 
     pub(crate) fn linker(&self) -> &Linker<InstanceState> {
@@ -421,11 +456,13 @@ impl App {
             }
             Err(trap) => Outcome::Trap(format!("{trap:?}")),
         };
+        let peak_memory_bytes = store.data().memory.peak_bytes;
         drop(store);
         Ok(Invocation {
             outcome,
             stdout: pipe_text(&stdout),
             stderr: pipe_text(&stderr),
+            peak_memory_bytes,
         })
     }
 }
@@ -454,4 +491,56 @@ fn compile(source: &Path) -> Result<Component> {
     Component::new(engine()?, &bytes)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot compile {}", source.display()))
+}
+
+/// A WASI command's state: WASI only, standard streams inherited.
+struct CommandState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+}
+
+impl WasiView for CommandState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Runs a WASI command component (`wasi:cli/run`), such as a benchmark built for
+/// wasm32-wasip2, with the host's engine; returns whether it exited successfully and its
+/// standard output.
+pub async fn run_command(path: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let component = compile(path)?;
+    let mut linker: Linker<CommandState> = Linker::new(engine()?);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    let stdout = MemoryOutputPipe::new(MAX_OUTPUT);
+    let mut builder = WasiCtx::builder();
+    builder.stdout(stdout.clone()).inherit_stderr();
+    let name = path.file_name().map_or("command".into(), |n| n.to_string_lossy());
+    builder.arg(name.as_ref());
+    for a in args {
+        builder.arg(a);
+    }
+    let mut store = Store::new(
+        engine()?,
+        CommandState {
+            table: ResourceTable::new(),
+            wasi: builder.build(),
+        },
+    );
+    let command =
+        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &linker)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("instantiating the command")?;
+    let ok = command
+        .wasi_cli_run()
+        .call_run(&mut store)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("running the command")?
+        .is_ok();
+    Ok((ok, pipe_text(&stdout)))
 }

@@ -1,0 +1,66 @@
+//! Micro-benchmark of the hot path: one page of JSON in, parse, de-duplicate, NDJSON out.
+//! Runs natively (`cargo run --release --example hot_path`) and in wasm as a WASI command
+//! (`scripts/bench.sh` builds it for wasm32-wasip2 and runs it under `collector-host run`).
+//!
+//! A page is 100 events in the simple serializer's shape (about 750 bytes each, like the
+//! simulator's); each round parses it, drops events outside the window, inserts the ids into
+//! the delivered set and appends the lines. Prints the median time per 1,000 events.
+
+use std::time::Instant;
+
+use sentry_logs_collector::checkpoint::SeenSet;
+use sentry_logs_collector::collect::absorb;
+use sentry_logs_collector::sentry::client::Window;
+use sentry_logs_collector::sentry::pages::parse_page;
+use sentry_logs_collector::streams;
+use sentry_logs_collector::time::rfc3339;
+
+const PER_PAGE: usize = 100;
+const ROUNDS: usize = 400;
+
+fn page(round: usize, t0: i64) -> Vec<u8> {
+    let mut items = Vec::with_capacity(PER_PAGE);
+    for i in 0..PER_PAGE {
+        let n = round * PER_PAGE + i;
+        let id = format!("{:016x}{:016x}", (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), n);
+        items.push(format!(
+            r#"{{"id":"{id}","eventID":"{id}","groupID":"4001","projectID":"4","event.type":"error","title":"ValueError: checkout failed #{n}","message":"ValueError: checkout failed #{n} in project-4","culprit":"/api/checkout/","location":"app/checkout.py:42","platform":"python","dateCreated":"{}","tags":[{{"key":"environment","value":"production"}},{{"key":"level","value":"error"}},{{"key":"server_name","value":"web-1"}}],"user":{{"id":"42","email":"user@example.com","ip_address":"203.0.113.7","username":null,"name":null,"data":null}},"crashFile":null,"metadata":{{"type":"ValueError","value":"checkout failed","filename":"app/checkout.py","function":"checkout"}}}}"#,
+            rfc3339(t0 + (n % 3600) as i64)
+        ));
+    }
+    format!("[{}]", items.join(",")).into_bytes()
+}
+
+fn main() {
+    let shape = streams::by_name("events").expect("events").shape;
+    let t0 = 1_790_000_000;
+    let window = Window {
+        start: t0,
+        end: t0 + 3600,
+    };
+    let pages: Vec<Vec<u8>> = (0..ROUNDS).map(|r| page(r, t0)).collect();
+    let bytes: usize = pages.iter().map(Vec::len).sum();
+    let mut seen = SeenSet::default();
+    let mut out = Vec::with_capacity(bytes + ROUNDS * PER_PAGE);
+    let mut times = Vec::with_capacity(ROUNDS);
+    for body in pages {
+        let start = Instant::now();
+        let parsed = parse_page(body, &shape).expect("a valid page");
+        let took = absorb(&parsed, window, &mut seen, &mut out);
+        times.push(start.elapsed().as_secs_f64());
+        assert_eq!(took.written, PER_PAGE);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let total: f64 = times.iter().sum();
+    println!(
+        "hot path ({}): {} pages of {PER_PAGE} events ({:.0} bytes each), median {:.3} ms per 1,000 events, mean {:.3} ms, {:.0} MB/s",
+        if cfg!(target_arch = "wasm32") { "wasm32-wasip2" } else { "native" },
+        ROUNDS,
+        bytes as f64 / (ROUNDS * PER_PAGE) as f64,
+        median * 1000.0 * 1000.0 / PER_PAGE as f64,
+        total * 1000.0 * 1000.0 / (ROUNDS * PER_PAGE) as f64,
+        bytes as f64 / total / 1e6,
+    );
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), ROUNDS * PER_PAGE);
+}

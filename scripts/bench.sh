@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The performance benchmark (README "Performance"): builds the component and the hot-path
+# micro-benchmark for wasm32-wasip2, runs the micro-benchmark natively and in wasm, then the
+# four end-to-end scenarios against the Sentry simulator with sentry.io's rate limits and
+# 50 ms per request. Takes about 15 minutes, most of it waiting for rate-limit windows.
+# Arguments pick scenarios: steady backlog wide full hot-path (default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo build --quiet --target wasm32-wasip2 --release -p sentry-logs-collector
+cargo build --quiet --target wasm32-wasip2 --release --example hot_path --no-default-features
+cargo run --quiet --release --example hot_path
+cargo run --quiet -p collector-host --example bench -- "$@"
