@@ -17,19 +17,39 @@ use crate::ports::KeyValue;
 use crate::sentry::client::Window;
 use crate::state;
 
-/// 16-byte id + 8-byte time = 24 bytes, 32 characters of base64: 30,000 records is 960,000
-/// characters, under the 1 MB value limit with room for the JSON around it.
-pub const RECORDS_PER_CHUNK: usize = 30_000;
-/// Two slots of this many chunks stay far under the 1,024-key limit (about 12 million ids).
+/// 16-byte id + 4-byte time + 8-byte project = 28 bytes, about 37 characters of base64:
+/// 25,000 records is 933,336 characters, under the 1 MB value limit with room for the JSON
+/// around it.
+pub const RECORDS_PER_CHUNK: usize = 25_000;
+/// Two slots of this many chunks stay far under the 1,024-key limit (10 million ids).
 pub const MAX_CHUNKS: usize = 400;
-const RECORD: usize = 24;
+const RECORD: usize = 28;
+/// Chunks written before records carried the project: 16-byte id + 8-byte time, no prefix.
+const LEGACY_RECORD: usize = 24;
+/// Marks a chunk of [`RECORD`]-byte records.
+const CHUNK_PREFIX: &str = "r28:";
+/// Times are kept as seconds since 2000-01-01 in four bytes (until 2136).
+const EPOCH_2000: i64 = 946_684_800;
 
-/// The ids delivered recently, with each event's time so old ones can be dropped.
+/// The ids delivered recently, with each item's time (so old ones can be dropped) and the
+/// project it was read from (0 for org-wide streams), so the next window can tell, project
+/// by project, whether its overlap holds anything new.
 /// Sentry event ids are 32 hex digits and are kept exactly; any other id is kept as the first
 /// 16 bytes of its SHA-256.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeenSet {
-    ids: HashMap<[u8; 16], i64>,
+    ids: HashMap<[u8; 16], Seen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// Seconds since [`EPOCH_2000`].
+    time: u32,
+    project: u64,
+}
+
+fn pack_time(t: i64) -> u32 {
+    (t - EPOCH_2000).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// The 16 bytes an id is kept as: a 32-hex-digit Sentry event id exactly, anything else as
@@ -64,12 +84,33 @@ pub fn seen_key(id: &str) -> [u8; 16] {
 impl SeenSet {
     /// Records an id; `false` when it was already there.
     pub fn insert(&mut self, event_id: &str, date_created: i64) -> bool {
-        self.insert_key(seen_key(event_id), date_created)
+        self.insert_key(seen_key(event_id), date_created, 0)
     }
 
-    /// Records a key made by [`seen_key`]; `false` when it was already there.
-    pub fn insert_key(&mut self, key: [u8; 16], date_created: i64) -> bool {
-        self.ids.insert(key, date_created).is_none()
+    /// Records a key made by [`seen_key`], read from `project`; `false` when it was already
+    /// there.
+    pub fn insert_key(&mut self, key: [u8; 16], time: i64, project: u64) -> bool {
+        self.ids
+            .insert(
+                key,
+                Seen {
+                    time: pack_time(time),
+                    project,
+                },
+            )
+            .is_none()
+    }
+
+    /// How many ids each project has with a time in `[start, end)`.
+    pub fn counts_in(&self, start: i64, end: i64) -> HashMap<u64, u64> {
+        let (start, end) = (pack_time(start), pack_time(end));
+        let mut counts = HashMap::new();
+        for seen in self.ids.values() {
+            if seen.time >= start && seen.time < end {
+                *counts.entry(seen.project).or_default() += 1;
+            }
+        }
+        counts
     }
 
     pub fn contains(&self, event_id: &str) -> bool {
@@ -86,38 +127,54 @@ impl SeenSet {
 
     /// Forgets ids of events older than `before`: no later window reaches them.
     pub fn prune(&mut self, before: i64) {
-        self.ids.retain(|_, t| *t >= before);
+        let before = pack_time(before);
+        self.ids.retain(|_, s| s.time >= before);
     }
 
     fn encode(&self) -> Vec<String> {
-        let mut records: Vec<(&[u8; 16], &i64)> = self.ids.iter().collect();
-        records.sort();
+        let mut records: Vec<(&[u8; 16], &Seen)> = self.ids.iter().collect();
+        records.sort_by_key(|(k, _)| *k);
         records
             .chunks(RECORDS_PER_CHUNK)
             .map(|chunk| {
                 let mut bytes = Vec::with_capacity(chunk.len() * RECORD);
-                for (id, t) in chunk {
+                for (id, seen) in chunk {
                     bytes.extend_from_slice(&id[..]);
-                    bytes.extend_from_slice(&t.to_be_bytes());
+                    bytes.extend_from_slice(&seen.time.to_be_bytes());
+                    bytes.extend_from_slice(&seen.project.to_be_bytes());
                 }
-                STANDARD.encode(bytes)
+                format!("{CHUNK_PREFIX}{}", STANDARD.encode(bytes))
             })
             .collect()
     }
 
     fn decode_into(&mut self, chunk: &str) -> Result<(), String> {
+        let (data, record) = match chunk.strip_prefix(CHUNK_PREFIX) {
+            Some(data) => (data, RECORD),
+            None => (chunk, LEGACY_RECORD),
+        };
         let bytes = STANDARD
-            .decode(chunk)
+            .decode(data)
             .map_err(|_| "not base64".to_string())?;
-        if bytes.len() % RECORD != 0 {
+        if bytes.len() % record != 0 {
             return Err("truncated record".into());
         }
-        for r in bytes.chunks(RECORD) {
+        for r in bytes.chunks(record) {
             let mut id = [0u8; 16];
             id.copy_from_slice(&r[..16]);
-            let mut t = [0u8; 8];
-            t.copy_from_slice(&r[16..]);
-            self.ids.insert(id, i64::from_be_bytes(t));
+            let seen = if record == RECORD {
+                Seen {
+                    time: u32::from_be_bytes(r[16..20].try_into().expect("4 bytes")),
+                    project: u64::from_be_bytes(r[20..28].try_into().expect("8 bytes")),
+                }
+            } else {
+                // No project: its overlap counts never match, so it is read again in full.
+                Seen {
+                    time: pack_time(i64::from_be_bytes(r[16..24].try_into().expect("8 bytes"))),
+                    project: 0,
+                }
+            };
+            self.ids.insert(id, seen);
         }
         Ok(())
     }
@@ -146,6 +203,10 @@ pub struct WindowProgress {
     /// Oldest-first streams: rows the current query has returned (its offset).
     #[serde(default)]
     pub query_rows: u64,
+    /// `events`: where each project's read starts, aligned with `projects` (the window's
+    /// start, or the watermark when its overlap holds nothing new). Empty: the window's start.
+    #[serde(default)]
+    pub read_from: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,10 +436,43 @@ mod tests {
     #[test]
     fn pruning_forgets_only_events_before_the_bound() {
         let mut seen = SeenSet::default();
-        seen.insert(&hex_id(1), 100);
-        seen.insert(&hex_id(2), 200);
-        seen.prune(150);
+        let t = 1_790_000_000;
+        seen.insert(&hex_id(1), t + 100);
+        seen.insert(&hex_id(2), t + 200);
+        seen.prune(t + 150);
         assert!(!seen.contains(&hex_id(1)) && seen.contains(&hex_id(2)));
+    }
+
+    #[test]
+    fn counts_per_project_cover_exactly_the_range() {
+        let mut seen = SeenSet::default();
+        let t = 1_790_000_000;
+        for i in 0..10u64 {
+            seen.insert_key(seen_key(&hex_id(i)), t + i as i64 * 10, 1 + i % 2);
+        }
+        let counts = seen.counts_in(t + 10, t + 60);
+        assert_eq!(counts.get(&1), Some(&2), "{counts:?}");
+        assert_eq!(counts.get(&2), Some(&3), "{counts:?}");
+        // Projects and times survive the KV encoding.
+        let mut back = SeenSet::default();
+        for chunk in seen.encode() {
+            assert!(chunk.starts_with(CHUNK_PREFIX));
+            back.decode_into(&chunk).unwrap();
+        }
+        assert_eq!(back, seen);
+    }
+
+    #[test]
+    fn chunks_written_before_projects_were_kept_still_load() {
+        let t: i64 = 1_790_000_000;
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&seen_key(&hex_id(7)));
+        bytes.extend_from_slice(&t.to_be_bytes());
+        let mut seen = SeenSet::default();
+        seen.decode_into(&STANDARD.encode(&bytes)).unwrap();
+        assert!(seen.contains(&hex_id(7)));
+        // No project is known, so no project's overlap count can match it.
+        assert_eq!(seen.counts_in(t, t + 1).get(&0), Some(&1));
     }
 
     #[test]

@@ -9,14 +9,16 @@
 //! hides one. Oldest-first streams (Discover / Explore) meet the 10,000-row offset cap by
 //! starting the query again at the last timestamp read.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, PendingObject, SeenSet, WindowProgress};
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
-use crate::sentry::pages::{Item, Parsed};
 use crate::sentry::client::{is_no_global_views, SentryClient, Window, ORG_WIDE};
+use crate::sentry::pages::{Item, Parsed};
 use crate::sentry::SentryError;
 use crate::shard::Shard;
 use crate::state::{self, StreamStatus};
@@ -72,6 +74,9 @@ pub struct StreamSummary {
     pub gcs_requests: u64,
     /// Oldest-first streams: queries started again because they reached the offset cap.
     pub queries_split: u64,
+    /// `events`: projects whose overlap was not read again, because Sentry counted in it
+    /// exactly the events already delivered from it.
+    pub overlap_skipped: usize,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
@@ -221,6 +226,7 @@ impl StreamSummary {
         self.waited_secs = ((self.waited_secs + later.waited_secs) * 1000.0).round() / 1000.0;
         self.gcs_requests += later.gcs_requests;
         self.queries_split += later.queries_split;
+        self.overlap_skipped += later.overlap_skipped;
         for w in later.warnings {
             if !self.warnings.contains(&w) {
                 self.warnings.push(w);
@@ -372,39 +378,92 @@ impl Collector<'_, '_> {
                 objects: 0,
                 query_start: None,
                 query_rows: 0,
+                read_from: Vec::new(),
             });
         }
-        let mut projects: Vec<u64> = match self.sentry.active_projects(window)? {
-            Some(active) => active.into_iter().map(|p| p.id).collect(),
-            None => {
-                self.summary.warnings.push(
-                    "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
-                );
-                self.sentry
-                    .all_projects()?
-                    .into_iter()
-                    .map(|p| p.id)
-                    .collect()
-            }
-        };
-        projects.retain(|&p| self.shard.includes(p));
+        // Where each project's read starts: the window's start, or the watermark when the
+        // overlap holds nothing new for it.
+        let mut starts: BTreeMap<u64, i64> = BTreeMap::new();
+        match self.overlap_plan(window)? {
+            Some(planned) => starts = planned,
+            None => match self.sentry.active_projects(window)? {
+                Some(active) => starts.extend(active.into_iter().map(|p| (p.id, window.start))),
+                None => {
+                    self.summary.warnings.push(
+                        "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
+                    );
+                    let all = self.sentry.all_projects()?;
+                    starts.extend(all.into_iter().map(|p| (p.id, window.start)));
+                }
+            },
+        }
+        starts.retain(|&p, _| self.shard.includes(p));
         let mut cut = 0;
         if let Some(cap) = self.config.sentry.max_projects {
-            if projects.len() > cap {
-                cut = projects.len() - cap;
-                projects.truncate(cap);
+            if starts.len() > cap {
+                cut = starts.len() - cap;
+                while starts.len() > cap {
+                    starts.pop_last();
+                }
             }
         }
+        self.summary.overlap_skipped += starts.values().filter(|&&s| s > window.start).count();
         Ok(WindowProgress {
             window,
-            projects,
+            projects: starts.keys().copied().collect(),
             projects_cut: cut,
             next_project: 0,
             cursor: None,
             objects: 0,
             query_start: None,
             query_rows: 0,
+            read_from: starts.values().copied().collect(),
         })
+    }
+
+    /// For a window that re-reads an overlap: two pre-scans, one of the new part
+    /// `[watermark, end)` and one of the overlap `[start, watermark)`. A project's overlap is
+    /// read again only if Sentry counts a different number of events in it than were
+    /// delivered from it (late events arrived, or events were deleted); otherwise its read
+    /// starts at the watermark. `None`: no overlap to plan (first window, `overlap = 0s`) or
+    /// no multi-project queries.
+    fn overlap_plan(&mut self, window: Window) -> Result<Option<BTreeMap<u64, i64>>, Stop> {
+        let Some(wm) = self
+            .checkpoint
+            .watermark
+            .filter(|&w| w > window.start && w < window.end)
+        else {
+            return Ok(None);
+        };
+        let Some(new) = self.sentry.active_projects(Window {
+            start: wm,
+            end: window.end,
+        })?
+        else {
+            return Ok(None);
+        };
+        let Some(in_overlap) = self.sentry.active_projects(Window {
+            start: window.start,
+            end: wm,
+        })?
+        else {
+            return Ok(None);
+        };
+        let delivered = self.seen.counts_in(window.start, wm);
+        let mut starts: BTreeMap<u64, i64> = new.iter().map(|p| (p.id, wm)).collect();
+        for p in &in_overlap {
+            if delivered.get(&p.id).copied().unwrap_or(0) != p.count {
+                starts.insert(p.id, window.start);
+            }
+        }
+        for (&p, &n) in &delivered {
+            // Delivered events Sentry no longer counts: deleted. Read the overlap again
+            // rather than trust a count that may also hide a late arrival.
+            if p != ORG_WIDE && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
+                starts.insert(p, window.start);
+            }
+        }
+        Ok(Some(starts))
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
@@ -413,7 +472,13 @@ impl Collector<'_, '_> {
         while progress.next_project < progress.projects.len() {
             let unit = progress.projects[progress.next_project];
             let range = Window {
-                start: progress.query_start.unwrap_or(window.start),
+                start: progress.query_start.unwrap_or_else(|| {
+                    progress
+                        .read_from
+                        .get(progress.next_project)
+                        .copied()
+                        .unwrap_or(window.start)
+                }),
                 end: window.end,
             };
             let page = match self.sentry.stream_page(
@@ -469,7 +534,13 @@ impl Collector<'_, '_> {
                 eprintln!("warning: {w}");
                 self.summary.warnings.push(w);
             }
-            let took = absorb(&page.parsed, window, &mut self.seen, &mut self.buffer.ndjson);
+            let took = absorb(
+                &page.parsed,
+                window,
+                unit,
+                &mut self.seen,
+                &mut self.buffer.ndjson,
+            );
             self.seen_changed |= took.written > 0;
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
@@ -480,7 +551,11 @@ impl Collector<'_, '_> {
                     // A page that reaches past the window's start means the rest is older
                     // (servers that ignore start/end return the whole retention; audit logs
                     // take no dates at all).
-                    let past_start = page.parsed.items.last().is_some_and(|i| i.time < window.start);
+                    let past_start = page
+                        .parsed
+                        .items
+                        .last()
+                        .is_some_and(|i| i.time < range.start);
                     match page.next {
                         Some(cursor) if !past_start => progress.cursor = Some(cursor),
                         _ => next_unit(progress),
@@ -508,12 +583,7 @@ impl Collector<'_, '_> {
     /// query starting at the last timestamp read (rows of that second already delivered are
     /// dropped by id). Only a single second holding more rows than the cap cannot be split
     /// this way; that is reported, never passed over silently.
-    fn split_query(
-        &mut self,
-        progress: &mut WindowProgress,
-        range: Window,
-        items: &[Item],
-    ) {
+    fn split_query(&mut self, progress: &mut WindowProgress, range: Window, items: &[Item]) {
         self.summary.queries_split += 1;
         let last = items.iter().map(|i| i.time).max().unwrap_or(range.start);
         let next_start = if last > range.start {
@@ -650,12 +720,18 @@ pub struct Absorbed {
 
 /// The hot path after parsing: drops items outside the window and items already delivered,
 /// and appends the others to `out` as NDJSON lines.
-pub fn absorb(page: &Parsed, window: Window, seen: &mut SeenSet, out: &mut Vec<u8>) -> Absorbed {
+pub fn absorb(
+    page: &Parsed,
+    window: Window,
+    project: u64,
+    seen: &mut SeenSet,
+    out: &mut Vec<u8>,
+) -> Absorbed {
     let mut took = Absorbed::default();
     for item in &page.items {
         if !window.contains(item.time) {
             took.outside += 1;
-        } else if seen.insert_key(item.key, item.time) {
+        } else if seen.insert_key(item.key, item.time, project) {
             out.extend_from_slice(page.json(item));
             out.push(b'\n');
             took.written += 1;

@@ -54,6 +54,8 @@ pub struct Page {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectRef {
     pub id: u64,
+    /// Events in the range asked for (the pre-scan's `count()`); 0 when unknown.
+    pub count: u64,
 }
 
 /// Requests to one org, sharing pacing and counters for a run.
@@ -262,7 +264,7 @@ impl<'e> SentryClient<'e> {
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(1);
                 if count > 0 && !projects.iter().any(|p| p.id == id) {
-                    projects.push(ProjectRef { id });
+                    projects.push(ProjectRef { id, count });
                 }
             }
             Ok(())
@@ -298,7 +300,7 @@ impl<'e> SentryClient<'e> {
                 let id = json_id(&item.id).ok_or_else(|| {
                     SentryError::Malformed(format!("{what}: a project has no numeric id"))
                 })?;
-                projects.push(ProjectRef { id });
+                projects.push(ProjectRef { id, count: 0 });
             }
             Ok(())
         })?

@@ -210,7 +210,10 @@ impl Scanner<'_> {
     fn page(&mut self, shape: &Shape) -> Result<(Vec<Found>, bool), String> {
         let bad = |s: &Self| s.not_envelope(shape);
         if shape.envelope == Envelope::Array {
-            return self.items(shape).map(|f| (f, false)).ok_or_else(|| bad(self));
+            return self
+                .items(shape)
+                .map(|f| (f, false))
+                .ok_or_else(|| bad(self));
         }
         let list_key: &[u8] = if shape.envelope == Envelope::Rows {
             b"rows"
@@ -571,10 +574,12 @@ mod tests {
             parse_rfc3339("2026-11-26T10:00:00Z").unwrap()
         );
         let page = parse_page(
-            br#"{"data":[],"meta":{"dataScanned":"full"}}"#.to_vec(), &data).unwrap();
+            br#"{"data":[],"meta":{"dataScanned":"full"}}"#.to_vec(),
+            &data,
+        )
+        .unwrap();
         assert!(!page.partial && page.items.is_empty());
-        assert!(parse_page(
-            br#"{"detail":"Query timeout"}"#.to_vec(), &data)
+        assert!(parse_page(br#"{"detail":"Query timeout"}"#.to_vec(), &data)
             .unwrap_err()
             .contains("Discover"));
     }
@@ -596,7 +601,10 @@ mod tests {
             r#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z","n":1.}]"#,
         ] {
             assert!(ok(bad).is_err(), "{bad}");
-            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad}"
+            );
         }
         // Hostile nesting is refused, not a stack overflow.
         let deep = format!(
@@ -612,7 +620,9 @@ mod tests {
         // A time that is not a string is refused.
         assert!(ok(r#"[{"eventID":"a","dateCreated":1790000000}]"#).is_err());
         // Nested keys with the same name are not the item's.
-        let page = ok(r#"[{"x":{"eventID":"no"},"eventID":"yes","dateCreated":"2026-11-26T10:00:00Z"}]"#).unwrap();
+        let page =
+            ok(r#"[{"x":{"eventID":"no"},"eventID":"yes","dateCreated":"2026-11-26T10:00:00Z"}]"#)
+                .unwrap();
         assert_eq!(page.items[0].key, seen_key("yes"));
     }
 }

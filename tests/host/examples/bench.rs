@@ -161,7 +161,13 @@ async fn steady() -> Row {
     }
     rig.clock.advance(HOUR);
     let end = rig.clock.now() - 60;
-    measure(&mut rig, "(a) steady state, hourly run", Some((watermark, end)), 100).await
+    measure(
+        &mut rig,
+        "(a) steady state, hourly run",
+        Some((watermark, end)),
+        100,
+    )
+    .await
 }
 
 /// (b) a backlog of 24 hours and 50,000 events across 20 projects.

@@ -518,7 +518,9 @@ pub async fn run_command(path: &Path, args: &[&str]) -> Result<(bool, String)> {
     let stdout = MemoryOutputPipe::new(MAX_OUTPUT);
     let mut builder = WasiCtx::builder();
     builder.stdout(stdout.clone()).inherit_stderr();
-    let name = path.file_name().map_or("command".into(), |n| n.to_string_lossy());
+    let name = path
+        .file_name()
+        .map_or("command".into(), |n| n.to_string_lossy());
     builder.arg(name.as_ref());
     for a in args {
         builder.arg(a);
