@@ -74,8 +74,8 @@ pub struct StreamSummary {
     pub gcs_requests: u64,
     /// Oldest-first streams: queries started again because they reached the offset cap.
     pub queries_split: u64,
-    /// `events`: projects whose overlap was not read again, because Sentry counted in it
-    /// exactly the events already delivered from it.
+    /// Projects (`events`) or datasets (Explore streams) whose overlap was not read again,
+    /// because Sentry counted in it exactly what was already delivered from it.
     pub overlap_skipped: usize,
     pub warnings: Vec<String>,
     pub error: Option<String>,
@@ -369,6 +369,10 @@ impl Collector<'_, '_> {
     /// query, or every project without it); for the other streams, the whole org at once.
     fn plan(&mut self, window: Window) -> Result<WindowProgress, Stop> {
         if self.def.kind != Kind::Events {
+            let query_start = match self.def.kind {
+                Kind::Explore(dataset) => self.explore_overlap(window, dataset.name)?,
+                _ => None,
+            };
             return Ok(WindowProgress {
                 window,
                 projects: vec![ORG_WIDE],
@@ -376,7 +380,7 @@ impl Collector<'_, '_> {
                 next_project: 0,
                 cursor: None,
                 objects: 0,
-                query_start: None,
+                query_start,
                 query_rows: 0,
                 read_from: Vec::new(),
             });
@@ -419,6 +423,38 @@ impl Collector<'_, '_> {
             query_rows: 0,
             read_from: starts.values().copied().collect(),
         })
+    }
+
+    /// For an Explore dataset: the watermark, when Sentry counts in the overlap exactly the
+    /// rows already delivered from it (so the query can start there), else `None` (read the
+    /// window from its start).
+    fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
+        let Some(wm) = self
+            .checkpoint
+            .watermark
+            .filter(|&w| w > window.start && w < window.end)
+        else {
+            return Ok(None);
+        };
+        let overlap = Window {
+            start: window.start,
+            end: wm,
+        };
+        let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
+            return Ok(None);
+        };
+        let delivered = self
+            .seen
+            .counts_in(overlap.start, overlap.end)
+            .get(&ORG_WIDE)
+            .copied()
+            .unwrap_or(0);
+        if count == delivered {
+            self.summary.overlap_skipped += 1;
+            Ok(Some(wm))
+        } else {
+            Ok(None)
+        }
     }
 
     /// For a window that re-reads an overlap: two pre-scans, one of the new part

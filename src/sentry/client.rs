@@ -281,6 +281,55 @@ impl<'e> SentryClient<'e> {
         }
     }
 
+    /// How many rows a Discover / Explore dataset holds in `range` for the whole org, or
+    /// `None` when the org cannot query several projects at once.
+    pub fn dataset_count(&self, dataset: &str, range: Window) -> Result<Option<u64>, SentryError> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "count()")]
+            count: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            data: Vec<Row>,
+        }
+        let call = Call::new(
+            "discover",
+            format!("the {dataset} count (Explore)"),
+            ORG_READ,
+        );
+        let what = call.what.as_str();
+        let mut url = self.org_url("events/");
+        url.query_pairs_mut()
+            .append_pair("field", "count()")
+            .append_pair("dataset", dataset)
+            .append_pair("project", "-1")
+            .append_pair("start", &rfc3339(range.start))
+            .append_pair("end", &rfc3339(range.end));
+        let mut total = None;
+        let pages = self.for_each_page(&call, &url, |body| {
+            let body: Body = serde_json::from_slice(body).map_err(|_| {
+                SentryError::Malformed(format!(
+                    "{what}: the body is not Discover's {{\"data\": [...]}}"
+                ))
+            })?;
+            for row in body.data {
+                let n = json_id(&row.count).ok_or_else(|| {
+                    SentryError::Malformed(format!("{what}: count() is not a whole number"))
+                })?;
+                total = Some(total.unwrap_or(0) + n);
+            }
+            Ok(())
+        })?;
+        match pages {
+            Ok(()) => Ok(Some(total.unwrap_or(0))),
+            Err(detail) if is_no_global_views(&detail) => Ok(None),
+            Err(detail) => Err(SentryError::Fatal(format!(
+                "{what}: Sentry refused the query (400): {detail}"
+            ))),
+        }
+    }
+
     /// Every project of the org, for orgs without multi-project Discover.
     pub fn all_projects(&self) -> Result<Vec<ProjectRef>, SentryError> {
         #[derive(Deserialize)]

@@ -624,3 +624,54 @@ async fn a_pending_object_that_never_landed_is_rolled_back_and_read_again() {
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overlap_is_read_again_only_where_late_events_arrived() {
+    let mut rig = Rig::start(SimOptions {
+        rate_limits: false,
+        ..SimOptions::default()
+    })
+    .await;
+    add_projects(&rig.sim, 4);
+    rig.set("lookback", "3h");
+    rig.set("overlap", "1h");
+    rig.set("lag", "1m");
+    let mut rng = Rng::new(71);
+    let now = rig.clock.now();
+    for p in 1..=4 {
+        rig.sim
+            .generate(&mut rng, p, 300, now - 3 * HOUR, now - 120, 0.0, 60);
+    }
+    rig.run_ok().await;
+    let from = rig.clock.now();
+    rig.clock.advance(HOUR / 2);
+    for p in 1..=4 {
+        rig.sim
+            .generate(&mut rng, p, 60, from, from + HOUR / 2 - 120, 0.0, 60);
+    }
+    // One late event in project 2, twenty minutes older than the last watermark.
+    rig.sim.add_event(sentry_sim::Event {
+        event_id: format!("{:032x}", 0x1a7e),
+        project_id: 2,
+        group_id: 1001,
+        date_created: from - 20 * 60,
+        received_at: rig.clock.now() - 60,
+        title: "late".into(),
+        padding: 0,
+    });
+    rig.sim.reset_counters();
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["overlap_skipped"], 3, "{ev}");
+    assert_eq!(ev["duplicates_dropped"].as_u64().unwrap() > 0, true, "{ev}");
+    let c = rig.sim.counters();
+    for p in [1, 3, 4] {
+        assert_eq!(c.project_event_requests.get(&p), Some(&1), "{c:?}");
+    }
+    assert!(c.project_event_requests[&2] >= 2, "{c:?}");
+    // Two pre-scans (new part, overlap), four projects' pages, nothing else from Sentry.
+    assert_eq!(c.requests.get("discover"), Some(&2), "{c:?}");
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+    assert!(truth.iter().any(|e| e.title == "late"));
+}
