@@ -570,6 +570,13 @@ impl Collector<'_, '_> {
                 eprintln!("warning: {w}");
                 self.summary.warnings.push(w);
             }
+            // An object is written before it would pass the target, so the buffer's allocation
+            // stays within it (and the upload's multipart body is built in place).
+            if !self.buffer.ndjson.is_empty()
+                && self.buffer.ndjson.len() + page.parsed.body_len() > OBJECT_TARGET_BYTES
+            {
+                self.flush(progress)?;
+            }
             let took = absorb(
                 &page.parsed,
                 window,
@@ -676,6 +683,7 @@ impl Collector<'_, '_> {
         } else {
             data.ndjson
         };
+        let sha256 = gcs::sha256_hex(&body);
         let name = gcs::object_name(
             &self.config.gcs,
             self.def.name,
@@ -683,16 +691,15 @@ impl Collector<'_, '_> {
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
-            &gcs::sha256_hex(&body),
+            &sha256,
             self.config.gcs.gzip,
         );
         let events = data.events;
-        let sha256 = gcs::sha256_hex(&body);
         let mut after = progress.clone();
         after.objects += 1;
         self.checkpoint.pending = Some(PendingObject {
             name: name.clone(),
-            sha256,
+            sha256: sha256.clone(),
             rollback_progress: self.checkpoint.in_progress.clone(),
             rollback_slot: self.checkpoint.seen_slot,
             rollback_chunks: self.checkpoint.seen_chunks,
@@ -701,7 +708,7 @@ impl Collector<'_, '_> {
         // The pending mark must reach KV before the object may exist.
         self.seen_changed = true;
         self.save()?;
-        let uploaded = self.gcs.create(&name, &body, events).map_err(|e| {
+        let uploaded = self.gcs.create(&name, body, &sha256, events).map_err(|e| {
             Stop::WriteFailed(Failure {
                 transient: matches!(e, gcs::GcsError::Transient(_)),
                 message: format!("Cloud Storage: {e}"),

@@ -124,25 +124,39 @@ fn random_boundary() -> String {
 }
 
 /// The body of a multipart upload: JSON metadata, then the bytes.
-fn multipart(metadata: &serde_json::Value, content_type: &str, data: &[u8]) -> (String, Vec<u8>) {
+/// A multipart/related body: the metadata part, then `data`. Built in `data`'s own
+/// allocation (the parts before it are spliced in front), so an 8 MiB object is not copied.
+fn multipart(
+    metadata: &serde_json::Value,
+    content_type: &str,
+    mut data: Vec<u8>,
+) -> (String, Vec<u8>) {
     let mut boundary = random_boundary();
-    while data
-        .windows(boundary.len())
-        .any(|w| w == boundary.as_bytes())
-    {
+    while contains(&data, boundary.as_bytes()) {
         boundary.push('x');
     }
-    let mut body = Vec::with_capacity(data.len() + 1024);
-    body.extend_from_slice(
-        format!("--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n").as_bytes(),
+    let head = format!(
+        "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n--{boundary}\r\ncontent-type: {content_type}\r\n\r\n"
     );
-    body.extend_from_slice(metadata.to_string().as_bytes());
-    body.extend_from_slice(
-        format!("\r\n--{boundary}\r\ncontent-type: {content_type}\r\n\r\n").as_bytes(),
-    );
-    body.extend_from_slice(data);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (boundary, body)
+    let tail = format!("\r\n--{boundary}--\r\n");
+    data.reserve_exact(head.len() + tail.len());
+    data.splice(0..0, head.bytes());
+    data.extend_from_slice(tail.as_bytes());
+    (boundary, data)
+}
+
+/// Whether `needle` (not empty) occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let (first, rest) = (needle[0], &needle[1..]);
+    let mut from = 0;
+    while let Some(i) = haystack[from..].iter().position(|&b| b == first) {
+        let at = from + i + 1;
+        if haystack[at..].starts_with(rest) {
+            return true;
+        }
+        from = at;
+    }
+    false
 }
 
 /// Uploads for one run, sharing credentials and the deadline.
@@ -189,19 +203,25 @@ impl<'e> GcsClient<'e> {
 
     /// Sends with a fresh token; on 401 renews the token once; retries 408/429/5xx and
     /// transport failures with backoff inside the deadline.
+    /// Sends `request` with the current token, retrying like every Cloud Storage call. The
+    /// request (an upload's body included) is reused across attempts, never copied.
     fn send(
         &self,
         what: &str,
-        build: &dyn Fn() -> OutboundRequest,
+        mut request: OutboundRequest,
     ) -> Result<crate::ports::InboundResponse, GcsError> {
         let mut attempt = 0;
         let mut renewed = false;
+        let auth_at = request.headers.len();
+        request
+            .headers
+            .push(("authorization".into(), String::new()));
         loop {
             let token = self
                 .credentials
                 .borrow_mut()
                 .token(&self.env, self.deadline)?;
-            let mut request = build().header("authorization", format!("Bearer {}", token.expose()));
+            request.headers[auth_at].1 = format!("Bearer {}", token.expose());
             request.timeouts = Timeouts::within(self.deadline - self.env.clock.now());
             self.requests.set(self.requests.get() + 1);
             let failure = match self.env.http.send(&request) {
@@ -236,12 +256,20 @@ impl<'e> GcsClient<'e> {
 
     /// Creates `name` with `data` unless it exists. A 412 is accepted only when the stored
     /// object carries the same content hash.
-    pub fn create(&self, name: &str, data: &[u8], events: usize) -> Result<Uploaded, GcsError> {
-        let sha = sha256_hex(data);
+    /// `data` is taken: the multipart body is built in its allocation. `sha` is its SHA-256
+    /// in hex (the caller named the object after it).
+    pub fn create(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        sha: &str,
+        events: usize,
+    ) -> Result<Uploaded, GcsError> {
+        let size = data.len();
         let mut metadata = json!({
             "name": name,
             "contentType": "application/x-ndjson",
-            "crc32c": STANDARD.encode(crc32c::crc32c(data).to_be_bytes()),
+            "crc32c": STANDARD.encode(crc32c::crc32c(&data).to_be_bytes()),
             "metadata": { "sha256": sha, "events": events.to_string(), "writer": WRITER },
         });
         if name.ends_with(".gz") {
@@ -254,16 +282,14 @@ impl<'e> GcsClient<'e> {
             .append_pair("uploadType", "multipart")
             .append_pair("ifGenerationMatch", "0");
         let what = format!("uploading {name}");
-        let resp = self.send(&what, &|| {
-            let mut r = OutboundRequest::get(upload_url.clone()).header(
-                "content-type",
-                format!("multipart/related; boundary={boundary}"),
-            );
-            r.method = Method::Post;
-            r.body = body.clone();
-            r.max_response_bytes = 1024 * 1024;
-            r
-        })?;
+        let mut request = OutboundRequest::get(upload_url).header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        );
+        request.method = Method::Post;
+        request.body = body;
+        request.max_response_bytes = 1024 * 1024;
+        let resp = self.send(&what, request)?;
         match resp.status {
             200..=299 => {
                 let object: ObjectResource = serde_json::from_slice(&resp.body)
@@ -271,11 +297,11 @@ impl<'e> GcsClient<'e> {
                 Ok(Uploaded {
                     name: name.to_string(),
                     generation: object.generation.unwrap_or_default(),
-                    bytes: data.len(),
+                    bytes: size,
                     already_present: false,
                 })
             }
-            412 => self.confirm_existing(name, &sha, data.len()),
+            412 => self.confirm_existing(name, sha, size),
             403 => Err(GcsError::Fatal(format!(
                 "{what}: permission denied (403); grant the writer service account roles/storage.objectCreator on bucket {}",
                 self.cfg.bucket
@@ -290,11 +316,9 @@ impl<'e> GcsClient<'e> {
     fn stat(&self, name: &str) -> Result<Option<ObjectResource>, GcsError> {
         let url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o", name]);
         let what = format!("checking the object {name}");
-        let resp = self.send(&what, &|| {
-            let mut r = OutboundRequest::get(url.clone());
-            r.max_response_bytes = 1024 * 1024;
-            r
-        })?;
+        let mut request = OutboundRequest::get(url);
+        request.max_response_bytes = 1024 * 1024;
+        let resp = self.send(&what, request)?;
         match resp.status {
             200 => serde_json::from_slice(&resp.body)
                 .map(Some)
@@ -347,7 +371,11 @@ mod tests {
     #[test]
     fn multipart_body_has_metadata_then_content_and_a_boundary_absent_from_both() {
         let meta = json!({"name": "x"});
-        let (b, body) = multipart(&meta, "application/x-ndjson", b"{\"eventID\":\"1\"}\n");
+        let (b, body) = multipart(
+            &meta,
+            "application/x-ndjson",
+            b"{\"eventID\":\"1\"}\n".to_vec(),
+        );
         let text = String::from_utf8(body).unwrap();
         assert!(text.starts_with(&format!("--{b}\r\ncontent-type: application/json")));
         assert!(text.contains("{\"name\":\"x\"}\r\n--"));

@@ -59,6 +59,11 @@ impl Parsed {
     pub fn json(&self, item: &Item) -> &[u8] {
         &self.body[item.span.clone()]
     }
+
+    /// The page's size in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
 }
 
 /// The most bytes an id may have; anything longer is not an id Sentry writes.
