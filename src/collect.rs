@@ -32,6 +32,8 @@ pub const OFFSET_CAP: u64 = 10_000;
 /// objects better than many small ones; this keeps the component's memory far under the
 /// platforms' 128 MiB (the buffer, plus the multipart copy, plus a page).
 pub const OBJECT_TARGET_BYTES: usize = 8 * 1024 * 1024;
+/// Room left in an object's buffer for the multipart framing the upload adds in place.
+const MULTIPART_SLACK: usize = 4096;
 /// A run that finished a window starts another only if at least this much time is left to
 /// read, so catching up does not end in a string of seconds-long windows.
 const MIN_FOLLOW_UP_SECS: i64 = 300;
@@ -576,6 +578,13 @@ impl Collector<'_, '_> {
                 && self.buffer.ndjson.len() + page.parsed.body_len() > OBJECT_TARGET_BYTES
             {
                 self.flush(progress)?;
+            }
+            if self.buffer.ndjson.capacity() == 0 {
+                // One allocation per object: a buffer grown by doubling would leave its
+                // earlier blocks behind in linear memory, which never shrinks.
+                self.buffer.ndjson.reserve_exact(
+                    OBJECT_TARGET_BYTES.max(page.parsed.body_len()) + MULTIPART_SLACK,
+                );
             }
             let took = absorb(
                 &page.parsed,
