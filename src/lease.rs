@@ -12,8 +12,10 @@ use crate::ports::Env;
 use crate::shard::Shard;
 use crate::state;
 
-/// How long a writer waits before reading its lease back.
-const SETTLE_SECS: f64 = 0.2;
+/// How long a writer waits before reading its lease back: long enough for a concurrent run's
+/// write (made between its own check and this run's write, a KV round trip apart) to land.
+/// It is spent on every run, so it is kept short: a race it misses costs requests only.
+const SETTLE_SECS: f64 = 0.05;
 /// A lease outlives the run's budget by this much, in case the instance is killed.
 const GRACE_SECS: i64 = 30;
 

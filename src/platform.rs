@@ -152,11 +152,30 @@ impl HttpClient for SpinHttp {
         let body = outgoing.body().map_err(|_| other("request body"))?;
         let future = outgoing_handler::handle(outgoing, Some(options)).map_err(transport)?;
         {
+            // As much as the host accepts per write (check-write), one flush at the end:
+            // 4 KiB blocking writes would cost a host round trip per 4 KiB of an 8 MiB upload.
             let stream = body.write().map_err(|_| other("request body stream"))?;
-            for chunk in req.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|_| other("writing the request body failed"))?;
+            let failed = || other("writing the request body failed");
+            let mut rest = &req.body[..];
+            while !rest.is_empty() {
+                let permit = stream.check_write().map_err(|_| failed())?;
+                if permit == 0 {
+                    stream.subscribe().block();
+                    continue;
+                }
+                let n = rest
+                    .len()
+                    .min(usize::try_from(permit).unwrap_or(usize::MAX));
+                stream.write(&rest[..n]).map_err(|_| failed())?;
+                rest = &rest[n..];
+            }
+            if !req.body.is_empty() {
+                // Once `content-length` bytes are written the host may report the stream
+                // closed: that is the end of the body, not a failure.
+                match stream.blocking_flush() {
+                    Ok(()) | Err(StreamError::Closed) => {}
+                    Err(StreamError::LastOperationFailed(_)) => return Err(failed()),
+                }
             }
         }
         OutgoingBody::finish(body, None).map_err(transport)?;

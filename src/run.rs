@@ -119,6 +119,8 @@ pub struct RunSummary {
     pub runs: u64,
     /// Milliseconds the run spent computing rather than waiting on HTTP or rate limits.
     pub busy_ms: f64,
+    /// The run's wall time in milliseconds, as the component measured it.
+    pub elapsed_ms: f64,
 }
 
 /// A run that another run's lease kept from starting.
@@ -178,10 +180,12 @@ pub fn run_with(
     let mut result = collect(env, config, &streams, options.shard, trigger, started, runs);
     // What the run spent computing (parsing, de-duplicating, encoding, hashing, KV calls):
     // its wall time less the time it waited on the network and on rate limits.
-    let busy_ms = ((env.clock.now() - started - meter.waited_secs()).max(0.0) * 1000.0).round();
+    let elapsed = env.clock.now() - started;
+    let busy_ms = ((elapsed - meter.waited_secs()).max(0.0) * 1000.0).round();
+    let elapsed_ms = (elapsed * 1000.0).round();
     match &mut result {
-        Ok(s) => s.busy_ms = busy_ms,
-        Err(RunError::Streams(s)) => s.busy_ms = busy_ms,
+        Ok(s) => (s.busy_ms, s.elapsed_ms) = (busy_ms, elapsed_ms),
+        Err(RunError::Streams(s)) => (s.busy_ms, s.elapsed_ms) = (busy_ms, elapsed_ms),
         Err(_) => {}
     }
     let record = LastRun {
@@ -304,6 +308,7 @@ fn collect(
         streams: summaries,
         runs,
         busy_ms: 0.0,
+        elapsed_ms: 0.0,
     };
     if summary.streams.iter().any(|s| s.error.is_some()) {
         return Err(RunError::Streams(Box::new(summary)));

@@ -175,6 +175,20 @@ fn scalar_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// Bytes that end a plain run inside a string: the closing quote, an escape, and control
+/// characters (which JSON forbids raw in strings).
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// A validating single-pass JSON scanner over a UTF-8 body (RFC 8259 grammar).
 struct Scanner<'a> {
     b: &'a [u8],
@@ -436,11 +450,9 @@ impl Scanner<'_> {
         let start = self.i;
         self.i += 1;
         loop {
-            // Skip the plain run quickly.
+            // Skip the plain run quickly: one table lookup per byte.
             let rest = &self.b[self.i..];
-            let n = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            let n = rest.iter().position(|&c| STRING_STOP[c as usize])?;
             self.i += n;
             match self.b[self.i] {
                 b'"' => {

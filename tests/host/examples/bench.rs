@@ -23,7 +23,15 @@ use common::*;
 use sentry_sim::{time::parse_rfc3339, Rng, SimOptions, PROJECT_EVENTS_LIMIT};
 use serde_json::Value;
 
-const LATENCY: Duration = Duration::from_millis(50);
+/// 50 ms per request; `BENCH_LATENCY_MS` changes it (0 shows the component's own overhead).
+fn latency() -> Duration {
+    Duration::from_millis(
+        std::env::var("BENCH_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50),
+    )
+}
 const HOUR: i64 = 3600;
 
 struct Row {
@@ -44,7 +52,7 @@ struct Row {
 /// `start`: 50 ms each, one at a time, at most 60 project-events requests per minute-aligned
 /// window (the simulator's windows, like sentry.io's).
 fn rate_limit_minimum(start: f64, other: u64, pages: u64) -> f64 {
-    let latency = LATENCY.as_secs_f64();
+    let latency = latency().as_secs_f64();
     let window = PROJECT_EVENTS_LIMIT.window_secs as f64;
     let mut t = start + other as f64 * latency;
     let mut window_start = (t / window).floor() * window;
@@ -79,7 +87,7 @@ fn bound(rig: &Rig, start: i64, end: i64, per_page: u64) -> (u64, u64) {
 
 async fn rig(projects: u64) -> Rig {
     let mut rig = Rig::start(SimOptions {
-        latency: LATENCY,
+        latency: latency(),
         ..SimOptions::default()
     })
     .await;
@@ -116,6 +124,13 @@ async fn measure(
         inv.stdout
     );
     let s = summary(&inv);
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        eprintln!(
+            "{name}: host wall {wall:.3} s, component wall {} ms, compute {} ms",
+            s["elapsed_ms"], s["busy_ms"]
+        );
+        eprintln!("{}", inv.stderr);
+    }
     let ev = events_summary(&s);
     assert_eq!(ev["window_finished"], true, "{name}: {ev}");
     let (start, end) = range.unwrap_or_else(|| {
@@ -196,9 +211,13 @@ async fn wide() -> Row {
     let mut rig = rig(1000).await;
     let mut rng = Rng::new(3);
     let now = rig.clock.now();
+    let per_project = std::env::var("BENCH_WIDE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
     for p in (1..=1000).step_by(100) {
         rig.sim
-            .generate(&mut rng, p, 250, now - HOUR, now - 120, 0.0, 60);
+            .generate(&mut rng, p, per_project, now - HOUR, now - 120, 0.0, 60);
     }
     rig.set("lookback", "2h");
     measure(&mut rig, "(c) 1,000 projects, 10 active", None, 100).await

@@ -308,6 +308,8 @@ impl Sim {
                     c = listener.accept() => match c { Ok((c, _)) => c, Err(_) => continue },
                     _ = &mut stopped => return,
                 };
+                // Like Sentry's front ends: answers are not held back by Nagle's algorithm.
+                let _ = conn.set_nodelay(true);
                 let sim = sim.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
