@@ -427,15 +427,18 @@ impl Collector<'_, '_> {
         })
     }
 
+    /// Where the window's overlap ends (the watermark), if the window has one.
+    fn overlap_end(&self, window: Window) -> Option<i64> {
+        self.checkpoint
+            .watermark
+            .filter(|&w| w > window.start && w < window.end)
+    }
+
     /// For an Explore dataset: the watermark, when Sentry counts in the overlap exactly the
     /// rows already delivered from it (so the query can start there), else `None` (read the
     /// window from its start).
     fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
-        let Some(wm) = self
-            .checkpoint
-            .watermark
-            .filter(|&w| w > window.start && w < window.end)
-        else {
+        let Some(wm) = self.overlap_end(window) else {
             return Ok(None);
         };
         let overlap = Window {
@@ -466,11 +469,7 @@ impl Collector<'_, '_> {
     /// starts at the watermark. `None`: no overlap to plan (first window, `overlap = 0s`) or
     /// no multi-project queries.
     fn overlap_plan(&mut self, window: Window) -> Result<Option<BTreeMap<u64, i64>>, Stop> {
-        let Some(wm) = self
-            .checkpoint
-            .watermark
-            .filter(|&w| w > window.start && w < window.end)
-        else {
+        let Some(wm) = self.overlap_end(window) else {
             return Ok(None);
         };
         let Some(new) = self.sentry.active_projects(Window {

@@ -827,22 +827,9 @@ impl Sim {
         per_page: usize,
         more: bool,
     ) -> SimResponse {
-        let query: String = params
-            .pairs
-            .iter()
-            .filter(|(k, _)| k != "cursor")
-            .map(|(k, v)| format!("{k}={v}&"))
-            .collect();
-        let base = format!("{}{}?{}", self.options.link_base, path, query);
-        let prev = offset.saturating_sub(per_page);
-        let next = offset + per_page;
-        let link = format!(
-            "<{base}cursor=0:{prev}:1>; rel=\"previous\"; results=\"{}\"; cursor=\"0:{prev}:1\", <{base}cursor=0:{next}:0>; rel=\"next\"; results=\"{more}\"; cursor=\"0:{next}:0\"",
-            offset > 0
-        );
-        let mut resp = SimResponse::json(200, &body);
-        resp.headers.push(("link".into(), link));
-        resp
+        let prev = format!("0:{}:1", offset.saturating_sub(per_page));
+        let next = format!("0:{}:0", offset + per_page);
+        self.link_page(body, path, params, (&prev, offset > 0), (&next, more))
     }
 }
 

@@ -565,8 +565,9 @@ impl Sim {
         self.paged(body, path, params, offset, per_page, more)
     }
 
-    /// A page with a Link header carrying the given cursors, built on `link_base`.
-    fn link_page(
+    /// A page with a Link header carrying the given cursors, built on `link_base` rather than
+    /// the host called.
+    pub(crate) fn link_page(
         &self,
         body: Value,
         path: &str,
