@@ -152,13 +152,37 @@ impl FakeGcs {
         } else {
             &[("content-type", "application/json")]
         };
-        let resp =
+        let resp = if method == "GET" {
+            self.read(target, headers).await?
+        } else {
             crate::testing::http_request(self.addr(), method, target, headers, body.as_bytes())
-                .await?;
+                .await?
+        };
         Ok((
             resp.status,
             String::from_utf8_lossy(&resp.body).into_owned(),
         ))
+    }
+
+    /// A GET from the test side, tried again when the connection fails: the emulator, shared
+    /// by ten parallel chaos sequences on two cores, has been seen to reset one.
+    async fn read(
+        &self,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<crate::testing::SimpleResponse> {
+        let mut attempt = 0;
+        loop {
+            match crate::testing::http_request(self.addr(), "GET", target, headers, b"").await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt < 4 => {
+                    attempt += 1;
+                    eprintln!("fake-gcs-server: GET {target} failed ({e}); trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Every object under `prefix`, following page tokens.
@@ -205,14 +229,7 @@ impl FakeGcs {
             self.bucket,
             urlencode(name)
         );
-        let resp = crate::testing::http_request(
-            self.addr(),
-            "GET",
-            &target,
-            &[("accept-encoding", "gzip")],
-            b"",
-        )
-        .await?;
+        let resp = self.read(&target, &[("accept-encoding", "gzip")]).await?;
         if resp.status != 200 {
             bail!("download of {name} failed: {}", resp.status);
         }
