@@ -105,3 +105,95 @@ fn the_cron_manifest_differs_only_by_its_cron_trigger() {
     cron["trigger"].as_table_mut().unwrap().remove("cron");
     assert_eq!(plain, cron);
 }
+
+/// One row of the configuration reference in `docs/configuration.md`.
+#[derive(Debug, PartialEq)]
+struct Documented {
+    required: bool,
+    default: Option<String>,
+    secret: bool,
+    meaning: String,
+}
+
+fn documented_settings() -> BTreeMap<String, Documented> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut rows = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line
+            .trim()
+            .strip_prefix('|')
+            .and_then(|l| l.strip_suffix('|'))
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(cells.len(), 5, "five columns: {line}");
+        let name = cells[0].trim_matches('`').to_string();
+        let flag = |cell: &str| match cell {
+            "yes" => true,
+            "" => false,
+            other => panic!("{name}: expected yes or nothing, got {other:?}"),
+        };
+        let default = match cells[2] {
+            "" => None,
+            "(empty)" => Some(String::new()),
+            d => Some(
+                d.strip_prefix('`')
+                    .and_then(|d| d.strip_suffix('`'))
+                    .unwrap_or_else(|| panic!("{name}: default {d:?} not in backticks"))
+                    .to_string(),
+            ),
+        };
+        let row = Documented {
+            required: flag(cells[1]),
+            default,
+            secret: flag(cells[3]),
+            meaning: cells[4].to_string(),
+        };
+        assert!(rows.insert(name.clone(), row).is_none(), "{name} twice");
+    }
+    rows
+}
+
+#[test]
+fn the_configuration_reference_matches_both_manifests() {
+    let documented = documented_settings();
+    for manifest in ["spin.toml", "spin-cron.toml"] {
+        let manifest_vars = load(manifest)["variables"].as_table().unwrap().clone();
+        let declared: Vec<&String> = manifest_vars.keys().collect();
+        let listed: Vec<&String> = documented.keys().collect();
+        assert_eq!(listed, declared, "{manifest}: the same variables");
+        for (name, decl) in &manifest_vars {
+            let doc = &documented[name];
+            let required = decl
+                .get("required")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let default = decl.get("default").and_then(Value::as_str);
+            let secret = decl.get("secret").and_then(Value::as_bool).unwrap_or(false);
+            assert_eq!(doc.required, required, "{manifest} {name}: required");
+            assert_eq!(
+                doc.default.as_deref(),
+                default,
+                "{manifest} {name}: default"
+            );
+            assert_eq!(doc.secret, secret, "{manifest} {name}: secret");
+            assert!(
+                doc.required != doc.default.is_some(),
+                "{name}: either required or with a default"
+            );
+            assert!(
+                doc.meaning.len() > 20,
+                "{name}: the meaning says what it is for"
+            );
+        }
+    }
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    assert!(
+        readme.contains("(docs/configuration.md)"),
+        "the README links the reference"
+    );
+}
