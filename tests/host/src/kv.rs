@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
+use crate::redis::{RedisClient, Reply};
+
 pub const MAX_KEY_BYTES: usize = 255;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_KEYS: usize = 1024;
@@ -38,13 +40,22 @@ impl KvFaults {
     }
 }
 
-/// One store (one label), shared by every instance the host creates.
+/// One store (one label), shared by every instance the host creates: files under the state
+/// directory (the default, like `spin up`'s SQLite file), or Redis when runtime config says so.
 #[derive(Debug, Clone)]
-pub struct FileStore {
-    dir: PathBuf,
-    /// Serialises writers inside this process; other processes are covered by rename.
-    lock: Arc<Mutex<()>>,
+pub struct KvStore {
+    backend: Backend,
     faults: Arc<Mutex<KvFaults>>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Files {
+        dir: PathBuf,
+        /// Serialises writers inside this process; other processes are covered by rename.
+        lock: Arc<Mutex<()>>,
+    },
+    Redis(Arc<RedisClient>),
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -63,16 +74,39 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-impl FileStore {
-    pub fn open(state_dir: &Path, label: &str) -> Result<FileStore> {
-        let dir = state_dir.join("key_value").join(label);
+impl KvStore {
+    /// The store of `label` under the state directory.
+    pub fn open(state_dir: &Path, label: &str) -> Result<KvStore> {
+        Self::in_dir(state_dir.join("key_value").join(label))
+    }
+
+    /// A file store in exactly this directory.
+    pub fn in_dir(dir: PathBuf) -> Result<KvStore> {
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the key-value directory {}", dir.display()))?;
-        Ok(FileStore {
-            dir,
-            lock: Arc::new(Mutex::new(())),
+        Ok(KvStore {
+            backend: Backend::Files {
+                dir,
+                lock: Arc::new(Mutex::new(())),
+            },
             faults: Arc::new(Mutex::new(KvFaults::default())),
         })
+    }
+
+    /// A store in Redis (connected on first use).
+    pub fn redis(url: &str) -> Result<KvStore> {
+        Ok(KvStore {
+            backend: Backend::Redis(Arc::new(RedisClient::from_url(url)?)),
+            faults: Arc::new(Mutex::new(KvFaults::default())),
+        })
+    }
+
+    #[cfg(test)]
+    fn files(&self) -> Option<(&PathBuf, &Arc<Mutex<()>>)> {
+        match &self.backend {
+            Backend::Files { dir, lock } => Some((dir, lock)),
+            Backend::Redis(_) => None,
+        }
     }
 
     pub fn set_faults(&self, faults: KvFaults) {
@@ -81,9 +115,9 @@ impl FileStore {
 
     /// File names are the key in hex, split in 200-character folders so no name exceeds
     /// the file system's 255-byte limit.
-    fn path_of(&self, key: &str) -> PathBuf {
+    fn path_of(dir: &Path, key: &str) -> PathBuf {
         let h = hex(key.as_bytes());
-        let mut path = self.dir.clone();
+        let mut path = dir.to_path_buf();
         let mut rest = h.as_str();
         while rest.len() > 200 {
             path.push(format!("{}+", &rest[..200]));
@@ -116,7 +150,17 @@ impl FileStore {
         if self.faults.lock().unwrap().fail_get && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value get failed".into());
         }
-        match fs::read(self.path_of(key)) {
+        let (dir, _) = match &self.backend {
+            Backend::Redis(r) => {
+                return match r.command(&[b"GET", key.as_bytes()])? {
+                    Reply::Bulk(v) => Ok(Some(v)),
+                    Reply::Nil => Ok(None),
+                    other => Err(format!("Redis GET answered {other:?}")),
+                }
+            }
+            Backend::Files { dir, lock } => (dir, lock),
+        };
+        match fs::read(Self::path_of(dir, key)) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("key-value read failed: {e}")),
@@ -145,9 +189,19 @@ impl FileStore {
                 value.len()
             ));
         }
-        let _guard = self.lock.lock().unwrap();
-        let path = self.path_of(key);
-        if !path.exists() && self.keys_unlocked()?.len() >= MAX_KEYS {
+        let (dir, lock) = match &self.backend {
+            // Spin's Redis store has no key-count limit; the size limits above still apply.
+            Backend::Redis(r) => {
+                return match r.command(&[b"SET", key.as_bytes(), value])? {
+                    Reply::Status(s) if s == "OK" => Ok(()),
+                    other => Err(format!("Redis SET answered {other:?}")),
+                }
+            }
+            Backend::Files { dir, lock } => (dir, lock),
+        };
+        let _guard = lock.lock().unwrap();
+        let path = Self::path_of(dir, key);
+        if !path.exists() && keys_in(dir)?.len() >= MAX_KEYS {
             return Err(format!(
                 "the store already holds {MAX_KEYS} keys, the platform limit"
             ));
@@ -155,7 +209,7 @@ impl FileStore {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| format!("key-value write failed: {e}"))?;
         }
-        let tmp = self.dir.join(format!(
+        let tmp = dir.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -176,8 +230,17 @@ impl FileStore {
         if self.faults.lock().unwrap().fail_set && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value delete failed".into());
         }
-        let _guard = self.lock.lock().unwrap();
-        match fs::remove_file(self.path_of(key)) {
+        let (dir, lock) = match &self.backend {
+            Backend::Redis(r) => {
+                return match r.command(&[b"DEL", key.as_bytes()])? {
+                    Reply::Int(_) => Ok(()),
+                    other => Err(format!("Redis DEL answered {other:?}")),
+                }
+            }
+            Backend::Files { dir, lock } => (dir, lock),
+        };
+        let _guard = lock.lock().unwrap();
+        match fs::remove_file(Self::path_of(dir, key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("key-value delete failed: {e}")),
@@ -189,17 +252,36 @@ impl FileStore {
     }
 
     pub fn keys(&self) -> Result<Vec<String>, String> {
-        let _guard = self.lock.lock().unwrap();
-        self.keys_unlocked()
+        match &self.backend {
+            Backend::Redis(r) => match r.command(&[b"KEYS", b"*"])? {
+                Reply::Array(items) => {
+                    let mut keys = items
+                        .into_iter()
+                        .map(|k| match k {
+                            Reply::Bulk(b) => String::from_utf8(b)
+                                .map_err(|_| "a Redis key is not UTF-8".to_string()),
+                            other => Err(format!("Redis KEYS answered {other:?}")),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    keys.sort();
+                    Ok(keys)
+                }
+                other => Err(format!("Redis KEYS answered {other:?}")),
+            },
+            Backend::Files { dir, lock } => {
+                let _guard = lock.lock().unwrap();
+                keys_in(dir)
+            }
+        }
     }
+}
 
-    fn keys_unlocked(&self) -> Result<Vec<String>, String> {
-        let mut keys = Vec::new();
-        collect_keys(&self.dir, String::new(), &mut keys)
-            .map_err(|e| format!("key-value listing failed: {e}"))?;
-        keys.sort();
-        Ok(keys)
-    }
+fn keys_in(dir: &Path) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    collect_keys(dir, String::new(), &mut keys)
+        .map_err(|e| format!("key-value listing failed: {e}"))?;
+    keys.sort();
+    Ok(keys)
 }
 
 fn collect_keys(dir: &Path, prefix: String, out: &mut Vec<String>) -> std::io::Result<()> {
@@ -223,11 +305,11 @@ fn collect_keys(dir: &Path, prefix: String, out: &mut Vec<String>) -> std::io::R
 mod tests {
     use super::*;
 
-    fn store(name: &str) -> FileStore {
+    fn store(name: &str) -> KvStore {
         let dir =
             std::env::temp_dir().join(format!("collector-host-kv-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        FileStore::open(&dir, "default").unwrap()
+        KvStore::open(&dir, "default").unwrap()
     }
 
     #[test]
@@ -236,7 +318,8 @@ mod tests {
         s.set("v1/a", b"one").unwrap();
         let long_key = "k".repeat(255);
         s.set(&long_key, b"two").unwrap();
-        let again = FileStore::open(s.dir.parent().unwrap().parent().unwrap(), "default").unwrap();
+        let dir = s.files().unwrap().0.clone();
+        let again = KvStore::open(dir.parent().unwrap().parent().unwrap(), "default").unwrap();
         assert_eq!(again.get("v1/a").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(again.get(&long_key).unwrap().as_deref(), Some(&b"two"[..]));
         assert_eq!(

@@ -10,6 +10,8 @@ pub mod allowed_hosts;
 pub mod app;
 pub mod kv;
 pub mod manifest;
+pub mod redis;
+pub mod runtime_config;
 pub mod serve;
 
 pub use app::{App, HostOptions, Invocation, Outcome, Trigger};

@@ -1,8 +1,8 @@
 //! `collector-host`: run the component like `spin up` would, without the Spin CLI.
 //!
 //! ```text
-//! collector-host [--from PATH] [--state-dir DIR] [--variable NAME=VALUE]... cron [--timestamp SECS]
-//! collector-host [--from PATH] [--state-dir DIR] [--variable NAME=VALUE]... serve [--listen ADDR]
+//! collector-host [--from PATH] [--state-dir DIR] [--runtime-config-file PATH] [--variable NAME=VALUE]... cron [--timestamp SECS]
+//! collector-host [--from PATH] [--state-dir DIR] [--runtime-config-file PATH] [--variable NAME=VALUE]... serve [--listen ADDR]
 //! ```
 //!
 //! `cron` calls `handle-cron-event` once and exits 0 when it returned ok, 1 when it returned an
@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use collector_host::manifest::ProvidedVariables;
 use collector_host::{App, HostOptions, Outcome, Trigger};
 
-const USAGE: &str = "usage: collector-host [--from PATH] [--state-dir DIR] [--variable NAME=VALUE]... (cron [--timestamp SECS] | serve [--listen ADDR])";
+const USAGE: &str = "usage: collector-host [--from PATH] [--state-dir DIR] [--runtime-config-file PATH] [--variable NAME=VALUE]... (cron [--timestamp SECS] | serve [--listen ADDR])";
 
 enum Command {
     Cron { timestamp: Option<u64> },
@@ -40,6 +40,9 @@ fn parse_args(args: Vec<String>) -> Result<(HostOptions, Command)> {
         match arg.as_str() {
             "--from" | "-f" => options.manifest = Some(PathBuf::from(value(&mut args, &arg)?)),
             "--state-dir" => options.state_dir = Some(PathBuf::from(value(&mut args, &arg)?)),
+            "--runtime-config-file" => {
+                options.runtime_config = Some(PathBuf::from(value(&mut args, &arg)?))
+            }
             "--variable" => cli_vars.push(value(&mut args, &arg)?),
             "cron" | "serve" => break arg,
             "-h" | "--help" => bail!("{USAGE}"),

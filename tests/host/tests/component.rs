@@ -74,6 +74,7 @@ fn options(manifest: PathBuf, state: &Path, vars: ProvidedVariables) -> HostOpti
     HostOptions {
         manifest: Some(manifest),
         state_dir: Some(state.to_path_buf()),
+        runtime_config: None,
         variables: vars,
         clock_offset: None,
         output_sink: None,

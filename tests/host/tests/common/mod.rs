@@ -27,6 +27,8 @@ pub struct Rig {
     pub generations: BTreeMap<String, String>,
     /// What the guest printed while served over HTTP.
     pub output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// `--runtime-config-file`, if any.
+    pub runtime_config: Option<PathBuf>,
 }
 
 impl Rig {
@@ -63,6 +65,7 @@ impl Rig {
             vars,
             generations: BTreeMap::new(),
             output: Default::default(),
+            runtime_config: None,
         }
     }
 
@@ -115,6 +118,7 @@ impl Rig {
         HostOptions {
             manifest: Some(repo_root().join("spin.toml")),
             state_dir: Some(self.state.clone()),
+            runtime_config: self.runtime_config.clone(),
             variables: ProvidedVariables {
                 cli: self.vars.clone(),
                 env: Vec::new(),
