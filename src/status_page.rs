@@ -221,12 +221,14 @@ pub fn prefers_html(accept: Option<&str>) -> bool {
                 ("*", "*") => 0,
                 _ => continue,
             };
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .filter_map(|v| v.trim().parse::<f32>().ok())
-                .next()
-                .unwrap_or(1.0)
-                .clamp(0.0, 1.0);
+            // A range whose q is not a number is ignored.
+            let q = match parts.find_map(|p| p.trim().strip_prefix("q=")) {
+                None => 1.0,
+                Some(v) => match v.trim().parse::<f32>() {
+                    Ok(q) if q.is_finite() => q.clamp(0.0, 1.0),
+                    _ => continue,
+                },
+            };
             if best.is_none_or(|(s, _)| specificity > s) {
                 best = Some((specificity, q));
             }
@@ -319,6 +321,8 @@ mod tests {
             Some("text/html;q=0, */*"),
             Some(""),
             Some("garbage"),
+            Some("text/html;q=high, application/json"),
+            Some("text/html;q=NaN"),
         ] {
             assert!(!prefers_html(programs), "{programs:?}");
         }

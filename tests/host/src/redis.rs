@@ -65,18 +65,20 @@ impl RedisClient {
                 .parse()
                 .map_err(|_| anyhow!("the Redis url's path must be a database number"))?,
         };
-        let decode = |s: &str| {
-            url::form_urlencoded::parse(s.as_bytes())
-                .map(|(k, v)| format!("{k}{v}"))
-                .collect::<String>()
+        let decode = |s: &str| -> Result<String> {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| anyhow!("the Redis url's credentials are not UTF-8"))
         };
         Ok(RedisClient {
             host,
             port: parsed.port().unwrap_or(6379),
             username: Some(parsed.username())
                 .filter(|u| !u.is_empty())
-                .map(decode),
-            password: parsed.password().map(decode),
+                .map(decode)
+                .transpose()?,
+            password: parsed.password().map(decode).transpose()?,
             db,
             conn: Mutex::new(None),
         })
@@ -216,8 +218,8 @@ mod tests {
         let c = RedisClient::from_url("redis://127.0.0.1:6390/2").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.db), ("127.0.0.1", 6390, 2));
         assert!(c.password.is_none());
-        let c = RedisClient::from_url("redis://:s%40cret@redis.example:6379").unwrap();
-        assert_eq!(c.password.as_deref(), Some("s@cret"));
+        let c = RedisClient::from_url("redis://:s%40c=r+e%26t@redis.example:6379").unwrap();
+        assert_eq!(c.password.as_deref(), Some("s@c=r+e&t"));
         assert!(!format!("{c:?}").contains("cret"));
         let c = RedisClient::from_url("redis://svc.cluster.local").unwrap();
         assert_eq!(c.port, 6379);
