@@ -3,7 +3,7 @@
 //! | route | auth | purpose |
 //! |---|---|---|
 //! | `POST /pubsub` | OIDC or shared secret | a Pub/Sub push envelope starts a run |
-//! | `POST /run` | OIDC or shared secret | a scheduler or an operator starts a run |
+//! | `POST /run` (or `GET`) | OIDC or shared secret | a scheduler or an operator starts a run |
 //! | `GET /healthz` | none | liveness and whether the configuration is valid |
 //! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress (HTML for browsers) |
 //!
@@ -89,7 +89,9 @@ impl ApiResponse {
 pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
     let allowed: &[&str] = match req.path.as_str() {
         "/healthz" | "/status" => &["GET", "HEAD"],
-        "/pubsub" | "/run" => &["POST"],
+        "/pubsub" => &["POST"],
+        // GET too, for schedulers that can only fetch a URL; never HEAD, which must not act.
+        "/run" => &["POST", "GET"],
         _ => return ApiResponse::error(404, "no such route"),
     };
     if !allowed.contains(&req.method.as_str()) {

@@ -481,10 +481,24 @@ async fn the_guides_local_commands_run_verbatim() {
         assert!(!stdout.contains(SECRET));
     }
 
-    // The Akamai cron's path: a POST there runs collection.
+    // The Akamai cron's path runs collection, whichever method the cron sends; HEAD never
+    // does.
     let path = plan.cron_paths[0].replace("$COLLECTOR_SECRET", SECRET);
-    let resp = served.request("POST", &path, &[], b"").await;
-    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    for method in ["GET", "POST"] {
+        let resp = served.request(method, &path, &[], b"").await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{method}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        let summary: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert!(
+            summary.get("runs").is_some() || summary.get("skipped").is_some(),
+            "{summary}"
+        );
+    }
+    assert_eq!(served.request("HEAD", &path, &[], b"").await.status, 405);
 
     // Each Kubernetes CronJob's command, verbatim, reaching the component through a proxy
     // (the cluster's Service name does not resolve here).
