@@ -1,5 +1,6 @@
 //! A Sentry simulator for tests, the demo and benchmarks, faithful to what the collector relies
-//! on (see `shared/docs/sentry-api.md`):
+//! on, modelled on Sentry's server code (`getsentry/sentry`: `src/sentry/api/paginator.py`,
+//! `src/sentry/middleware/ratelimit.py` and the endpoints themselves):
 //!
 //! - project events: `GenericOffsetPaginator` (newest first by `-timestamp, -event_id`,
 //!   `0:offset:0` cursors, `per_page` at most 100, capped at 10 with `full=true`), `start`/`end`
@@ -173,7 +174,7 @@ impl Event {
     }
 }
 
-/// sentry.io's limits per caller (2024 code; `shared/docs/sentry-api.md`).
+/// sentry.io's limits per caller (the endpoints' rate-limit configuration in Sentry's 2024 code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     pub requests: u32,

@@ -1,103 +1,263 @@
-//! The simulator answers in Sentry's published shape: its responses validate against the
-//! response schemas in `shared/fixtures/sentry-openapi/endpoints-subset.json` (Sentry's own
-//! OpenAPI document) and carry every field of the published examples.
+//! The simulator answers in Sentry's published shape: its responses are checked field by field
+//! against `tests/data/sentry-responses.txt` (the facts of Sentry's own OpenAPI document, in
+//! our notation: types, required and nullable fields, allowed values) and carry every field of
+//! Sentry's published examples.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use sentry_sim::{Rng, Sim, SimClock, SimOptions};
 use serde_json::Value;
 
-fn fixtures() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/sentry-openapi/endpoints-subset.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (shared/ must sit beside the repository)",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).expect("the fixture is JSON")
+/// What a JSON value must be.
+#[derive(Debug, Clone)]
+struct Shape {
+    kind: Kind,
+    nullable: bool,
+    one_of: Option<Vec<Value>>,
 }
 
-fn response(doc: &Value, path: &str) -> (Value, Value) {
-    let r = &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"];
-    let example = r["examples"]
-        .as_object()
-        .and_then(|e| e.values().next())
-        .map(|e| e["value"].clone())
-        .unwrap_or(Value::Null);
-    (r["schema"].clone(), example)
+#[derive(Debug, Clone)]
+enum Kind {
+    Any,
+    String,
+    DateTime,
+    Integer,
+    Number,
+    Boolean,
+    /// Named fields (name, required, shape); other keys may appear.
+    Object(Vec<(String, bool, Shape)>),
+    /// Any keys; every value has the shape, when one is given.
+    Map(Option<Box<Shape>>),
+    Array(Option<Box<Shape>>),
 }
 
-/// The subset of OpenAPI 3.0 schema rules the document uses: type, nullable, required,
-/// properties, additionalProperties, items, enum, anyOf.
-fn validate(value: &Value, schema: &Value, at: &str, errors: &mut Vec<String>) {
-    if value.is_null() && schema["nullable"] == true {
-        return;
-    }
-    if let Some(any) = schema["anyOf"].as_array() {
-        let ok = any.iter().any(|s| {
-            let mut e = Vec::new();
-            validate(value, s, at, &mut e);
-            e.is_empty()
-        });
-        if !ok {
-            errors.push(format!("{at}: matches no anyOf branch"));
+/// One documented response: the body's shape and the keys of Sentry's example.
+#[derive(Debug)]
+struct Response {
+    body: Shape,
+    example_fields: Vec<String>,
+}
+
+/// One line of the notation below `response`: indent level, name, shape, required.
+struct Line<'a> {
+    depth: usize,
+    name: &'a str,
+    kind: &'a str,
+    flags: Vec<&'a str>,
+    number: usize,
+}
+
+fn documented() -> BTreeMap<String, Response> {
+    parse_notation(include_str!("data/sentry-responses.txt"))
+}
+
+fn parse_notation(text: &str) -> BTreeMap<String, Response> {
+    let mut out = BTreeMap::new();
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+        .peekable();
+    while let Some((n, line)) = lines.next() {
+        let name = line
+            .strip_prefix("response ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("line {}: expected `response NAME`: {line}", n + 1));
+        let mut fields = Vec::new();
+        let mut example_fields = Vec::new();
+        while let Some((n, l)) = lines.next_if(|(_, l)| l.starts_with(' ')) {
+            let depth = (l.len() - l.trim_start().len()) / 2;
+            let mut words = l.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            if first == "example-fields" {
+                example_fields.extend(words.map(str::to_string));
+                continue;
+            }
+            fields.push(Line {
+                depth,
+                name: first,
+                kind: words
+                    .next()
+                    .unwrap_or_else(|| panic!("line {}: no type: {l}", n + 1)),
+                flags: words.collect(),
+                number: n + 1,
+            });
         }
+        assert_eq!(
+            fields.first().map(|f| f.name),
+            Some("body"),
+            "response {name}: the first field must be `body`"
+        );
+        let mut at = 0;
+        let body = parse_shape(&fields, &mut at, 1);
+        assert_eq!(at, fields.len(), "response {name}: a field outside `body`");
+        assert!(
+            !example_fields.is_empty(),
+            "response {name}: no example-fields"
+        );
+        out.insert(
+            name.to_string(),
+            Response {
+                body,
+                example_fields,
+            },
+        );
+    }
+    out
+}
+
+fn parse_shape(fields: &[Line], at: &mut usize, depth: usize) -> Shape {
+    let line = &fields[*at];
+    assert_eq!(line.depth, depth, "line {}: unexpected indent", line.number);
+    *at += 1;
+    let mut nullable = false;
+    let mut one_of = None;
+    for flag in &line.flags {
+        match *flag {
+            "required" => {}
+            "nullable" => nullable = true,
+            f => {
+                let values = f
+                    .strip_prefix("one-of(")
+                    .and_then(|v| v.strip_suffix(')'))
+                    .unwrap_or_else(|| panic!("line {}: unknown flag {f}", line.number));
+                one_of = Some(
+                    values
+                        .split(',')
+                        .map(|v| match v {
+                            "null" => Value::Null,
+                            v => Value::from(v),
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+    let children = |at: &mut usize| -> Vec<(String, bool, Shape)> {
+        let mut out = Vec::new();
+        while *at < fields.len() && fields[*at].depth > depth {
+            let name = fields[*at].name.to_string();
+            let required = fields[*at].flags.contains(&"required");
+            out.push((name, required, parse_shape(fields, at, depth + 1)));
+        }
+        out
+    };
+    let only = |what: &str, at: &mut usize| -> Option<Box<Shape>> {
+        let mut c = children(at);
+        assert!(
+            c.len() <= 1,
+            "line {}: one `{what}` line at most",
+            line.number
+        );
+        c.pop().map(|(name, _, shape)| {
+            assert_eq!(name, what, "line {}: expected `{what}`", line.number);
+            Box::new(shape)
+        })
+    };
+    let kind = match line.kind {
+        "any" => Kind::Any,
+        "string" => Kind::String,
+        "date-time" => Kind::DateTime,
+        "integer" => Kind::Integer,
+        "number" => Kind::Number,
+        "boolean" => Kind::Boolean,
+        "object" => Kind::Object(children(at)),
+        "map" => Kind::Map(only("*", at)),
+        "array" => Kind::Array(only("[]", at)),
+        other => panic!("line {}: unknown type {other}", line.number),
+    };
+    if !matches!(kind, Kind::Object(_) | Kind::Map(_) | Kind::Array(_)) {
+        assert!(
+            *at >= fields.len() || fields[*at].depth <= depth,
+            "line {}: a {} has no fields",
+            line.number,
+            line.kind
+        );
+    }
+    Shape {
+        kind,
+        nullable,
+        one_of,
+    }
+}
+
+fn response<'a>(doc: &'a BTreeMap<String, Response>, name: &str) -> &'a Response {
+    doc.get(name)
+        .unwrap_or_else(|| panic!("no response {name} in sentry-responses.txt"))
+}
+
+fn validate(value: &Value, shape: &Shape, at: &str, errors: &mut Vec<String>) {
+    if value.is_null() && shape.nullable {
         return;
     }
-    if let Some(allowed) = schema["enum"].as_array() {
+    if let Some(allowed) = &shape.one_of {
         if !allowed.contains(value) {
             errors.push(format!("{at}: {value} is not one of {allowed:?}"));
         }
     }
-    let ok = match schema["type"].as_str() {
-        None => true,
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => value.is_i64() || value.is_u64(),
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        Some(other) => {
-            errors.push(format!("{at}: the validator does not know type {other}"));
-            return;
-        }
+    let ok = match &shape.kind {
+        Kind::Any => true,
+        Kind::String => value.is_string(),
+        Kind::DateTime => value
+            .as_str()
+            .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        Kind::Integer => value.is_i64() || value.is_u64(),
+        Kind::Number => value.is_number(),
+        Kind::Boolean => value.is_boolean(),
+        Kind::Object(_) | Kind::Map(_) => value.is_object(),
+        Kind::Array(_) => value.is_array(),
     };
     if !ok {
-        errors.push(format!("{at}: expected {}, got {value}", schema["type"]));
+        errors.push(format!(
+            "{at}: expected {:?}, got {value}",
+            shape.kind_name()
+        ));
         return;
     }
-    if let Some(obj) = value.as_object() {
-        for req in schema["required"].as_array().into_iter().flatten() {
-            let key = req.as_str().unwrap_or_default();
-            if !obj.contains_key(key) {
-                errors.push(format!("{at}: missing required {key}"));
+    match &shape.kind {
+        Kind::Object(fields) => {
+            let obj = value.as_object().expect("checked above");
+            for (name, required, field) in fields {
+                match obj.get(name) {
+                    Some(v) => validate(v, field, &format!("{at}.{name}"), errors),
+                    None if *required => errors.push(format!("{at}: missing required {name}")),
+                    None => {}
+                }
             }
         }
-        for (k, v) in obj {
-            match schema["properties"].get(k) {
-                Some(s) => validate(v, s, &format!("{at}.{k}"), errors),
-                None if schema["additionalProperties"].is_object() => validate(
-                    v,
-                    &schema["additionalProperties"],
-                    &format!("{at}.{k}"),
-                    errors,
-                ),
-                None => {}
+        Kind::Map(Some(values)) => {
+            for (k, v) in value.as_object().expect("checked above") {
+                validate(v, values, &format!("{at}.{k}"), errors);
             }
         }
+        Kind::Array(Some(items)) => {
+            for (i, item) in value.as_array().expect("checked above").iter().enumerate() {
+                validate(item, items, &format!("{at}[{i}]"), errors);
+            }
+        }
+        _ => {}
     }
-    if let Some(items) = value.as_array() {
-        for (i, item) in items.iter().enumerate() {
-            validate(item, &schema["items"], &format!("{at}[{i}]"), errors);
+}
+
+impl Shape {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Any => "any",
+            Kind::String => "string",
+            Kind::DateTime => "date-time",
+            Kind::Integer => "integer",
+            Kind::Number => "number",
+            Kind::Boolean => "boolean",
+            Kind::Object(_) => "object",
+            Kind::Map(_) => "map",
+            Kind::Array(_) => "array",
         }
     }
 }
 
-fn assert_valid(value: &Value, schema: &Value, what: &str) {
+fn assert_valid(value: &Value, shape: &Shape, what: &str) {
     let mut errors = Vec::new();
-    validate(value, schema, what, &mut errors);
+    validate(value, shape, what, &mut errors);
     assert!(
         errors.is_empty(),
         "{what} does not match Sentry's schema:\n{}",
@@ -105,12 +265,19 @@ fn assert_valid(value: &Value, schema: &Value, what: &str) {
     );
 }
 
-/// Every key of the example object is in the simulated object.
-fn assert_has_example_fields(value: &Value, example: &Value, what: &str) {
-    let (Some(v), Some(e)) = (value.as_object(), example.as_object()) else {
-        panic!("{what}: not objects");
-    };
-    let missing: Vec<&String> = e.keys().filter(|k| !v.contains_key(*k)).collect();
+/// The keys of Sentry's example that the simulated object lacks.
+fn missing_example_fields<'a>(value: &Value, documented: &'a Response) -> Vec<&'a str> {
+    documented
+        .example_fields
+        .iter()
+        .map(String::as_str)
+        .filter(|k| value.get(k).is_none())
+        .collect()
+}
+
+fn assert_has_example_fields(value: &Value, documented: &Response, what: &str) {
+    assert!(value.is_object(), "{what}: not an object");
+    let missing = missing_example_fields(value, documented);
     assert!(
         missing.is_empty(),
         "{what} lacks fields of Sentry's example: {missing:?}"
@@ -139,70 +306,57 @@ fn get(sim: &Sim, path: &str, query: &str) -> Value {
 
 #[test]
 fn organization_details_match_the_schema() {
-    let doc = fixtures();
-    let (schema, example) = response(&doc, "/api/0/organizations/{organization_id_or_slug}/");
+    let doc = documented();
+    let org = response(&doc, "organization");
     let v = get(&sim(), "/api/0/organizations/acme/", "");
-    assert_valid(&v, &schema, "organization details");
-    for key in ["id", "slug", "name", "links", "dateCreated", "status"] {
-        assert!(example.get(key).is_some() && v.get(key).is_some(), "{key}");
-    }
+    assert_valid(&v, &org.body, "organization details");
+    assert_has_example_fields(&v, org, "organization details");
     assert!(v["links"]["regionUrl"].is_string());
 }
 
 #[test]
 fn the_project_list_matches_the_schema() {
-    let doc = fixtures();
-    let (schema, example) = response(
-        &doc,
-        "/api/0/organizations/{organization_id_or_slug}/projects/",
-    );
+    let doc = documented();
+    let projects = response(&doc, "project-list");
     let v = get(
         &sim(),
         "/api/0/organizations/acme/projects/",
         "per_page=100",
     );
-    assert_valid(&v, &schema, "project list");
-    assert_has_example_fields(&v[0], &example[0], "a project");
+    assert_valid(&v, &projects.body, "project list");
+    assert_has_example_fields(&v[0], projects, "a project");
 }
 
 #[test]
 fn project_events_simple_and_full_match_the_schema() {
-    let doc = fixtures();
+    let doc = documented();
     let sim = sim();
-    let (schema, example) = response(
-        &doc,
-        "/api/0/projects/{organization_id_or_slug}/{project_id_or_slug}/events/",
-    );
+    let events = response(&doc, "project-events");
     let v = get(&sim, "/api/0/projects/acme/web/events/", "per_page=100");
     assert_eq!(v.as_array().map(Vec::len), Some(5));
-    assert_valid(&v, &schema, "project events");
-    assert_has_example_fields(&v[0], &example[0], "a simple event");
+    assert_valid(&v, &events.body, "project events");
+    assert_has_example_fields(&v[0], events, "a simple event");
 
     // full=true items have the single-event shape.
-    let (single, single_example) = response(
-        &doc,
-        "/api/0/projects/{organization_id_or_slug}/{project_id_or_slug}/events/{event_id}/",
-    );
+    let single = response(&doc, "event");
     let full = get(&sim, "/api/0/projects/acme/1/events/", "full=true");
     for (i, item) in full.as_array().unwrap().iter().enumerate() {
-        assert_valid(item, &single, &format!("full event {i}"));
-        assert_has_example_fields(item, &single_example, "a full event");
+        assert_valid(item, &single.body, &format!("full event {i}"));
+        assert_has_example_fields(item, single, "a full event");
     }
 }
 
 #[test]
 fn discover_counts_match_the_schema() {
-    let doc = fixtures();
-    let (schema, _) = response(
-        &doc,
-        "/api/0/organizations/{organization_id_or_slug}/events/",
-    );
+    let doc = documented();
+    let discover = response(&doc, "discover");
     let v = get(
         &sim(),
         "/api/0/organizations/acme/events/",
         "field=project.id&field=count()&project=-1&dataset=errors",
     );
-    assert_valid(&v, &schema, "Discover");
+    assert_valid(&v, &discover.body, "Discover");
+    assert_has_example_fields(&v, discover, "Discover");
     assert_eq!(v["data"][0]["project.id"], 1);
     assert_eq!(v["data"][0]["count()"], 5);
     assert_eq!(v["meta"]["dataScanned"], "full");
@@ -210,17 +364,203 @@ fn discover_counts_match_the_schema() {
 
 #[test]
 fn the_validator_rejects_what_sentry_would_not_send() {
-    let doc = fixtures();
-    let (schema, _) = response(
-        &doc,
-        "/api/0/projects/{organization_id_or_slug}/{project_id_or_slug}/events/",
-    );
+    let doc = documented();
+    let events = &response(&doc, "project-events").body;
     let mut v = get(&sim(), "/api/0/projects/acme/web/events/", "");
     v[0].as_object_mut().unwrap().remove("eventID");
     v[1]["projectID"] = Value::from(1);
+    v[2]["dateCreated"] = Value::from("yesterday");
+    v[3]["user"] = Value::Null; // nullable: allowed
     let mut errors = Vec::new();
-    validate(&v, &schema, "events", &mut errors);
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    validate(&v, events, "events", &mut errors);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors[0].contains("missing required eventID"), "{errors:?}");
+    assert!(errors[1].contains("projectID"), "{errors:?}");
+    assert!(errors[2].contains("dateCreated"), "{errors:?}");
+
+    let issues = &response(&doc, "issue-list").body;
+    let mut errors = Vec::new();
+    let issue = serde_json::json!([{"status": "solved", "substatus": null}]);
+    validate(&issue, issues, "issues", &mut errors);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"solved\" is not one of")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| !e.contains("substatus")),
+        "{errors:?}"
+    );
+}
+
+/// JSON pointers to every required field present in `value` (the first item of each array).
+fn required_fields(value: &Value, shape: &Shape, pointer: &str, out: &mut Vec<String>) {
+    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    match (&shape.kind, value) {
+        (Kind::Object(fields), Value::Object(obj)) => {
+            for (name, required, field) in fields {
+                if let Some(v) = obj.get(name) {
+                    let p = format!("{pointer}/{}", escape(name));
+                    if *required {
+                        out.push(p.clone());
+                    }
+                    required_fields(v, field, &p, out);
+                }
+            }
+        }
+        (Kind::Map(Some(values)), Value::Object(obj)) => {
+            for (k, v) in obj {
+                required_fields(v, values, &format!("{pointer}/{}", escape(k)), out);
+            }
+        }
+        (Kind::Array(Some(items)), Value::Array(a)) if !a.is_empty() => {
+            required_fields(&a[0], items, &format!("{pointer}/0"), out);
+        }
+        _ => {}
+    }
+}
+
+/// The simulator's answer for each documented response, as the tests above ask for it.
+fn simulated_responses() -> Vec<(&'static str, Value)> {
+    let sim = sim();
+    let now = sim.clock.now();
+    sim.generate_rows(
+        &mut Rng::new(7),
+        "spans",
+        1,
+        5,
+        now - 3600,
+        now - 600,
+        0.0,
+        60,
+    );
+    let full = get(&sim, "/api/0/projects/acme/1/events/", "full=true");
+    vec![
+        ("organization", get(&sim, "/api/0/organizations/acme/", "")),
+        (
+            "project-list",
+            get(&sim, "/api/0/organizations/acme/projects/", ""),
+        ),
+        (
+            "project-events",
+            get(&sim, "/api/0/projects/acme/web/events/", ""),
+        ),
+        ("event", full[0].clone()),
+        (
+            "discover",
+            get(
+                &sim,
+                "/api/0/organizations/acme/events/",
+                "field=id&field=timestamp&dataset=spans&project=-1&sort=timestamp",
+            ),
+        ),
+        (
+            "issue-list",
+            get(&sim, "/api/0/organizations/acme/issues/", "query="),
+        ),
+    ]
+}
+
+#[test]
+fn every_documented_response_is_checked() {
+    let doc = documented();
+    let names: Vec<&str> = simulated_responses().iter().map(|(n, _)| *n).collect();
+    assert_eq!(doc.keys().map(String::as_str).collect::<Vec<_>>(), {
+        let mut n = names.clone();
+        n.sort_unstable();
+        n
+    });
+    // The facts the collector itself depends on are in the notation.
+    let org = &response(&doc, "organization").body;
+    let mut req = Vec::new();
+    required_fields(
+        &serde_json::json!({"links": {"regionUrl": "", "organizationUrl": ""}}),
+        org,
+        "",
+        &mut req,
+    );
+    assert_eq!(
+        req,
+        ["/links", "/links/organizationUrl", "/links/regionUrl"]
+    );
+}
+
+/// Dropping any field Sentry documents as always present, at any depth, from any simulated
+/// response is caught; so is dropping a field of Sentry's example.
+#[test]
+fn a_simulator_that_drops_a_documented_field_fails_the_checks() {
+    let doc = documented();
+    let mut checked = 0;
+    for (name, value) in simulated_responses() {
+        let documented = response(&doc, name);
+        assert_valid(&value, &documented.body, name);
+        let mut pointers = Vec::new();
+        required_fields(&value, &documented.body, "", &mut pointers);
+        assert!(pointers.len() >= 2, "{name}: {pointers:?}");
+        for p in &pointers {
+            let (parent, key) = p.rsplit_once('/').expect("a pointer");
+            let mut broken = value.clone();
+            broken
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .and_then(|o| o.remove(&key.replace("~1", "/").replace("~0", "~")))
+                .unwrap_or_else(|| panic!("{name}: {p} is present"));
+            let mut errors = Vec::new();
+            validate(&broken, &documented.body, name, &mut errors);
+            assert!(
+                errors.iter().any(|e| e.contains("missing required")),
+                "{name}: dropping {p} went unnoticed"
+            );
+            checked += 1;
+        }
+        let item = match &value {
+            Value::Array(a) => a[0].clone(),
+            v => v.clone(),
+        };
+        for field in &documented.example_fields {
+            let mut broken = item.clone();
+            broken.as_object_mut().unwrap().remove(field);
+            assert_eq!(
+                missing_example_fields(&broken, documented),
+                [field.as_str()],
+                "{name}: dropping {field} went unnoticed"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "{checked}");
+}
+
+#[test]
+fn the_notation_refuses_what_it_does_not_know() {
+    for (text, says) in [
+        (
+            "response a  GET /x\n  body strin\n  example-fields x\n",
+            "unknown type",
+        ),
+        (
+            "response a  GET /x\n  body string requird\n  example-fields x\n",
+            "unknown flag",
+        ),
+        (
+            "response a  GET /x\n  body object\n      x string\n  example-fields x\n",
+            "indent",
+        ),
+        (
+            "response a  GET /x\n  body array\n    x string\n  example-fields x\n",
+            "`[]`",
+        ),
+        ("response a  GET /x\n  body string\n", "no example-fields"),
+    ] {
+        let err = std::panic::catch_unwind(|| parse_notation(text)).expect_err(text);
+        let msg = err
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(msg.contains(says), "{text}: {msg}");
+    }
 }
 
 #[test]
@@ -364,11 +704,8 @@ fn link_next(resp: &sentry_sim::SimResponse) -> Option<String> {
 
 #[test]
 fn issues_match_the_schema_and_the_default_query_hides_resolved_ones() {
-    let doc = fixtures();
-    let (schema, example) = response(
-        &doc,
-        "/api/0/organizations/{organization_id_or_slug}/issues/",
-    );
+    let doc = documented();
+    let issues = response(&doc, "issue-list");
     let sim = Sim::new(SimOptions::default(), SimClock::default());
     sim.add_project(1, "web");
     let now = sim.clock.now();
@@ -378,8 +715,8 @@ fn issues_match_the_schema_and_the_default_query_hides_resolved_ones() {
         "/api/0/organizations/acme/issues/",
         "query=&sort=date&project=-1",
     );
-    assert_valid(&all, &schema, "issues");
-    assert_has_example_fields(&all[0], &example[0], "an issue");
+    assert_valid(&all, &issues.body, "issues");
+    assert_has_example_fields(&all[0], issues, "an issue");
     let default = get(&sim, "/api/0/organizations/acme/issues/", "sort=date");
     let statuses = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -507,11 +844,8 @@ fn audit_logs_are_rows_newest_first_with_date_cursors_and_need_org_write() {
 
 #[test]
 fn explore_datasets_match_the_schema_and_stop_at_the_offset_cap() {
-    let doc = fixtures();
-    let (schema, _) = response(
-        &doc,
-        "/api/0/organizations/{organization_id_or_slug}/events/",
-    );
+    let doc = documented();
+    let discover = response(&doc, "discover");
     let sim = Sim::new(SimOptions::default(), SimClock::default());
     sim.add_project(1, "web");
     let now = sim.clock.now();
@@ -538,7 +872,7 @@ fn explore_datasets_match_the_schema_and_stop_at_the_offset_cap() {
             "/api/0/organizations/acme/events/",
             &format!("{fields}&dataset={d}&project=-1&sort=timestamp&per_page=100"),
         );
-        assert_valid(&v, &schema, d);
+        assert_valid(&v, &discover.body, d);
         let rows = v["data"].as_array().unwrap();
         assert_eq!(rows.len(), 50, "{d}");
         assert_eq!(
