@@ -6,6 +6,9 @@
 # Arguments pick scenarios: steady backlog wide full hot-path (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The build goes to the repository's own target/, whatever CARGO_TARGET_DIR or a cargo config
+# above the clone says: the tests and the manifests look for the component there.
+export CARGO_TARGET_DIR="$PWD/target"
 
 scripts/setup.sh
 cargo build --quiet --target wasm32-wasip2 --release -p sentry-logs-collector

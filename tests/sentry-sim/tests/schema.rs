@@ -66,7 +66,9 @@ fn parse_notation(text: &str) -> BTreeMap<String, Response> {
         let mut fields = Vec::new();
         let mut example_fields = Vec::new();
         while let Some((n, l)) = lines.next_if(|(_, l)| l.starts_with(' ')) {
-            let depth = (l.len() - l.trim_start().len()) / 2;
+            let indent = l.len() - l.trim_start().len();
+            assert!(indent % 2 == 0, "line {}: odd indent: {l}", n + 1);
+            let depth = indent / 2;
             let mut words = l.split_whitespace();
             let first = words.next().unwrap_or_default();
             if first == "example-fields" {
@@ -134,9 +136,14 @@ fn parse_shape(fields: &[Line], at: &mut usize, depth: usize) -> Shape {
         }
     }
     let children = |at: &mut usize| -> Vec<(String, bool, Shape)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, bool, Shape)> = Vec::new();
         while *at < fields.len() && fields[*at].depth > depth {
             let name = fields[*at].name.to_string();
+            let number = fields[*at].number;
+            assert!(
+                !out.iter().any(|(n, _, _)| *n == name),
+                "line {number}: {name} twice"
+            );
             let required = fields[*at].flags.contains(&"required");
             out.push((name, required, parse_shape(fields, at, depth + 1)));
         }
@@ -161,7 +168,16 @@ fn parse_shape(fields: &[Line], at: &mut usize, depth: usize) -> Shape {
         "integer" => Kind::Integer,
         "number" => Kind::Number,
         "boolean" => Kind::Boolean,
-        "object" => Kind::Object(children(at)),
+        "object" => {
+            let fields = children(at);
+            if let Some((name, _, _)) = fields.iter().find(|(n, _, _)| n == "*" || n == "[]") {
+                panic!(
+                    "line {}: `{name}` belongs under a map or an array",
+                    line.number
+                );
+            }
+            Kind::Object(fields)
+        }
         "map" => Kind::Map(only("*", at)),
         "array" => Kind::Array(only("[]", at)),
         other => panic!("line {}: unknown type {other}", line.number),
@@ -340,6 +356,7 @@ fn project_events_simple_and_full_match_the_schema() {
     // full=true items have the single-event shape.
     let single = response(&doc, "event");
     let full = get(&sim, "/api/0/projects/acme/1/events/", "full=true");
+    assert_eq!(full.as_array().map(Vec::len), Some(5));
     for (i, item) in full.as_array().unwrap().iter().enumerate() {
         assert_valid(item, &single.body, &format!("full event {i}"));
         assert_has_example_fields(item, single, "a full event");
@@ -552,6 +569,18 @@ fn the_notation_refuses_what_it_does_not_know() {
             "`[]`",
         ),
         ("response a  GET /x\n  body string\n", "no example-fields"),
+        (
+            "response a  GET /x\n   body string\n  example-fields x\n",
+            "odd indent",
+        ),
+        (
+            "response a  GET /x\n  body object\n    x string\n    x integer\n  example-fields x\n",
+            "x twice",
+        ),
+        (
+            "response a  GET /x\n  body object\n    * string\n  example-fields x\n",
+            "under a map",
+        ),
     ] {
         let err = std::panic::catch_unwind(|| parse_notation(text)).expect_err(text);
         let msg = err
