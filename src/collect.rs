@@ -107,6 +107,8 @@ struct Collector<'a, 'e> {
     summary: StreamSummary,
     /// A sampled-results warning was given in this run.
     warned_partial: bool,
+    /// The org's project ids, once a project answered as if deleted.
+    projects_now: Option<Vec<u64>>,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -165,6 +167,7 @@ pub fn collect_stream(
         buffer: Buffer::default(),
         summary,
         warned_partial: false,
+        projects_now: None,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -288,7 +291,7 @@ enum Stop {
 
 impl From<SentryError> for Stop {
     fn from(e: SentryError) -> Self {
-        let transient = !matches!(e, SentryError::Fatal(_));
+        let transient = e.is_transient();
         match e {
             SentryError::OutOfTime => Stop::OutOfTime,
             other => Stop::Failed(Failure {
@@ -518,12 +521,30 @@ impl Collector<'_, '_> {
                 }),
                 end: window.end,
             };
-            let page = match self.sentry.stream_page(
+            let answer = match self.sentry.stream_page(
                 self.def,
                 unit,
                 range,
                 progress.cursor.as_deref(),
-            )? {
+            ) {
+                // A project deleted since the window was planned answers 404 (its event
+                // list) or 403 (named in a Discover query): skip it, if the project list
+                // agrees that it is gone.
+                Err(SentryError::Refused { status, message })
+                    if unit != ORG_WIDE && self.vanished(unit)? =>
+                {
+                    let w = format!(
+                            "project {unit} no longer exists (deleted since the window was planned; Sentry answered {status}): {} skipped it; its events are no longer in Sentry",
+                            self.def.name
+                        );
+                    eprintln!("warning: {w} ({message})");
+                    self.summary.warnings.push(w);
+                    next_unit(progress);
+                    continue;
+                }
+                other => other?,
+            };
+            let page = match answer {
                 Ok(page) => page,
                 Err(detail)
                     if unit == ORG_WIDE
@@ -628,6 +649,24 @@ impl Collector<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `project` is missing from the org's project list (read once a run, when a
+    /// project first answers as if it were gone).
+    fn vanished(&mut self, project: u64) -> Result<bool, Stop> {
+        if self.projects_now.is_none() {
+            let ids = self
+                .sentry
+                .all_projects()?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            self.projects_now = Some(ids);
+        }
+        Ok(!self
+            .projects_now
+            .as_ref()
+            .is_some_and(|ids| ids.contains(&project)))
     }
 
     /// An oldest-first query reached the offset cap: whatever comes after it is read by a new

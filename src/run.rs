@@ -69,7 +69,7 @@ impl RunError {
     pub fn is_transient(&self) -> bool {
         match self {
             RunError::Config(_) | RunError::Options(_) => false,
-            RunError::Sentry(e) => !matches!(e, SentryError::Fatal(_)),
+            RunError::Sentry(e) => e.is_transient(),
             RunError::Storage(e) => matches!(e, GcsError::Transient(_)),
             RunError::State(_) => true,
             RunError::Streams(s) => s

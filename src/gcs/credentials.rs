@@ -110,8 +110,18 @@ impl Credentials {
         })
     }
 
-    /// Forgets the current token, after a 401.
-    pub fn invalidate(&mut self) {
+    /// Forgets the current token, after a 401. An exchanged token is dropped from the KV
+    /// cache too (if it is still the cached one; another run may have cached a newer token
+    /// since), or the next attempt would reload the token that was just refused.
+    pub fn invalidate(&mut self, env: &Env) {
+        if let (Mode::Exchange { .. }, Some((refused, _))) = (&self.mode, self.current.take()) {
+            let cached: Option<CachedToken> = state::load(env.kv, keys::GCS_TOKEN).ok().flatten();
+            if cached.is_some_and(|c| c.access_token == refused.expose()) {
+                if let Err(e) = env.kv.delete(keys::GCS_TOKEN) {
+                    eprintln!("warning: could not drop the refused access token from KV: {e}");
+                }
+            }
+        }
         self.current = None;
     }
 

@@ -227,7 +227,7 @@ impl<'e> GcsClient<'e> {
             let failure = match self.env.http.send(&request) {
                 Ok(resp) if resp.status == 401 && !renewed => {
                     renewed = true;
-                    self.credentials.borrow_mut().invalidate();
+                    self.credentials.borrow_mut().invalidate(&self.env);
                     continue;
                 }
                 Ok(resp) => match retry::verdict(resp.status) {

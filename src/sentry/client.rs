@@ -438,7 +438,11 @@ impl<'e> SentryClient<'e> {
                         .append_pair("project", &project)
                         .append_pair("start", &rfc3339(range.start))
                         .append_pair("end", &rfc3339(range.end))
+                        // Rows of one second tie on `timestamp`, and Snuba returns ties in
+                        // any order, a new one on every query: offset paging needs a total
+                        // order, so the row id breaks ties.
                         .append_pair("sort", "timestamp")
+                        .append_pair("sort", def.shape.id_field)
                         .append_pair("per_page", &EXPLORE_PER_PAGE.to_string());
                 }
                 let what = if unit == ORG_WIDE {

@@ -14,8 +14,13 @@ use crate::ports::{InboundResponse, OutboundRequest, TransportError};
 /// Why a Sentry request did not yield data. A non-2xx body is never data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SentryError {
-    /// 401, 403, 404: retrying will not help; the message says which setting or scope to fix.
+    /// 401 and other refusals: retrying will not help; the message says which setting or
+    /// scope to fix.
     Fatal(String),
+    /// 403 or 404: as fatal as [`SentryError::Fatal`], but the caller may know better (a
+    /// project deleted since the window was planned answers 404, or 403 when named in a
+    /// Discover query).
+    Refused { status: u16, message: String },
     /// 429, 5xx, timeouts: worth retrying later.
     Transient(String),
     /// A 2xx whose body is not what the API documents.
@@ -27,15 +32,23 @@ pub enum SentryError {
 impl fmt::Display for SentryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SentryError::Fatal(m) | SentryError::Transient(m) | SentryError::Malformed(m) => {
-                f.write_str(m)
-            }
+            SentryError::Fatal(m)
+            | SentryError::Refused { message: m, .. }
+            | SentryError::Transient(m)
+            | SentryError::Malformed(m) => f.write_str(m),
             SentryError::OutOfTime => f.write_str("the run's time budget ran out"),
         }
     }
 }
 
 impl std::error::Error for SentryError {}
+
+impl SentryError {
+    /// Whether the same request may succeed later with nothing changed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SentryError::Fatal(_) | SentryError::Refused { .. })
+    }
+}
 
 /// A GET to `url` carrying the Sentry token. Only ever called with URLs the component built
 /// from `sentry_api_base` or a region URL that matched `sentry_region_hosts`.
@@ -61,12 +74,18 @@ pub(crate) fn classify_status(what: &str, permission: &str, resp: &InboundRespon
         401 => SentryError::Fatal(format!(
             "{what}: Sentry rejected sentry_auth_token (401); check that the token is current and pasted whole"
         )),
-        403 => SentryError::Fatal(format!(
-            "{what}: the token lacks a permission (403); give the internal integration {permission}"
-        )),
-        404 => SentryError::Fatal(format!(
-            "{what}: not found (404); check sentry_org (the organization slug) and sentry_api_base"
-        )),
+        403 => SentryError::Refused {
+            status: 403,
+            message: format!(
+                "{what}: the token lacks a permission (403); give the internal integration {permission}"
+            ),
+        },
+        404 => SentryError::Refused {
+            status: 404,
+            message: format!(
+                "{what}: not found (404); check sentry_org (the organization slug) and sentry_api_base"
+            ),
+        },
         429 => SentryError::Transient(format!("{what}: rate limited (429)")),
         s if s >= 500 => SentryError::Transient(format!("{what}: Sentry answered {s}")),
         s => SentryError::Fatal(format!("{what}: Sentry answered {s}")),

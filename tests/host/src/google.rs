@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -356,9 +356,14 @@ fn check_times(claims: &Value, now: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Tokens the token endpoint issued, for the proxy to accept; and its fault switch.
+/// Tokens the token endpoint issued, for the proxy to accept; its fault switch; and how many
+/// of the first issued tokens were revoked (no longer accepted).
 #[derive(Clone, Default)]
-pub struct IssuedTokens(Arc<Mutex<Vec<String>>>, pub Arc<AtomicU32>);
+pub struct IssuedTokens(
+    Arc<Mutex<Vec<String>>>,
+    pub Arc<AtomicU32>,
+    Arc<AtomicUsize>,
+);
 
 impl IssuedTokens {
     /// The next `n` token requests get a 500.
@@ -369,8 +374,17 @@ impl IssuedTokens {
     pub fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+
+    /// Every token issued so far is refused from now on (revoked, or the key disabled and
+    /// enabled again), before it expires.
+    pub fn revoke_all(&self) {
+        let n = self.count();
+        self.2.store(n, Ordering::SeqCst);
+    }
+
     fn contains(&self, t: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|x| x == t)
+        let revoked = self.2.load(Ordering::SeqCst);
+        self.0.lock().unwrap().iter().skip(revoked).any(|x| x == t)
     }
 }
 

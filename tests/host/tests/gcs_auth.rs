@@ -100,6 +100,46 @@ async fn the_token_exchange_mints_once_and_reuses_the_cached_token() {
     assert_eq!(issued.count(), 2);
 }
 
+/// A cached access token that Cloud Storage refuses (401: revoked before it expired) is
+/// dropped from KV too, so the retry mints a new one instead of reloading the refused one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_token_cloud_storage_refuses_is_dropped_and_a_new_one_minted() {
+    let mut rig = rig_with_events(20).await;
+    let key = Arc::new(TestKey::generate(EMAIL).unwrap());
+    let (tokens, issued) = token_endpoint(key.clone(), sim_now(&rig)).await.unwrap();
+    let proxy = rig.behind_proxy(Accept::Issued(issued.clone())).await;
+    rig.use_token_exchange(&key, &tokens);
+    let first = rig.run_ok().await;
+    assert_eq!(first["tokens_minted"], 1);
+    let cached = |rig: &Rig| -> Vec<u8> {
+        rig.kv_snapshot()
+            .into_iter()
+            .find(|(k, _)| k == "v1/gcs-token")
+            .map(|(_, v)| v)
+            .expect("the exchanged token is cached in KV")
+    };
+    let before = cached(&rig);
+    issued.revoke_all();
+    let now = rig.clock.now();
+    rig.sim
+        .generate(&mut Rng::new(50), 1, 5, now - 1800, now - 120, 0.0, 60);
+    rig.clock.advance(600);
+    let s = rig.run_ok().await;
+    assert_eq!(s["tokens_minted"], 1, "{s}");
+    assert_eq!(issued.count(), 2);
+    assert_eq!(
+        *proxy.rejected.lock().unwrap(),
+        1,
+        "one refusal, then the new token"
+    );
+    assert_ne!(
+        cached(&rig),
+        before,
+        "the refused token is no longer cached"
+    );
+    assert_eq!(rig.delivered().await.len(), 25);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_the_token_endpoint_does_not_know_fails_naming_the_setting() {
     let mut rig = rig_with_events(5).await;

@@ -145,6 +145,85 @@ async fn a_project_the_pre_scan_shows_empty_gets_no_request() {
     assert_eq!(rig.delivered().await.len(), 30);
 }
 
+/// Four of eight projects are deleted while the window's plan (persisted, and resumed by every
+/// later run) still names them: their event lists answer 404. The run skips them with a
+/// warning once the project list confirms they are gone, collects the others, and later runs
+/// go on as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_deleted_after_the_plan_named_them_are_skipped_and_the_rest_collected() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 8);
+    let now = rig.clock.now();
+    let mut rng = Rng::new(48);
+    for p in 1..=8 {
+        rig.sim
+            .generate(&mut rng, p, 40, now - 3 * HOUR, now - HOUR, 0.0, 60);
+    }
+    rig.set("lookback", "6h");
+    // Projects 1 and 2 are read, then 5 to 8 are deleted.
+    rig.sim
+        .delete_projects_after("project-events", 2, vec![5, 6, 7, 8]);
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["window_finished"], true, "{ev}");
+    assert_eq!(ev["events"], 160, "{ev}");
+    let warnings = ev["warnings"].to_string();
+    for p in 5..=8 {
+        assert!(
+            warnings.contains(&format!("project {p} no longer exists")),
+            "{ev}"
+        );
+    }
+    let c = rig.sim.counters();
+    assert_eq!(c.requests.get("projects"), Some(&1), "one project list");
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_eq!(truth.len(), 160);
+    assert_exact(&rig.delivered().await, &truth);
+
+    // Later runs are not stuck on the deleted projects.
+    rig.clock.advance(HOUR);
+    let t = rig.clock.now();
+    for p in 1..=4 {
+        rig.sim
+            .generate(&mut rng, p, 10, t - 50 * 60, t - 5 * 60, 0.0, 60);
+    }
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["events"], 40, "{s}");
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_exact(&rig.delivered().await, &truth);
+}
+
+/// A project that answers 404 but is still in the project list is a real refusal: the run
+/// fails and says so, and nothing is skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_for_a_project_the_org_still_has_is_not_skipped() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 2);
+    let now = rig.clock.now();
+    let mut rng = Rng::new(49);
+    for p in 1..=2 {
+        rig.sim
+            .generate(&mut rng, p, 20, now - 3 * HOUR, now - HOUR, 0.0, 60);
+    }
+    // Every project-events request answers 404.
+    rig.sim.force_status_for(
+        "project-events",
+        1_000,
+        404,
+        "The requested resource does not exist",
+    );
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected an error, got {:?}", inv.outcome);
+    };
+    assert!(
+        message.contains("events of project 1: not found (404)"),
+        "{message}"
+    );
+    assert_eq!(rig.sim.counters().requests.get("projects"), Some(&1));
+    assert!(rig.objects().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn objects_are_ndjson_events_never_overwritten_and_no_state_lands_in_the_bucket() {
     let mut rig = Rig::start(SimOptions::default()).await;

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -268,12 +268,16 @@ struct State {
     forbidden: Vec<&'static str>,
     /// The next N requests (any class but "org") get this status and body.
     forced_status: Option<(u32, u16, String)>,
+    /// Only requests of this class get the forced status (None: any class but "org").
+    forced_status_class: Option<&'static str>,
     /// The next N requests (any class but "org") are answered this much later.
     forced_delay: Option<(u32, Duration)>,
     /// The next N project-events pages are cut off halfway.
     truncate_next: u32,
     /// The next N requests after region discovery get their connection closed, no answer.
     drop_next: u32,
+    /// Once this many requests of the class have been served, these projects are deleted.
+    deletion: Option<(&'static str, u64, Vec<u64>)>,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -283,14 +287,22 @@ pub struct Sim {
     pub clock: SimClock,
     state: Arc<Mutex<State>>,
     base_url: Arc<Mutex<String>>,
+    /// Seeds the order of ties, a new one for every Discover query.
+    queries: Arc<AtomicU64>,
 }
 
 impl Sim {
+    /// A new seed for each query, so ties are ordered differently every time.
+    pub(crate) fn next_query_seed(&self) -> u64 {
+        self.queries.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn new(options: SimOptions, clock: SimClock) -> Sim {
         Sim {
             options: Arc::new(options),
             clock,
             state: Arc::new(Mutex::new(State::default())),
+            queries: Arc::new(AtomicU64::new(0)),
             base_url: Arc::new(Mutex::new(String::new())),
         }
     }
@@ -417,7 +429,16 @@ impl Sim {
     /// The next `n` requests after region discovery answer `status` with `body` (a 502, or
     /// Snuba's "Query timeout" 400). `n` = 0 clears it.
     pub fn force_status(&self, n: u32, status: u16, body: &str) {
-        self.state.lock().unwrap().forced_status = (n > 0).then(|| (n, status, body.to_string()));
+        let mut st = self.state.lock().unwrap();
+        st.forced_status = (n > 0).then(|| (n, status, body.to_string()));
+        st.forced_status_class = None;
+    }
+
+    /// Like [`Sim::force_status`], for requests of one class only ("project-events", ...).
+    pub fn force_status_for(&self, class: &'static str, n: u32, status: u16, body: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.forced_status = (n > 0).then(|| (n, status, body.to_string()));
+        st.forced_status_class = Some(class);
     }
 
     /// The next `n` requests after region discovery are answered `delay` late (slower than
@@ -434,6 +455,18 @@ impl Sim {
     /// The next `n` project-events pages are cut off halfway (a body cut short).
     pub fn truncate_next(&self, n: u32) {
         self.state.lock().unwrap().truncate_next = n;
+    }
+
+    /// Deletes a project as Sentry does: it leaves the project list and `project=-1` results
+    /// with all its data, its event list answers 404, and naming it in Discover gives 403.
+    pub fn remove_project(&self, id: u64) {
+        remove_project(&mut self.state.lock().unwrap(), id);
+    }
+
+    /// Deletes `projects` once `after` requests of `class` ("project-events", "discover", ...)
+    /// have been answered: projects that vanish in the middle of a run.
+    pub fn delete_projects_after(&self, class: &'static str, after: u64, projects: Vec<u64>) {
+        self.state.lock().unwrap().deletion = Some((class, after, projects));
     }
 
     /// Requests to this endpoint class answer 403 (a token without the scope).
@@ -537,12 +570,21 @@ impl Sim {
         }
         let now = self.clock.now();
         let mut st = self.state.lock().unwrap();
+        let served = st.counters.requests.get(class).copied().unwrap_or(0);
+        if let Some((c, after, projects)) = st.deletion.clone() {
+            if c == class && served >= after {
+                st.deletion = None;
+                for p in projects {
+                    remove_project(&mut st, p);
+                }
+            }
+        }
         *st.counters.requests.entry(class).or_default() += 1;
         if authorization != format!("Bearer {}", self.options.token) {
             st.counters.unauthorized += 1;
             return SimResponse::json(401, &json!({"detail": "Invalid token"}));
         }
-        if class != "org" {
+        if class != "org" && st.forced_status_class.is_none_or(|c| c == class) {
             if let Some((n, status, body)) = st.forced_status.clone() {
                 st.forced_status = if n > 1 {
                     Some((n - 1, status, body.clone()))
@@ -712,6 +754,16 @@ impl Sim {
             .filter_map(|p| p.parse().ok())
             .filter(|p| *p != u64::MAX)
             .collect();
+        // A project named explicitly that the org does not have (any more): 403.
+        if wanted
+            .iter()
+            .any(|w| !st.projects.iter().any(|p| p.id == *w))
+        {
+            return SimResponse::json(
+                403,
+                &json!({"detail": "You do not have permission to perform this action."}),
+            );
+        }
         let dataset = params.get("dataset").unwrap_or("errors");
         if let Some(d) = DATASETS.iter().find(|d| **d == dataset) {
             return self.explore(st, d, params, path, now, (!multi).then_some(wanted));
@@ -1019,4 +1071,10 @@ pub async fn body_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn remove_project(st: &mut State, id: u64) {
+    st.projects.retain(|p| p.id != id);
+    st.events.retain(|e| e.project_id != id);
+    st.rows.retain(|r| r.project_id != id);
 }

@@ -9,7 +9,9 @@
 //!   newest first, `DateTimePaginator` cursors (`{epoch ms}:{offset}:{is_prev}`), no date
 //!   filter, 403 for a token without `org:write`;
 //! - Discover / Explore datasets (`transactions`, `spans`, `logs`): flat rows of the requested
-//!   fields (20 at most, unknown ones refused), `sort=timestamp` or `-timestamp`, offset paging
+//!   fields (20 at most, unknown ones refused), sorted by every `sort` given (each a selected
+//!   field, `-` for descending) and by nothing else: rows that tie come back in a new random
+//!   order on every query, as Snuba returns them; offset paging
 //!   that silently stops at 10,000 rows (`results="false"` at the cap: the worst case), and
 //!   `meta.dataScanned` that says `partial` when sampling is switched on.
 
@@ -43,6 +45,22 @@ pub struct ExploreRow {
     /// Invisible before this time.
     pub received_at: i64,
     pub n: u64,
+}
+
+/// A value a Discover sort compares.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum SortKey {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Eq for SortKey {}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+    }
 }
 
 /// One version of an issue: its id and a `lastSeen` it had.
@@ -478,21 +496,22 @@ impl Sim {
                 &json!({"detail": format!("Invalid query. Unknown field: {f}")}),
             );
         }
-        let descending = match params.get("sort") {
-            None | Some("timestamp") => false,
-            Some("-timestamp") => true,
-            Some(other) => {
+        // Snuba orders by what `sort` names and nothing else: rows that tie on every sort
+        // key come back in any order, a different one on every query (so offset paging over
+        // ties skips some rows and repeats others).
+        let mut sorts: Vec<(String, bool)> = Vec::new();
+        for s in params.all("sort") {
+            let (field, descending) = match s.strip_prefix('-') {
+                Some(f) => (f.to_string(), true),
+                None => (s.clone(), false),
+            };
+            if !fields.contains(&field) {
                 return SimResponse::json(
                     400,
-                    &json!({"detail": format!("the simulator sorts only by timestamp, not {other}")}),
-                )
+                    &json!({"detail": "Cannot sort by a field that is not selected."}),
+                );
             }
-        };
-        if params.get("sort").is_some() && !fields.iter().any(|f| f == "timestamp") {
-            return SimResponse::json(
-                400,
-                &json!({"detail": "Cannot sort by a field that is not selected."}),
-            );
+            sorts.push((field, descending));
         }
         let (start, end) = match params.date_range() {
             Ok(r) => r,
@@ -502,7 +521,7 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
-        let mut rows: Vec<&ExploreRow> = st
+        let rows: Vec<&ExploreRow> = st
             .rows
             .iter()
             .filter(|r| {
@@ -521,10 +540,59 @@ impl Sim {
             });
             return self.paged(body, path, params, 0, 1, false);
         }
-        rows.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(a.id.cmp(&b.id)));
-        if descending {
-            rows.reverse();
+        let slug_of = |r: &ExploreRow| -> String {
+            st.projects
+                .iter()
+                .find(|p| p.id == r.project_id)
+                .map_or("unknown".to_string(), |p| p.slug.clone())
+        };
+        let key = |r: &ExploreRow, field: &str| -> SortKey {
+            match field {
+                "timestamp" => SortKey::Int(r.timestamp),
+                "id" => SortKey::Text(r.id.clone()),
+                f => match row_field(r, &slug_of(r), f) {
+                    Value::Number(n) => SortKey::Float(n.as_f64().unwrap_or(0.0)),
+                    Value::String(s) => SortKey::Text(s),
+                    other => SortKey::Text(other.to_string()),
+                },
+            }
+        };
+        let mut keyed: Vec<(Vec<SortKey>, &ExploreRow)> = rows
+            .into_iter()
+            .map(|r| (sorts.iter().map(|(f, _)| key(r, f)).collect(), r))
+            .collect();
+        let compare = |a: &[SortKey], b: &[SortKey]| -> std::cmp::Ordering {
+            a.iter()
+                .zip(b)
+                .zip(&sorts)
+                .map(
+                    |((x, y), (_, descending))| {
+                        if *descending {
+                            y.cmp(x)
+                        } else {
+                            x.cmp(y)
+                        }
+                    },
+                )
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        };
+        keyed.sort_by(|a, b| compare(&a.0, &b.0));
+        // Each run of ties in a fresh order.
+        let mut rng = Rng::new(self.next_query_seed());
+        let mut i = 0;
+        while i < keyed.len() {
+            let mut j = i + 1;
+            while j < keyed.len() && compare(&keyed[i].0, &keyed[j].0).is_eq() {
+                j += 1;
+            }
+            for k in (i + 1..j).rev() {
+                let m = i + rng.below((k - i + 1) as u64) as usize;
+                keyed.swap(k, m);
+            }
+            i = j;
         }
+        let rows: Vec<&ExploreRow> = keyed.into_iter().map(|(_, r)| r).collect();
         let offset = params.offset();
         // Offset paging stops at the cap, saying there is nothing more.
         let reachable = rows.len().min(OFFSET_CAP);
