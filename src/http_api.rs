@@ -80,7 +80,8 @@ impl ApiResponse {
         }
     }
 
-    fn error(status: u16, message: &str) -> Self {
+    /// A JSON `{"error": message}` answer.
+    pub fn error(status: u16, message: &str) -> Self {
         Self::json(status, &json!({ "error": message }))
     }
 }

@@ -39,34 +39,80 @@ pub fn with_spin_env<T>(f: impl FnOnce(&ports::Env) -> T) -> T {
 /// cannot be exported from a native shared library, and natively nothing calls them.
 #[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod exports {
-    use spin_sdk::http::{IntoResponse, Request, Response};
+    use spin_sdk::http::{IncomingRequest, IntoResponse, Response};
+    use wasi::io::streams::StreamError;
 
     use crate::{http_api, run, with_spin_env};
 
+    /// The request body is read here, chunk by chunk, never past [`http_api::MAX_BODY_BYTES`]:
+    /// a body declared larger is refused before any of it is read, and one that turns out
+    /// larger (chunked, or a lying `Content-Length`) is refused as soon as it passes the cap.
     #[spin_sdk::http_component]
-    fn handle_http(req: Request) -> impl IntoResponse {
-        let api_req = http_api::ApiRequest {
-            method: req.method().to_string(),
-            path: req.path().to_string(),
-            query: req.query().to_string(),
-            headers: req
-                .headers()
-                .map(|(n, v)| {
-                    (
-                        n.to_ascii_lowercase(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: req.body().to_vec(),
+    fn handle_http(req: IncomingRequest) -> impl IntoResponse {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let method = req.method().to_string();
+        let target = req.path_with_query().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+        let declared = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        let body = if declared.is_some_and(|n| n > http_api::MAX_BODY_BYTES as u64) {
+            Err(TOO_LARGE)
+        } else {
+            read_body(req, http_api::MAX_BODY_BYTES)
         };
-        let resp = with_spin_env(|env| http_api::handle(env, &api_req));
+        let resp = match body {
+            Ok(body) => {
+                let api_req = http_api::ApiRequest {
+                    method,
+                    path: path.to_string(),
+                    query: query.to_string(),
+                    headers,
+                    body,
+                };
+                with_spin_env(|env| http_api::handle(env, &api_req))
+            }
+            Err(TOO_LARGE) => http_api::ApiResponse::error(413, "request body too large"),
+            Err(_) => http_api::ApiResponse::error(400, "the request body could not be read"),
+        };
         let mut builder = Response::builder();
         builder.status(resp.status);
         for (name, value) in resp.headers {
             builder.header(name, value);
         }
         builder.body(resp.body).build()
+    }
+
+    const TOO_LARGE: u16 = 413;
+
+    /// The body, or the status to refuse it with: 413 as soon as it passes `cap` bytes, 400
+    /// when it cannot be read.
+    fn read_body(req: IncomingRequest, cap: usize) -> Result<Vec<u8>, u16> {
+        let incoming = req.consume().map_err(|_| 400u16)?;
+        let mut body = Vec::new();
+        {
+            let stream = incoming.stream().map_err(|_| 400u16)?;
+            loop {
+                match stream.blocking_read(16 * 1024) {
+                    Ok(chunk) if body.len() + chunk.len() > cap => return Err(TOO_LARGE),
+                    Ok(chunk) => body.extend_from_slice(&chunk),
+                    Err(StreamError::Closed) => break,
+                    Err(StreamError::LastOperationFailed(_)) => return Err(400),
+                }
+            }
+        }
+        Ok(body)
     }
 
     // The `handle-cron-event` export of `fermyon:spin-cron@2.0.0`, generated with the SDK's

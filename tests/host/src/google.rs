@@ -375,6 +375,11 @@ impl IssuedTokens {
         self.0.lock().unwrap().len()
     }
 
+    /// Every token issued so far, oldest first.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// Every token issued so far is refused from now on (revoked, or the key disabled and
     /// enabled again), before it expires.
     pub fn revoke_all(&self) {

@@ -378,6 +378,64 @@ async fn pubsub_envelopes_run_or_are_refused_without_touching_state() {
     assert_eq!(resp.json().unwrap()["retryable"], false);
 }
 
+/// Sends `head` (a request line and headers), then `body`, then keeps the connection open
+/// without finishing the body; returns the status line of whatever comes back within 10 s.
+async fn status_before_the_body_ends(served: &Served, head: String, body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and stop reading at any point: a failed write is fine.
+    let _ = conn.write_all(&body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer within 10 s: the body is being waited for"
+    );
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// A body declared larger than the cap is refused before any of it is read, and one that
+/// turns out larger (chunked) as soon as it passes the cap: neither waits for the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_refused_without_reading_it_all() {
+    let mut rig = rig_with_events().await;
+    rig.set("push_shared_secret", SECRET);
+    let served = rig.serve().await;
+    let before = rig.kv_snapshot();
+
+    let head = format!(
+        "POST /pubsub HTTP/1.1\r\nhost: collector\r\nauthorization: Bearer {SECRET}\r\ncontent-type: application/json\r\ncontent-length: 104857600\r\n\r\n"
+    );
+    let status = status_before_the_body_ends(&served, head, b"{".to_vec()).await;
+    assert!(status.contains(" 413"), "{status}");
+
+    let head = format!(
+        "POST /pubsub HTTP/1.1\r\nhost: collector\r\nauthorization: Bearer {SECRET}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let mut chunks = Vec::new();
+    for _ in 0..10 {
+        chunks.extend_from_slice(format!("{:x}\r\n", 8192).as_bytes());
+        chunks.extend_from_slice(&[b' '; 8192]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    let status = status_before_the_body_ends(&served, head, chunks).await;
+    assert!(status.contains(" 413"), "{status}");
+
+    assert_eq!(rig.kv_snapshot(), before, "KV is unchanged");
+    assert!(rig.objects().await.is_empty(), "no run started");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn eight_concurrent_runs_of_one_shard_collect_once() {
     let mut rig = rig_with_events().await;
