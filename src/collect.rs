@@ -548,7 +548,7 @@ impl Collector<'_, '_> {
                 Ok(page) => page,
                 Err(detail)
                     if unit == ORG_WIDE
-                        && matches!(self.def.kind, Kind::Explore(_))
+                        && matches!(self.def.kind, Kind::Explore(_) | Kind::Issues)
                         && is_no_global_views(&detail) =>
                 {
                     self.summary.warnings.push(format!(

@@ -149,6 +149,18 @@ impl HttpClient for SpinHttp {
         let _ = options.set_first_byte_timeout(Some(nanos(req.timeouts.first_byte)));
         let _ = options.set_between_bytes_timeout(Some(nanos(req.timeouts.between_bytes)));
 
+        let past_deadline = || {
+            req.finish_by.is_some_and(|by| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .is_ok_and(|d| d.as_secs_f64() > by)
+            })
+        };
+        if past_deadline() {
+            return Err(TransportError::Timeout(
+                "the run's deadline passed before the request".into(),
+            ));
+        }
         let body = outgoing.body().map_err(|_| other("request body"))?;
         let future = outgoing_handler::handle(outgoing, Some(options)).map_err(transport)?;
         {
@@ -205,6 +217,11 @@ impl HttpClient for SpinHttp {
                 .stream()
                 .map_err(|_| other("response body stream"))?;
             loop {
+                if past_deadline() {
+                    return Err(TransportError::Timeout(
+                        "the response was still arriving at the run's deadline".into(),
+                    ));
+                }
                 match stream.blocking_read(64 * 1024) {
                     Ok(chunk) => {
                         if bytes.len() + chunk.len() > req.max_response_bytes {

@@ -16,6 +16,9 @@ pub struct OutboundRequest {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeouts: Timeouts,
+    /// The whole exchange ends by then (Unix seconds): a response still arriving, even byte
+    /// by byte within every timeout, is abandoned with [`TransportError::Timeout`].
+    pub finish_by: Option<f64>,
     /// Responses larger than this are refused with [`TransportError::BodyTooLarge`].
     pub max_response_bytes: usize,
 }
@@ -75,8 +78,16 @@ impl OutboundRequest {
             headers: Vec::new(),
             body: Vec::new(),
             timeouts: Timeouts::default(),
+            finish_by: None,
             max_response_bytes: 16 * 1024 * 1024,
         }
+    }
+
+    /// Bounds the request by `deadline` (Unix seconds), `now` being the time: each timeout
+    /// cut to the time left, and the whole exchange ended by the deadline.
+    pub fn bound_by(&mut self, deadline: f64, now: f64) {
+        self.timeouts = Timeouts::within(deadline - now);
+        self.finish_by = Some(deadline);
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {

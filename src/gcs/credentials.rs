@@ -233,7 +233,7 @@ fn exchange(
         request.body =
             form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]).into_bytes();
         request.max_response_bytes = 64 * 1024;
-        request.timeouts = crate::ports::Timeouts::within(deadline - env.clock.now());
+        request.bound_by(deadline, env.clock.now());
         let failure = match env.http.send(&request) {
             Ok(resp) => match retry::verdict(resp.status) {
                 retry::Verdict::Success => {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::GcsConfig;
-use crate::ports::{Env, Method, OutboundRequest, Timeouts, TransportError};
+use crate::ports::{Env, Method, OutboundRequest, TransportError};
 use crate::retry;
 use crate::time::{compact, Utc};
 use credentials::Credentials;
@@ -222,7 +222,7 @@ impl<'e> GcsClient<'e> {
                 .borrow_mut()
                 .token(&self.env, self.deadline)?;
             request.headers[auth_at].1 = format!("Bearer {}", token.expose());
-            request.timeouts = Timeouts::within(self.deadline - self.env.clock.now());
+            request.bound_by(self.deadline, self.env.clock.now());
             self.requests.set(self.requests.get() + 1);
             let failure = match self.env.http.send(&request) {
                 Ok(resp) if resp.status == 401 && !renewed => {

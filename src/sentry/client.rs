@@ -10,7 +10,7 @@ use super::pages::{parse_page, Parsed};
 use super::ratelimit::Pacer;
 use super::{authorized_get, classify_status, link, SentryError};
 use crate::config::SentryConfig;
-use crate::ports::{Env, InboundResponse, Timeouts, TransportError};
+use crate::ports::{Env, InboundResponse, TransportError};
 use crate::retry;
 use crate::streams::{Kind, StreamDef};
 use crate::time::rfc3339;
@@ -97,10 +97,12 @@ impl<'e> SentryClient<'e> {
         self.env.clock.now().fract()
     }
 
-    /// Waits until `until` if the deadline allows; otherwise reports that time ran out.
+    /// Waits until `until` if the deadline allows; otherwise reports that time ran out. A
+    /// request starts only with [`MIN_REQUEST_SECS`] left after the wait (or after now, when
+    /// `until` is already past).
     fn wait_until(&self, until: f64) -> Result<(), SentryError> {
         let now = self.env.clock.now();
-        if until + MIN_REQUEST_SECS > self.deadline.get() {
+        if until.max(now) + MIN_REQUEST_SECS > self.deadline.get() {
             return Err(SentryError::OutOfTime);
         }
         if until > now {
@@ -124,7 +126,7 @@ impl<'e> SentryClient<'e> {
             self.wait_until(self.pacer.borrow().ready_at(endpoint))?;
             let mut request = authorized_get(self.cfg, url.clone());
             request.max_response_bytes = max_bytes;
-            request.timeouts = Timeouts::within(self.deadline.get() - self.env.clock.now());
+            request.bound_by(self.deadline.get(), self.env.clock.now());
             self.stats.borrow_mut().requests += 1;
             let transient = match self.env.http.send(&request) {
                 Err(TransportError::Denied(m)) => {
@@ -397,16 +399,20 @@ impl<'e> SentryClient<'e> {
                     // An empty query: all issues, not only the unresolved ones (the default).
                     .append_pair("query", "")
                     .append_pair("sort", "date")
-                    .append_pair("project", "-1")
+                    .append_pair("project", &project_param(unit))
                     .append_pair("start", &rfc3339(range.start))
                     .append_pair("end", &rfc3339(range.end))
                     .append_pair("limit", "100")
-                    // The 24-hour histogram is bulky and says nothing a SIEM uses.
-                    .append_pair("collapse", "stats");
-                (
-                    Call::new("issues", "the issue list".into(), def.permission),
-                    url,
-                )
+                    // No histogram (bulky, and nothing a SIEM uses), but not `collapse=stats`,
+                    // which would also drop `lifetime`: the top-level count, userCount,
+                    // firstSeen and lastSeen cover only the window, `lifetime` all time.
+                    .append_pair("groupStatsPeriod", "");
+                let what = if unit == ORG_WIDE {
+                    "the issue list".to_string()
+                } else {
+                    format!("the issue list of project {unit}")
+                };
+                (Call::new("issues", what, def.permission), url)
             }
             Kind::AuditLogs => {
                 // A control-silo endpoint: the API base (sentry.io), never the region host.
@@ -429,13 +435,8 @@ impl<'e> SentryClient<'e> {
                     for field in dataset.fields {
                         q.append_pair("field", field);
                     }
-                    let project = if unit == ORG_WIDE {
-                        "-1".to_string()
-                    } else {
-                        unit.to_string()
-                    };
                     q.append_pair("dataset", dataset.name)
-                        .append_pair("project", &project)
+                        .append_pair("project", &project_param(unit))
                         .append_pair("start", &rfc3339(range.start))
                         .append_pair("end", &rfc3339(range.end))
                         // Rows of one second tie on `timestamp`, and Snuba returns ties in
@@ -489,9 +490,20 @@ pub const ORG_WIDE: u64 = 0;
 pub const EXPLORE_PER_PAGE: u64 = 100;
 const ORG_READ: &str = "Organization Read (org:read)";
 
-/// Sentry's 400 for a multi-project query in an org without `global-views`.
+/// Sentry's 400 for a multi-project query in an org without `global-views`: "You cannot view
+/// events from multiple projects." (Discover) or "You do not have the multi project stream
+/// feature enabled" (issue search).
 pub fn is_no_global_views(detail: &str) -> bool {
-    detail.contains("multiple projects")
+    detail.contains("multiple projects") || detail.contains("multi project stream")
+}
+
+/// The `project` parameter for a unit: `-1` (every project) or the project's id.
+fn project_param(unit: u64) -> String {
+    if unit == ORG_WIDE {
+        "-1".to_string()
+    } else {
+        unit.to_string()
+    }
 }
 
 /// One kind of request: the rate-limit class, what to call it in messages, and what

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::{authorized_get, classify_status, from_transport, SentryError};
 use crate::config::SentryConfig;
-use crate::ports::{Env, Timeouts};
+use crate::ports::Env;
 use crate::state::{self, keys, RegionRecord};
 
 pub const REGION_TTL_SECS: i64 = 24 * 3600;
@@ -71,7 +71,7 @@ pub fn region_url(env: &Env, cfg: &SentryConfig, deadline: f64) -> Result<Url, S
     url.set_path(&format!("/api/0/organizations/{}/", cfg.org));
     let mut request = authorized_get(cfg, url);
     request.max_response_bytes = MAX_ORG_BODY;
-    request.timeouts = Timeouts::within(deadline - env.clock.now());
+    request.bound_by(deadline, env.clock.now());
     let resp = env
         .http
         .send(&request)

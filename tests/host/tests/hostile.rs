@@ -95,6 +95,49 @@ async fn a_sentry_slower_than_the_budget_times_out_and_reports_it() {
     assert_eq!(events_summary(&s)["events"], 20);
 }
 
+/// A Sentry answer that trickles in, a few bytes every half second (within every per-phase
+/// timeout), for far longer than the run: the run still ends at its budget (so it cannot
+/// outlive its lease), reports it, writes nothing, and the next run collects everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_trickling_past_the_budget_does_not_keep_the_run_alive() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(63),
+        1,
+        20,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    rig.set("time_budget", "6s");
+    // About 14 KB at 256 bytes every 500 ms: half a minute for one page.
+    rig.sim.trickle_next(10, Duration::from_millis(500));
+    let started = Instant::now();
+    let inv = rig.run().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(9),
+        "the run outlived its budget: {took:?}"
+    );
+    let Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected a reported timeout, got {:?}", inv.outcome);
+    };
+    assert!(message.contains("deadline"), "{message}");
+    assert!(rig.objects().await.is_empty());
+    rig.sim.trickle_next(0, Duration::ZERO);
+    rig.set("time_budget", "60s");
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["events"], 20);
+    assert_exact(
+        &rig.delivered().await,
+        &rig.sim.truth(0, i64::MAX, rig.clock.now()),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_and_non_event_pages_are_errors_never_data() {
     let mut rig = Rig::start(SimOptions::default()).await;

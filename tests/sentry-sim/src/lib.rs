@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -37,6 +37,12 @@ mod streams;
 pub mod time;
 
 pub use streams::{issue_id, AuditEntry, ExploreRow, IssueVersion, DATASETS, OFFSET_CAP};
+
+/// A response body: whole, or sent a few bytes at a time.
+type SimBody = Either<Full<Bytes>, http_body_util::channel::Channel<Bytes>>;
+
+/// Bytes per piece of a trickled body.
+const TRICKLE_CHUNK: usize = 256;
 
 /// Real time plus an adjustable offset, in seconds.
 #[derive(Debug, Clone, Default)]
@@ -276,6 +282,8 @@ struct State {
     truncate_next: u32,
     /// The next N requests after region discovery get their connection closed, no answer.
     drop_next: u32,
+    /// The next N bodies after region discovery are sent a few bytes at a time this far apart.
+    trickle_next: Option<(u32, Duration)>,
     /// Once this many requests of the class have been served, these projects are deleted.
     deletion: Option<(&'static str, u64, Vec<u64>)>,
 }
@@ -452,6 +460,12 @@ impl Sim {
         self.state.lock().unwrap().drop_next = n;
     }
 
+    /// The bodies of the next `n` requests after region discovery arrive a few bytes every
+    /// `every`: within any between-bytes timeout, and far slower than any run.
+    pub fn trickle_next(&self, n: u32, every: Duration) {
+        self.state.lock().unwrap().trickle_next = (n > 0).then_some((n, every));
+    }
+
     /// The next `n` project-events pages are cut off halfway (a body cut short).
     pub fn truncate_next(&self, n: u32) {
         self.state.lock().unwrap().truncate_next = n;
@@ -482,7 +496,7 @@ impl Sim {
     async fn handle(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
-    ) -> Option<hyper::Response<Full<Bytes>>> {
+    ) -> Option<hyper::Response<SimBody>> {
         let (parts, _body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if classify(&self.options.org, &path).is_some_and(|c| c != "org") {
@@ -538,11 +552,38 @@ impl Sim {
         for (n, v) in &resp.headers {
             builder = builder.header(n.as_str(), v.as_str());
         }
-        Some(
-            builder
-                .body(Full::new(Bytes::from(resp.body)))
-                .expect("simulator response"),
-        )
+        let trickle = match class {
+            Some(c) if c != "org" => {
+                let mut st = self.state.lock().unwrap();
+                match st.trickle_next {
+                    Some((n, every)) => {
+                        st.trickle_next = (n > 1).then_some((n - 1, every));
+                        Some(every)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let body = match trickle {
+            None => Either::Left(Full::new(Bytes::from(resp.body))),
+            Some(every) => {
+                // The status and headers now, then the body a few bytes at a time: each gap
+                // shorter than any between-bytes timeout, the whole far longer than a run.
+                let (mut tx, body) = http_body_util::channel::Channel::new(1);
+                let bytes = resp.body;
+                tokio::spawn(async move {
+                    for chunk in bytes.chunks(TRICKLE_CHUNK) {
+                        if tx.send_data(Bytes::copy_from_slice(chunk)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                });
+                Either::Right(body)
+            }
+        };
+        Some(builder.body(body).expect("simulator response"))
     }
 
     /// Answers one request (synchronously; the HTTP layer is a thin wrapper).

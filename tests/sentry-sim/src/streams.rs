@@ -2,9 +2,12 @@
 //!
 //! - issues (`/organizations/{org}/issues/`): derived from the events (one issue per project
 //!   and group), `lastSeen` the newest visible event, mutable; `query` defaults to
-//!   `is:unresolved`; `sort=date` pages newest `lastSeen` first with score cursors
+//!   `is:unresolved`; the date range selects issues with events in it, and `count`,
+//!   `userCount`, `firstSeen`, `lastSeen` describe those events only (`lifetime` holds the
+//!   all-time values); `sort=date` pages newest `lastSeen` first with score cursors
 //!   (`{lastSeen ms}:{offset}:{is_prev}`), so an issue that moves does not shift the pages after
-//!   it; `limit` at most 100; `collapse=stats` drops `stats`;
+//!   it; `limit` at most 100; `collapse=stats` drops `stats`, `lifetime` and `filtered`,
+//!   `groupStatsPeriod=` only `stats`; several projects without global views: 400;
 //! - audit logs (`/organizations/{org}/audit-logs/`): `{"rows": [...], "options": [...]}`,
 //!   newest first, `DateTimePaginator` cursors (`{epoch ms}:{offset}:{is_prev}`), no date
 //!   filter, 403 for a token without `org:write`;
@@ -48,7 +51,7 @@ pub struct ExploreRow {
 }
 
 /// A value a Discover sort compares.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, PartialEq)]
 enum SortKey {
     Int(i64),
     Float(f64),
@@ -59,7 +62,30 @@ impl Eq for SortKey {}
 
 impl Ord for SortKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
+        use SortKey::*;
+        match (self, other) {
+            (Int(a), Int(b)) => a.cmp(b),
+            (Float(a), Float(b)) => a.total_cmp(b),
+            (Text(a), Text(b)) => a.cmp(b),
+            // One field has one type; across types, by variant.
+            (a, b) => a.rank().cmp(&b.rank()),
+        }
+    }
+}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl SortKey {
+    fn rank(&self) -> u8 {
+        match self {
+            SortKey::Int(_) => 0,
+            SortKey::Float(_) => 1,
+            SortKey::Text(_) => 2,
+        }
     }
 }
 
@@ -319,25 +345,75 @@ impl Sim {
             Ok(r) => r,
             Err(r) => return r,
         };
+        let stats_period = match params.get("groupStatsPeriod") {
+            None => Some("24h"),
+            Some("") => None,
+            Some(p @ ("24h" | "14d" | "auto")) => Some(p),
+            Some(_) => {
+                return SimResponse::json(
+                    400,
+                    &json!({"detail": "Invalid groupStatsPeriod. Valid choices are '', '24h', and '14d'"}),
+                )
+            }
+        };
+        let projects = params.all("project");
+        let multi = projects.is_empty() || projects.iter().any(|p| p == "-1") || projects.len() > 1;
+        if multi && !self.options.global_views {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "You do not have the multi project stream feature enabled"}),
+            );
+        }
+        let wanted: Vec<u64> = projects.iter().filter_map(|p| p.parse().ok()).collect();
         // No `query` means Sentry's default, `is:unresolved`.
         let unresolved_only = params
             .get("query")
             .is_none_or(|q| q.contains("is:unresolved"));
         let collapse = params.all("collapse");
-        let mut issues: Vec<Issue> = issues_at(st, now)
+        // Sentry searches the events in the date range: an issue is listed if it has events
+        // there, sorted by its last one there, and `count`, `userCount`, `firstSeen` and
+        // `lastSeen` describe only those events; `lifetime` holds the all-time values.
+        let in_range = issues_in(st, now, start, end);
+        let lifetime: BTreeMap<u64, Issue> =
+            issues_at(st, now).into_iter().map(|i| (i.id, i)).collect();
+        let mut issues: Vec<Issue> = in_range
             .into_iter()
             .filter(|i| {
-                start.is_none_or(|s| i.last_seen >= s)
-                    && end.is_none_or(|e| i.last_seen < e)
-                    && (!unresolved_only || !resolved(i.group_id))
+                (!unresolved_only || !resolved(i.group_id))
+                    && (multi || wanted.contains(&i.project_id))
             })
             .collect();
         issues.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.id.cmp(&a.id)));
         let (page, next) =
             page_by_score(&issues, |i| i.last_seen * 1000, score_cursor(params), limit);
+        let collapsed = |what: &str| collapse.iter().any(|c| c == what);
         let body: Vec<Value> = page
             .iter()
-            .map(|i| self.issue_json(st, i, collapse.iter().any(|c| c == "stats")))
+            .map(|i| {
+                let mut v = self.issue_json(st, i);
+                let o = v.as_object_mut().expect("an issue is an object");
+                // Like Sentry's serializer: `collapse=stats` drops stats, lifetime and
+                // filtered together; `groupStatsPeriod=` only the histogram.
+                if !collapsed("stats") {
+                    if let Some(period) = stats_period {
+                        o.insert(
+                            "stats".into(),
+                            json!({ period: [[i.last_seen - i.last_seen % 3600, i.count]] }),
+                        );
+                    }
+                    if !collapsed("lifetime") {
+                        let all = lifetime.get(&i.id).unwrap_or(i);
+                        o.insert(
+                            "lifetime".into(),
+                            json!({"count": all.count.to_string(), "userCount": 1, "firstSeen": time::rfc3339(all.first_seen), "lastSeen": time::rfc3339(all.last_seen), "stats": null}),
+                        );
+                    }
+                    if !collapsed("filtered") {
+                        o.insert("filtered".into(), Value::Null);
+                    }
+                }
+                v
+            })
             .collect();
         let cursor = |c: Option<(i64, usize)>, prev: bool| {
             c.map_or("0:0:0".to_string(), |(v, o)| {
@@ -355,7 +431,9 @@ impl Sim {
         )
     }
 
-    fn issue_json(&self, st: &State, i: &Issue, collapse_stats: bool) -> Value {
+    /// An issue's own fields (the date-range-dependent ones from `i`), without `stats`,
+    /// `lifetime` and `filtered`, which depend on the request.
+    fn issue_json(&self, st: &State, i: &Issue) -> Value {
         let slug = st
             .projects
             .iter()
@@ -403,9 +481,6 @@ impl Sim {
             "firstSeen": time::rfc3339(i.first_seen),
             "lastSeen": time::rfc3339(i.last_seen),
             "derivedData": {"blocker": "none", "progress": "none", "status": "open", "viewCount": 0, "hasOpenFixPr": false, "isAssigned": true, "hasRootCause": false, "lastCompletedAutofixStep": "none", "lastProgressedAt": time::rfc3339(i.first_seen)},
-            "stats": {"24h": [[i.last_seen - i.last_seen % 3600, i.count]]},
-            "lifetime": {"count": i.count.to_string(), "userCount": 1, "firstSeen": time::rfc3339(i.first_seen), "lastSeen": time::rfc3339(i.last_seen)},
-            "filtered": null,
             "sessionCount": 0,
             "inbox": {"reason": 0, "reason_details": null, "date_added": time::rfc3339(i.first_seen)},
             "owners": {"type": "team", "owner": "team:2", "date_added": time::rfc3339(i.first_seen)},
@@ -419,11 +494,6 @@ impl Sim {
         });
         if let (Some(o), Value::Object(tail)) = (v.as_object_mut(), tail) {
             o.extend(tail);
-        }
-        if collapse_stats {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("stats");
-            }
         }
         v
     }
@@ -665,8 +735,17 @@ fn resolved(group_id: u64) -> bool {
 }
 
 fn issues_at(st: &State, now: i64) -> Vec<Issue<'_>> {
+    issues_in(st, now, None, None)
+}
+
+/// Issues as the events visible at `now` with an event time in `[start, end)` make them.
+fn issues_in(st: &State, now: i64, start: Option<i64>, end: Option<i64>) -> Vec<Issue<'_>> {
     let mut by_issue: BTreeMap<u64, Issue> = BTreeMap::new();
-    for e in st.events.iter().filter(|e| e.received_at <= now) {
+    for e in st.events.iter().filter(|e| {
+        e.received_at <= now
+            && start.is_none_or(|s| e.date_created >= s)
+            && end.is_none_or(|x| e.date_created < x)
+    }) {
         let id = issue_id(e.project_id, e.group_id);
         let issue = by_issue.entry(id).or_insert(Issue {
             id,

@@ -770,7 +770,71 @@ fn issues_match_the_schema_and_the_default_query_hides_resolved_ones() {
         "/api/0/organizations/acme/issues/",
         "query=&collapse=stats",
     );
-    assert!(collapsed[0].get("stats").is_none() && collapsed[0].get("lifetime").is_some());
+    // Like Sentry's serializer: collapse=stats drops lifetime and filtered with stats.
+    assert!(collapsed[0].get("stats").is_none() && collapsed[0].get("lifetime").is_none());
+    let no_histogram = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        "query=&groupStatsPeriod=",
+    );
+    assert!(no_histogram[0].get("stats").is_none());
+    assert!(no_histogram[0]["lifetime"]["count"].is_string());
+    assert!(all[0]["stats"]["24h"].is_array(), "{}", all[0]["stats"]);
+
+    // A date range scopes count, firstSeen and lastSeen; lifetime keeps the all-time values.
+    let (from, to) = (
+        sentry_sim::time::rfc3339(now - 5400),
+        sentry_sim::time::rfc3339(now - 3600),
+    );
+    let ranged = get(
+        &sim,
+        "/api/0/organizations/acme/issues/",
+        &format!("query=&groupStatsPeriod=&start={from}&end={to}"),
+    );
+    let ranged = ranged.as_array().unwrap();
+    assert!(!ranged.is_empty());
+    let mut narrower = 0;
+    for issue in ranged {
+        let count: u64 = issue["count"].as_str().unwrap().parse().unwrap();
+        let lifetime: u64 = issue["lifetime"]["count"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(count >= 1 && count <= lifetime, "{issue}");
+        let last = issue["lastSeen"].as_str().unwrap();
+        assert!(last >= from.as_str() && last < to.as_str(), "{last}");
+        assert!(issue["firstSeen"].as_str().unwrap() >= from.as_str());
+        assert!(issue["lifetime"]["lastSeen"].as_str().unwrap() >= last);
+        narrower += usize::from(count < lifetime);
+    }
+    assert!(narrower > 0, "some issues have events outside the range");
+
+    // Without global views, only one project at a time.
+    let single = Sim::new(
+        SimOptions {
+            global_views: false,
+            ..SimOptions::default()
+        },
+        SimClock::default(),
+    );
+    single.add_project(1, "web");
+    single.generate(&mut Rng::new(9), 1, 20, now - 7200, now - 600, 0.0, 60);
+    let auth = format!("Bearer {}", single.options.token);
+    let r = single.respond(
+        "GET",
+        "/api/0/organizations/acme/issues/",
+        "query=&project=-1",
+        &auth,
+    );
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("multi project stream feature"));
+    let one = get(
+        &single,
+        "/api/0/organizations/acme/issues/",
+        "query=&project=1",
+    );
+    assert!(!one.as_array().unwrap().is_empty());
 }
 
 #[test]
