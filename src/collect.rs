@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, PendingObject, SeenSet, WindowProgress};
+use crate::checkpoint::{
+    seen_key, Checkpoint, CheckpointStore, PendingObject, SeenSet, WindowProgress,
+};
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::ports::Env;
@@ -37,6 +39,9 @@ const MULTIPART_SLACK: usize = 4096;
 /// A run that finished a window starts another only if at least this much time is left to
 /// read, so catching up does not end in a string of seconds-long windows.
 const MIN_FOLLOW_UP_SECS: i64 = 300;
+/// A page holding an item without a readable id or time is read this many times (a glitch
+/// passes); then the item is quarantined and the stream moves on.
+pub const BAD_ITEM_TRIES: u32 = 3;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ObjectSummary {
@@ -79,6 +84,9 @@ pub struct StreamSummary {
     /// Projects (`events`) or datasets (Explore streams) whose overlap was not read again,
     /// because Sentry counted in it exactly what was already delivered from it.
     pub overlap_skipped: usize,
+    /// Items without a readable id or time, set apart in the stream's quarantine prefix after
+    /// [`BAD_ITEM_TRIES`] reads of their page.
+    pub quarantined: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
@@ -109,6 +117,8 @@ struct Collector<'a, 'e> {
     warned_partial: bool,
     /// The org's project ids, once a project answered as if deleted.
     projects_now: Option<Vec<u64>>,
+    /// Reads of the current page that held items without a readable id or time.
+    bad_reads: u32,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -142,17 +152,19 @@ pub fn collect_stream(
     };
     let state_name = format!("{}{}", def.name, shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
-    let (checkpoint, seen) = match store
-        .load()
-        .and_then(|state| settle_pending(&store, gcs, state, &mut summary))
-    {
-        Ok(state) => state,
-        Err(e) => {
-            summary.error = Some(format!("the checkpoint could not be read: {e}"));
-            summary.error_is_transient = true;
-            return summary;
-        }
-    };
+    let loaded = store.load().map_err(|e| Failure {
+        message: format!("the checkpoint could not be read: {e}"),
+        transient: true,
+    });
+    let (checkpoint, seen) =
+        match loaded.and_then(|state| settle_pending(&store, gcs, state, &mut summary)) {
+            Ok(state) => state,
+            Err(f) => {
+                summary.error = Some(f.message);
+                summary.error_is_transient = f.transient;
+                return summary;
+            }
+        };
     let mut c = Collector {
         def,
         env,
@@ -168,6 +180,7 @@ pub fn collect_stream(
         summary,
         warned_partial: false,
         projects_now: None,
+        bad_reads: 0,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -232,6 +245,7 @@ impl StreamSummary {
         self.gcs_requests += later.gcs_requests;
         self.queries_split += later.queries_split;
         self.overlap_skipped += later.overlap_skipped;
+        self.quarantined += later.quarantined;
         for w in later.warnings {
             if !self.warnings.contains(&w) {
                 self.warnings.push(w);
@@ -255,26 +269,39 @@ fn settle_pending(
     gcs: &GcsClient,
     (mut cp, seen): (Checkpoint, SeenSet),
     summary: &mut StreamSummary,
-) -> Result<(Checkpoint, SeenSet), String> {
+) -> Result<(Checkpoint, SeenSet), Failure> {
     let Some(pending) = cp.pending.take() else {
         return Ok((cp, seen));
     };
+    // A refusal (403: the writer lacks objectViewer) is a permission to fix, not a blip.
     let landed = gcs
         .holds(&pending.name, &pending.sha256)
-        .map_err(|e| format!("checking the object an interrupted run was writing: {e}"))?;
+        .map_err(|e| Failure {
+            transient: matches!(e, gcs::GcsError::Transient(_)),
+            message: format!("checking the object an interrupted run was writing: {e}"),
+        })?;
+    let saved = |e: String| Failure {
+        message: format!("the checkpoint could not be saved: {e}"),
+        transient: true,
+    };
     let seen = if landed {
         summary.warnings.push(format!(
             "an interrupted run had written {}; it is kept and its events are not read again",
             pending.name
         ));
-        store.save(&mut cp, &seen, false)?;
+        store.save(&mut cp, &seen, false).map_err(saved)?;
         seen
     } else {
         cp.in_progress = pending.rollback_progress;
         cp.seen_slot = pending.rollback_slot;
         cp.seen_chunks = pending.rollback_chunks;
-        let rolled_back = store.load_seen(cp.seen_slot, cp.seen_chunks)?;
-        store.save(&mut cp, &rolled_back, false)?;
+        let rolled_back = store
+            .load_seen(cp.seen_slot, cp.seen_chunks)
+            .map_err(|e| Failure {
+                message: format!("the checkpoint could not be read: {e}"),
+                transient: true,
+            })?;
+        store.save(&mut cp, &rolled_back, false).map_err(saved)?;
         rolled_back
     };
     Ok((cp, seen))
@@ -583,6 +610,19 @@ impl Collector<'_, '_> {
                 }
             };
             self.summary.pages += 1;
+            if !page.parsed.rejected.is_empty() {
+                self.bad_reads += 1;
+                if self.bad_reads < BAD_ITEM_TRIES {
+                    // The same position again, after a pause the deadline allows.
+                    let wait = crate::retry::backoff(self.bad_reads - 1, 0.5);
+                    if self.env.clock.now() + wait + 1.0 < self.sentry.deadline() {
+                        self.env.clock.sleep(wait);
+                    }
+                    continue;
+                }
+                self.quarantine(progress, unit, &page.parsed)?;
+            }
+            self.bad_reads = 0;
             if page.parsed.partial && !self.warned_partial {
                 self.warned_partial = true;
                 let w = format!(
@@ -648,6 +688,59 @@ impl Collector<'_, '_> {
                 self.flush(progress)?;
             }
         }
+        Ok(())
+    }
+
+    /// Sets a page's unreadable items apart: one NDJSON object under
+    /// `{gcs_prefix}{stream}-quarantine/` (outside the feed's prefix), each item as returned.
+    /// They count as delivered for the window, so a later read of the overlap does not set them
+    /// apart again. The object lands before the checkpoint moves past the page.
+    fn quarantine(
+        &mut self,
+        progress: &WindowProgress,
+        unit: u64,
+        page: &Parsed,
+    ) -> Result<(), Stop> {
+        let mut body = Vec::new();
+        let mut n = 0;
+        for r in &page.rejected {
+            let json = page.rejected_json(r);
+            let key = seen_key(&String::from_utf8_lossy(json));
+            if self.seen.insert_key(key, progress.window.end - 1, unit) {
+                body.extend_from_slice(json);
+                body.push(b'\n');
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.seen_changed = true;
+        let sha256 = gcs::sha256_hex(&body);
+        let name = gcs::object_name(
+            &self.config.gcs,
+            &format!("{}-quarantine", self.def.name),
+            &self.shard.suffix(),
+            &self.config.sentry.org,
+            (progress.window.start, progress.window.end),
+            0,
+            &sha256,
+            false,
+        );
+        let uploaded = self.gcs.create(&name, body, &sha256, n).map_err(|e| {
+            Stop::WriteFailed(Failure {
+                transient: matches!(e, gcs::GcsError::Transient(_)),
+                message: format!("Cloud Storage: {e}"),
+            })
+        })?;
+        self.summary.quarantined += n as u64;
+        self.summary.bytes += uploaded.bytes as u64;
+        let w = format!(
+            "{n} item(s) of {} had no readable {} or {} ({}) in {BAD_ITEM_TRIES} reads; they were set apart, as returned, in {}, outside the feed, and not delivered",
+            self.def.name, self.def.shape.id_field, self.def.shape.time_field, page.rejected[0].reason, uploaded.name
+        );
+        eprintln!("warning: {w}");
+        self.summary.warnings.push(w);
         Ok(())
     }
 

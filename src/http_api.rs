@@ -336,6 +336,7 @@ fn status_view(env: &Env, config: &Config) -> StatusView {
                 shard: r.shard,
                 watermark: r.watermark,
                 last_error: r.error,
+                last_warnings: r.warnings,
             }
         })
         .collect();

@@ -82,6 +82,9 @@ pub struct StreamStatus {
     pub objects: usize,
     pub bytes: u64,
     pub error: Option<String>,
+    /// The last run's warnings (a quarantined item, a deleted project, sampled data...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl StreamStatus {
@@ -108,6 +111,7 @@ impl StreamStatus {
             objects: s.objects.len(),
             bytes: s.bytes,
             error: s.error.clone(),
+            warnings: s.warnings.clone(),
         }
     }
 }

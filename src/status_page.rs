@@ -19,6 +19,7 @@ pub struct StreamRow {
     pub in_progress: bool,
     pub last_run: Option<LastRunRow>,
     pub last_error: Option<String>,
+    pub last_warnings: Vec<String>,
 }
 
 /// The counts of a stream's last run.
@@ -63,6 +64,7 @@ impl StatusView {
                         "bytes": l.bytes,
                     })),
                     "last_error": r.last_error,
+                    "last_warnings": r.last_warnings,
                 })
             })
             .collect();
@@ -391,6 +393,7 @@ mod tests {
                         bytes: 3 * 1024 * 1024,
                     }),
                     last_error: None,
+                    last_warnings: Vec::new(),
                 },
                 StreamRow {
                     stream: "issues".into(),

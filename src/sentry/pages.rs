@@ -2,8 +2,9 @@
 //!
 //! Each item keeps its JSON text exactly as returned (one line), with the two fields the
 //! collector reads from it: an identity for de-duplication and a time for the window. A body
-//! that is not the documented shape, or an item without those fields, refuses the whole page:
-//! a body that is not data (an error, a proxy's HTML page) is never written as data.
+//! that is not the documented shape refuses the whole page: a body that is not data (an
+//! error, a proxy's HTML page) is never written as data. An item without a readable id or time
+//! is set apart as rejected, for the collector to retry and then quarantine.
 
 use std::ops::Range;
 
@@ -45,11 +46,22 @@ pub struct Item {
     pub span: Range<usize>,
 }
 
+/// An item the page holds that cannot be collected: valid JSON, but without a readable id or
+/// time. It is never written as data; the collector quarantines it once it persists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Where its JSON text is in the page (one line).
+    pub span: Range<usize>,
+    pub reason: String,
+}
+
 /// A parsed page: the body, and where each item is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Parsed {
     body: Vec<u8>,
     pub items: Vec<Item>,
+    /// Items without a readable id or time, in page order.
+    pub rejected: Vec<Rejected>,
     /// Discover said `meta.dataScanned: "partial"`: the rows are a sample.
     pub partial: bool,
 }
@@ -58,6 +70,11 @@ impl Parsed {
     /// The item's JSON text, one line.
     pub fn json(&self, item: &Item) -> &[u8] {
         &self.body[item.span.clone()]
+    }
+
+    /// A rejected item's JSON text, one line.
+    pub fn rejected_json(&self, r: &Rejected) -> &[u8] {
+        &self.body[r.span.clone()]
     }
 
     /// The page's size in bytes.
@@ -88,18 +105,26 @@ pub fn parse_page(body: Vec<u8>, shape: &Shape) -> Result<Parsed, String> {
         return Err(p.not_envelope(shape));
     }
     let mut items = Vec::with_capacity(found.len());
+    let mut rejected = Vec::new();
     let mut flatten = false;
     for (i, f) in found.into_iter().enumerate() {
-        items.push(item(i, &body, f, shape)?);
-        flatten |= body[items[i].span.clone()].contains(&b'\n')
-            || body[items[i].span.clone()].contains(&b'\r');
+        let span = f.span.clone();
+        flatten |= body[span.clone()].contains(&b'\n') || body[span.clone()].contains(&b'\r');
+        match item(i, &body, f, shape) {
+            Ok(it) => items.push(it),
+            Err(reason) => rejected.push(Rejected { span, reason }),
+        }
     }
     let mut body = body;
     if flatten {
         // Raw line breaks in valid JSON can only be whitespace between tokens (inside strings
         // they are escaped): a space keeps the item the same JSON on one line.
-        for it in &items {
-            for b in &mut body[it.span.clone()] {
+        let spans = items
+            .iter()
+            .map(|it| it.span.clone())
+            .chain(rejected.iter().map(|r| r.span.clone()));
+        for span in spans {
+            for b in &mut body[span] {
                 if *b == b'\n' || *b == b'\r' {
                     *b = b' ';
                 }
@@ -109,6 +134,7 @@ pub fn parse_page(body: Vec<u8>, shape: &Shape) -> Result<Parsed, String> {
     Ok(Parsed {
         body,
         items,
+        rejected,
         partial,
     })
 }
@@ -508,6 +534,12 @@ mod tests {
                 "JSON array",
             ),
             (&br#"{"detail": "Invalid token"}"#[..], "JSON array"),
+        ] {
+            let err = parse_page(body.to_vec(), &EVENTS).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+        // Items without a readable id or time are set apart, never data.
+        for (body, needle) in [
             (&br#"[{"eventID": "a1"}]"#[..], "eventID and dateCreated"),
             (
                 &br#"[{"eventID": "a1", "dateCreated": "yesterday"}]"#[..],
@@ -523,9 +555,25 @@ mod tests {
             ),
             (&br#"[1, 2]"#[..], "item 0"),
         ] {
-            let err = parse_page(body.to_vec(), &EVENTS).unwrap_err();
-            assert!(err.contains(needle), "{err}");
+            let page = parse_page(body.to_vec(), &EVENTS).unwrap();
+            assert!(page.items.is_empty(), "{needle}");
+            assert!(
+                page.rejected[0].reason.contains(needle),
+                "{:?}",
+                page.rejected
+            );
         }
+        // One bad item among good ones: the good ones are items, the bad one is kept whole.
+        let page = parse_page(
+            br#"[{"eventID":"a","dateCreated":"2026-11-26T10:00:00Z"},{"eventID":"b"},
+{"eventID":"c","dateCreated":"2026-11-26T10:00:01Z"}]"#
+                .to_vec(),
+            &EVENTS,
+        )
+        .unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.rejected.len(), 1);
+        assert_eq!(page.rejected_json(&page.rejected[0]), br#"{"eventID":"b"}"#);
     }
 
     #[test]
@@ -635,7 +683,8 @@ mod tests {
         assert_eq!(page.items[0].key, seen_key("ab"));
         assert_eq!(page.items[1].key, seen_key("12"));
         // A time that is not a string is refused.
-        assert!(ok(r#"[{"eventID":"a","dateCreated":1790000000}]"#).is_err());
+        let page = ok(r#"[{"eventID":"a","dateCreated":1790000000}]"#).unwrap();
+        assert!(page.items.is_empty() && page.rejected.len() == 1);
         // Nested keys with the same name are not the item's.
         let page =
             ok(r#"[{"x":{"eventID":"no"},"eventID":"yes","dateCreated":"2026-11-26T10:00:00Z"}]"#)

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -501,6 +501,8 @@ pub struct AuthProxy {
     pub throttle_next: Arc<AtomicU32>,
     /// Every request is answered this many milliseconds late while this is above zero.
     pub delay_ms: Arc<AtomicU32>,
+    /// Reads (GET) are refused with 403 while set: a writer without `objectViewer`.
+    pub forbid_reads: Arc<AtomicBool>,
 }
 
 impl AuthProxy {
@@ -511,7 +513,12 @@ impl AuthProxy {
         let lose_reply_next = Arc::new(AtomicU32::new(0));
         let throttle_next = Arc::new(AtomicU32::new(0));
         let delay_ms = Arc::new(AtomicU32::new(0));
-        let (throttle, delay) = (throttle_next.clone(), delay_ms.clone());
+        let forbid_reads = Arc::new(AtomicBool::new(false));
+        let (throttle, delay, no_reads) = (
+            throttle_next.clone(),
+            delay_ms.clone(),
+            forbid_reads.clone(),
+        );
         let (seen, rej, fail, lose) = (
             seen_tokens.clone(),
             rejected.clone(),
@@ -527,6 +534,12 @@ impl AuthProxy {
                 return Reply::json(
                     503,
                     &json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+                );
+            }
+            if no_reads.load(Ordering::SeqCst) && req.method == "GET" {
+                return Reply::json(
+                    403,
+                    &json!({"error": {"code": 403, "message": "writer does not have storage.objects.get access"}}),
                 );
             }
             if throttle
@@ -597,6 +610,7 @@ impl AuthProxy {
             lose_reply_next,
             throttle_next,
             delay_ms,
+            forbid_reads,
         })
     }
 

@@ -704,6 +704,144 @@ async fn a_pending_object_that_never_landed_is_rolled_back_and_read_again() {
     assert_exact(&rig.delivered().await, &truth);
 }
 
+/// Settling a pending object needs to read it; a writer without `objectViewer` gets a 403.
+/// That is a permission to fix (the run says which), not a transient error to retry forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_403_while_settling_a_pending_object_is_a_permission_to_fix() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(53),
+        1,
+        30,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    let proxy = rig
+        .behind_proxy(collector_host::google::Accept::Static(
+            "ya29.test-static-token".into(),
+        ))
+        .await;
+    rig.set("time_budget", "3s");
+    proxy
+        .fail_next
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let _ = rig.run().await;
+    proxy
+        .fail_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .forbid_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    rig.set("time_budget", "60s");
+    let inv = rig.run().await;
+    let collector_host::Outcome::GuestError(message) = &inv.outcome else {
+        panic!("expected an error, got {:?}", inv.outcome);
+    };
+    assert!(message.contains("objectViewer"), "{message}");
+    let ev = events_summary(&summary(&inv)).clone();
+    assert_eq!(ev["error_is_transient"], false, "{ev}");
+    // Granted: the next run settles and delivers everything once.
+    proxy
+        .forbid_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["error"], serde_json::Value::Null, "{s}");
+    assert_exact(
+        &rig.delivered().await,
+        &rig.sim.truth(0, i64::MAX, rig.clock.now()),
+    );
+}
+
+/// One event Sentry serves without its id: the page is read again a bounded number of
+/// times, then the item is set apart, as returned, under the stream's quarantine prefix
+/// (outside the feed), reported, and the stream goes on. A later window that reads the
+/// overlap again does not set it apart twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_without_its_id_is_quarantined_and_the_stream_goes_on() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(54),
+        1,
+        150,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    rig.set("overlap", "4h");
+    let all = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    let poisoned = all[70].event_id.clone();
+    rig.sim.poison(&poisoned);
+    let s = rig.run_ok().await;
+    let ev = events_summary(&s);
+    assert_eq!(ev["quarantined"], 1, "{ev}");
+    assert_eq!(ev["events"], 149, "{ev}");
+    assert!(
+        ev["warnings"].to_string().contains("events-quarantine/"),
+        "{ev}"
+    );
+    let quarantine: Vec<String> = rig
+        .objects()
+        .await
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(&format!("{PREFIX}events-quarantine/")))
+        .collect();
+    assert_eq!(quarantine.len(), 1, "{quarantine:?}");
+    let body = rig.gcs.download(&quarantine[0]).await.unwrap();
+    let line: serde_json::Value = serde_json::from_slice(body.trim_ascii_end()).unwrap();
+    assert!(line.get("eventID").is_none());
+    assert!(line["title"].is_string(), "the item as Sentry returned it");
+    // /status says so too, until a later run of the stream replaces it.
+    let secret = "0123456789abcdef0123456789abcdef-status";
+    rig.set("push_shared_secret", secret);
+    let served = rig.serve().await;
+    let auth = format!("Bearer {secret}");
+    let status = served
+        .request(
+            "GET",
+            "/status",
+            &[
+                ("authorization", auth.as_str()),
+                ("accept", "application/json"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(status.status, 200);
+    let status = status.json().unwrap();
+    assert!(
+        status["streams"][0]["last_warnings"]
+            .to_string()
+            .contains("events-quarantine/"),
+        "{status}"
+    );
+    drop(served);
+
+    // The next window reads the overlap again: nothing is set apart twice.
+    rig.clock.advance(HOUR);
+    let t = rig.clock.now();
+    rig.sim
+        .generate(&mut Rng::new(55), 1, 20, t - 50 * 60, t - 5 * 60, 0.0, 60);
+    let s = rig.run_ok().await;
+    assert_eq!(events_summary(&s)["quarantined"], 0, "{s}");
+    let truth: Vec<_> = rig
+        .sim
+        .truth(0, i64::MAX, rig.clock.now())
+        .into_iter()
+        .filter(|e| e.event_id != poisoned)
+        .collect();
+    assert_exact(&rig.delivered().await, &truth);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overlap_is_read_again_only_where_late_events_arrived() {
     let mut rig = Rig::start(SimOptions {

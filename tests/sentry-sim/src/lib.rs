@@ -282,6 +282,8 @@ struct State {
     truncate_next: u32,
     /// The next N requests after region discovery get their connection closed, no answer.
     drop_next: u32,
+    /// Events served without `eventID` and `id` (a bad item in Sentry's data).
+    poisoned: std::collections::BTreeSet<String>,
     /// The next N bodies after region discovery are sent a few bytes at a time this far apart.
     trickle_next: Option<(u32, Duration)>,
     /// Once this many requests of the class have been served, these projects are deleted.
@@ -469,6 +471,16 @@ impl Sim {
     /// The next `n` project-events pages are cut off halfway (a body cut short).
     pub fn truncate_next(&self, n: u32) {
         self.state.lock().unwrap().truncate_next = n;
+    }
+
+    /// The event is served without `eventID` and `id` from now on: an item no collector can
+    /// identify, which must not stop the stream.
+    pub fn poison(&self, event_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .poisoned
+            .insert(event_id.to_string());
     }
 
     /// Deletes a project as Sentry does: it leaves the project list and `project=-1` results
@@ -897,11 +909,18 @@ impl Sim {
             .skip(offset)
             .take(per_page)
             .map(|e| {
-                if full {
+                let mut v = if full {
                     e.full_json(&project.slug)
                 } else {
                     e.simple_json(&project.slug)
+                };
+                if st.poisoned.contains(&e.event_id) {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("eventID");
+                        o.remove("id");
+                    }
                 }
+                v
             })
             .collect();
         let more = events.len() > offset + per_page;

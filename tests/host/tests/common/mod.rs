@@ -271,13 +271,15 @@ impl Rig {
     }
 
     /// Every events line: (eventID, the parsed line, object name). Asserts each line has an
-    /// eventID, and that the bucket holds no object outside the streams' prefixes.
+    /// eventID, and that the bucket holds no object outside the streams' prefixes (and their
+    /// quarantine prefixes).
     pub async fn delivered(&mut self) -> Vec<(String, Value, String)> {
         for o in self.objects().await {
             assert!(
-                STREAMS
-                    .iter()
-                    .any(|s| o.name.starts_with(&format!("{PREFIX}{s}/"))),
+                STREAMS.iter().any(|s| {
+                    o.name.starts_with(&format!("{PREFIX}{s}/"))
+                        || o.name.starts_with(&format!("{PREFIX}{s}-quarantine/"))
+                }),
                 "unexpected object {}",
                 o.name
             );
