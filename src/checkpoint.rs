@@ -117,6 +117,11 @@ impl SeenSet {
         self.ids.contains_key(&seen_key(event_id))
     }
 
+    /// Whether a key made by [`seen_key`] is recorded.
+    pub fn contains_key(&self, key: &[u8; 16]) -> bool {
+        self.ids.contains_key(key)
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

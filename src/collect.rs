@@ -42,6 +42,10 @@ const MIN_FOLLOW_UP_SECS: i64 = 300;
 /// A page holding an item without a readable id or time is read this many times (a glitch
 /// passes); then the item is quarantined and the stream moves on.
 pub const BAD_ITEM_TRIES: u32 = 3;
+/// The "project" a quarantined item is recorded under in the delivered-id set: it keeps the
+/// item from being set apart twice, and stays out of every project's overlap count (the item's
+/// own time may be unreadable, so it cannot be counted where Sentry counts it).
+const QUARANTINED: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ObjectSummary {
@@ -526,7 +530,8 @@ impl Collector<'_, '_> {
         for (&p, &n) in &delivered {
             // Delivered events Sentry no longer counts: deleted. Read the overlap again
             // rather than trust a count that may also hide a late arrival.
-            if p != ORG_WIDE && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
+            let project = p != ORG_WIDE && p != QUARANTINED;
+            if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
                 starts.insert(p, window.start);
             }
         }
@@ -567,6 +572,7 @@ impl Collector<'_, '_> {
                     eprintln!("warning: {w} ({message})");
                     self.summary.warnings.push(w);
                     next_unit(progress);
+                    self.bad_reads = 0;
                     continue;
                 }
                 other => other?,
@@ -592,6 +598,7 @@ impl Collector<'_, '_> {
                     progress.next_project = 0;
                     self.summary.projects_active =
                         self.summary.projects_active.max(progress.projects.len());
+                    self.bad_reads = 0;
                     continue;
                 }
                 Err(detail) => {
@@ -610,7 +617,12 @@ impl Collector<'_, '_> {
                 }
             };
             self.summary.pages += 1;
-            if !page.parsed.rejected.is_empty() {
+            // Items set apart by an earlier read (of an overlap) are not retried.
+            let set_apart = |r: &crate::sentry::pages::Rejected| {
+                self.seen
+                    .contains_key(&rejected_key(page.parsed.rejected_json(r)))
+            };
+            if !page.parsed.rejected.iter().all(set_apart) {
                 self.bad_reads += 1;
                 if self.bad_reads < BAD_ITEM_TRIES {
                     // The same position again, after a pause the deadline allows.
@@ -620,7 +632,7 @@ impl Collector<'_, '_> {
                     }
                     continue;
                 }
-                self.quarantine(progress, unit, &page.parsed)?;
+                self.quarantine(progress, &page.parsed)?;
             }
             self.bad_reads = 0;
             if page.parsed.partial && !self.warned_partial {
@@ -674,7 +686,9 @@ impl Collector<'_, '_> {
                     }
                 }
                 Order::OldestFirst => {
-                    progress.query_rows += page.parsed.items.len() as u64;
+                    // Sentry's offset counts every row, set apart or not.
+                    progress.query_rows +=
+                        (page.parsed.items.len() + page.parsed.rejected.len()) as u64;
                     if progress.query_rows >= OFFSET_CAP {
                         self.split_query(progress, range, &page.parsed.items);
                     } else if let Some(cursor) = page.next {
@@ -695,18 +709,16 @@ impl Collector<'_, '_> {
     /// `{gcs_prefix}{stream}-quarantine/` (outside the feed's prefix), each item as returned.
     /// They count as delivered for the window, so a later read of the overlap does not set them
     /// apart again. The object lands before the checkpoint moves past the page.
-    fn quarantine(
-        &mut self,
-        progress: &WindowProgress,
-        unit: u64,
-        page: &Parsed,
-    ) -> Result<(), Stop> {
+    fn quarantine(&mut self, progress: &WindowProgress, page: &Parsed) -> Result<(), Stop> {
         let mut body = Vec::new();
         let mut n = 0;
         for r in &page.rejected {
             let json = page.rejected_json(r);
-            let key = seen_key(&String::from_utf8_lossy(json));
-            if self.seen.insert_key(key, progress.window.end - 1, unit) {
+            let key = rejected_key(json);
+            if self
+                .seen
+                .insert_key(key, progress.window.end - 1, QUARANTINED)
+            {
                 body.extend_from_slice(json);
                 body.push(b'\n');
                 n += 1;
@@ -735,12 +747,31 @@ impl Collector<'_, '_> {
         })?;
         self.summary.quarantined += n as u64;
         self.summary.bytes += uploaded.bytes as u64;
-        let w = format!(
-            "{n} item(s) of {} had no readable {} or {} ({}) in {BAD_ITEM_TRIES} reads; they were set apart, as returned, in {}, outside the feed, and not delivered",
-            self.def.name, self.def.shape.id_field, self.def.shape.time_field, page.rejected[0].reason, uploaded.name
+        eprintln!(
+            "warning: {n} item(s) of {} set apart in {} ({})",
+            self.def.name, uploaded.name, page.rejected[0].reason
         );
-        eprintln!("warning: {w}");
-        self.summary.warnings.push(w);
+        // One warning a run, however many objects: the total, and the latest object named.
+        let marker = format!("item(s) of {} had no readable", self.def.name);
+        let w = format!(
+            "{} {marker} {} or {} in {BAD_ITEM_TRIES} reads (e.g. {}); they were set apart, as returned, under {}{}-quarantine/ (latest: {}), outside the feed",
+            self.summary.quarantined,
+            self.def.shape.id_field,
+            self.def.shape.time_field,
+            page.rejected[0].reason,
+            self.config.gcs.prefix,
+            self.def.name,
+            uploaded.name
+        );
+        match self
+            .summary
+            .warnings
+            .iter_mut()
+            .find(|x| x.contains(&marker))
+        {
+            Some(earlier) => *earlier = w,
+            None => self.summary.warnings.push(w),
+        }
         Ok(())
     }
 
@@ -923,6 +954,11 @@ pub fn absorb(
         }
     }
     took
+}
+
+/// The delivered-id key of an item set apart: of its whole JSON text (it has no usable id).
+fn rejected_key(json: &[u8]) -> [u8; 16] {
+    seen_key(&String::from_utf8_lossy(json))
 }
 
 /// Moves to the next project (or unit), forgetting the position inside the last one.

@@ -42,24 +42,14 @@ mod exports {
     use spin_sdk::http::{IncomingRequest, IntoResponse, Response};
     use wasi::io::streams::StreamError;
 
-    use crate::{http_api, run, with_spin_env};
+    use crate::{http_api, platform, run, with_spin_env};
 
     /// The request body is read here, chunk by chunk, never past [`http_api::MAX_BODY_BYTES`]:
     /// a body declared larger is refused before any of it is read, and one that turns out
     /// larger (chunked, or a lying `Content-Length`) is refused as soon as it passes the cap.
     #[spin_sdk::http_component]
     fn handle_http(req: IncomingRequest) -> impl IntoResponse {
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .entries()
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
+        let headers = platform::header_list(req.headers().entries());
         let method = req.method().to_string();
         let target = req.path_with_query().unwrap_or_default();
         let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));

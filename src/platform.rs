@@ -199,17 +199,7 @@ impl HttpClient for SpinHttp {
             _ => return Err(other("no response")),
         };
         let status = response.status();
-        let headers = response
-            .headers()
-            .entries()
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n.to_ascii_lowercase(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_list(response.headers().entries());
         let incoming = response.consume().map_err(|_| other("response body"))?;
         let mut bytes = Vec::new();
         {
@@ -217,7 +207,9 @@ impl HttpClient for SpinHttp {
                 .stream()
                 .map_err(|_| other("response body stream"))?;
             loop {
-                if past_deadline() {
+                // A read still arriving at the deadline is abandoned. An upload's answer is
+                // not: its status already says whether the object landed.
+                if req.method == Method::Get && past_deadline() {
                     return Err(TransportError::Timeout(
                         "the response was still arriving at the run's deadline".into(),
                     ));
@@ -243,4 +235,18 @@ impl HttpClient for SpinHttp {
             body: bytes,
         })
     }
+}
+
+/// `wasi:http` header entries as (lower-case name, value) pairs; a value that is not UTF-8 is
+/// read lossily (a header the component reads is ASCII).
+pub(crate) fn header_list(entries: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    entries
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect()
 }

@@ -69,6 +69,9 @@ pub struct LastRun {
     pub error: Option<String>,
 }
 
+/// Warnings kept in a stream's status record (the summary has them all).
+const MAX_STATUS_WARNINGS: usize = 20;
+
 /// What `/status` shows for one stream (and shard), written at the end of each run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamStatus {
@@ -111,7 +114,13 @@ impl StreamStatus {
             objects: s.objects.len(),
             bytes: s.bytes,
             error: s.error.clone(),
-            warnings: s.warnings.clone(),
+            // Bounded, so the record stays far under a KV value's 1 MB.
+            warnings: s
+                .warnings
+                .iter()
+                .take(MAX_STATUS_WARNINGS)
+                .map(|w| w.chars().take(1000).collect())
+                .collect(),
         }
     }
 }

@@ -538,19 +538,10 @@ impl Sim {
         if !self.options.latency.is_zero() {
             tokio::time::sleep(self.options.latency).await;
         }
-        let delay = match class {
-            Some(c) if c != "org" => {
-                let mut st = self.state.lock().unwrap();
-                match st.forced_delay {
-                    Some((n, d)) => {
-                        st.forced_delay = (n > 1).then_some((n - 1, d));
-                        Some(d)
-                    }
-                    None => None,
-                }
-            }
-            _ => None,
-        };
+        let faulted = class.is_some_and(|c| c != "org");
+        let delay = faulted
+            .then(|| take_one(&mut self.state.lock().unwrap().forced_delay))
+            .flatten();
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -564,19 +555,9 @@ impl Sim {
         for (n, v) in &resp.headers {
             builder = builder.header(n.as_str(), v.as_str());
         }
-        let trickle = match class {
-            Some(c) if c != "org" => {
-                let mut st = self.state.lock().unwrap();
-                match st.trickle_next {
-                    Some((n, every)) => {
-                        st.trickle_next = (n > 1).then_some((n - 1, every));
-                        Some(every)
-                    }
-                    None => None,
-                }
-            }
-            _ => None,
-        };
+        let trickle = faulted
+            .then(|| take_one(&mut self.state.lock().unwrap().trickle_next))
+            .flatten();
         let body = match trickle {
             None => Either::Left(Full::new(Bytes::from(resp.body))),
             Some(every) => {
@@ -1137,4 +1118,11 @@ fn remove_project(st: &mut State, id: u64) {
     st.projects.retain(|p| p.id != id);
     st.events.retain(|e| e.project_id != id);
     st.rows.retain(|r| r.project_id != id);
+}
+
+/// Uses one of the `n` faults left in `slot`: its value, clearing the slot after the last.
+fn take_one<T: Copy>(slot: &mut Option<(u32, T)>) -> Option<T> {
+    let (n, value) = (*slot)?;
+    *slot = (n > 1).then_some((n - 1, value));
+    Some(value)
 }
