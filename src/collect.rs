@@ -156,10 +156,7 @@ pub fn collect_stream(
     };
     let state_name = format!("{}{}", def.name, shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
-    let loaded = store.load().map_err(|e| Failure {
-        message: format!("the checkpoint could not be read: {e}"),
-        transient: true,
-    });
+    let loaded = store.load().map_err(Failure::unreadable);
     let (checkpoint, seen) =
         match loaded.and_then(|state| settle_pending(&store, gcs, state, &mut summary)) {
             Ok(state) => state,
@@ -266,6 +263,25 @@ struct Failure {
     transient: bool,
 }
 
+impl Failure {
+    /// The checkpoint could not be read (a KV fault: the next run may succeed).
+    fn unreadable(e: String) -> Failure {
+        Failure {
+            message: format!("the checkpoint could not be read: {e}"),
+            transient: true,
+        }
+    }
+}
+
+impl From<gcs::GcsError> for Failure {
+    fn from(e: gcs::GcsError) -> Failure {
+        Failure {
+            transient: matches!(e, gcs::GcsError::Transient(_)),
+            message: format!("Cloud Storage: {e}"),
+        }
+    }
+}
+
 /// Resolves an object a previous run left pending: kept if the bucket holds it, rolled back
 /// (its events to be read again) if not.
 fn settle_pending(
@@ -301,10 +317,7 @@ fn settle_pending(
         cp.seen_chunks = pending.rollback_chunks;
         let rolled_back = store
             .load_seen(cp.seen_slot, cp.seen_chunks)
-            .map_err(|e| Failure {
-                message: format!("the checkpoint could not be read: {e}"),
-                transient: true,
-            })?;
+            .map_err(Failure::unreadable)?;
         store.save(&mut cp, &rolled_back, false).map_err(saved)?;
         rolled_back
     };
@@ -739,12 +752,10 @@ impl Collector<'_, '_> {
             &sha256,
             false,
         );
-        let uploaded = self.gcs.create(&name, body, &sha256, n).map_err(|e| {
-            Stop::WriteFailed(Failure {
-                transient: matches!(e, gcs::GcsError::Transient(_)),
-                message: format!("Cloud Storage: {e}"),
-            })
-        })?;
+        let uploaded = self
+            .gcs
+            .create(&name, body, &sha256, n)
+            .map_err(|e| Stop::WriteFailed(e.into()))?;
         self.summary.quarantined += n as u64;
         self.summary.bytes += uploaded.bytes as u64;
         eprintln!(
@@ -879,12 +890,10 @@ impl Collector<'_, '_> {
         // The pending mark must reach KV before the object may exist.
         self.seen_changed = true;
         self.save()?;
-        let uploaded = self.gcs.create(&name, body, &sha256, events).map_err(|e| {
-            Stop::WriteFailed(Failure {
-                transient: matches!(e, gcs::GcsError::Transient(_)),
-                message: format!("Cloud Storage: {e}"),
-            })
-        })?;
+        let uploaded = self
+            .gcs
+            .create(&name, body, &sha256, events)
+            .map_err(|e| Stop::WriteFailed(e.into()))?;
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {
             name: uploaded.name,
