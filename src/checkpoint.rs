@@ -126,6 +126,17 @@ impl SeenSet {
         self.ids.len()
     }
 
+    /// Adds the ids of `other` read from a project `keep` accepts.
+    pub fn extend_where(&mut self, other: &SeenSet, keep: impl Fn(u64) -> bool) {
+        self.ids.extend(
+            other
+                .ids
+                .iter()
+                .filter(|(_, s)| keep(s.project))
+                .map(|(k, s)| (*k, *s)),
+        );
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -212,6 +223,27 @@ pub struct WindowProgress {
     /// start, or the watermark when its overlap holds nothing new). Empty: the window's start.
     #[serde(default)]
     pub read_from: Vec<i64>,
+    /// `events`: where the current project's next page starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyset: Option<Keyset>,
+    /// `events`: the server ignores `start`/`end` (self-hosted Sentry before 2025), so pages
+    /// follow its own offset cursors for the rest of the window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dates_ignored: bool,
+}
+
+/// A place in a newest-first list (`-timestamp, -event_id`) that deleted events cannot move:
+/// the next page asks for the events before `end` (exclusive) from offset `read - 1`. The
+/// `read` newest of them (all in the second `end - 1`) were read already; the one at that
+/// offset is read again and must be `last` (the hex key of the last row read): if it is not,
+/// rows above it were deleted (or arrived late), and the second is read again from its top.
+/// An offset thus never spans more than one second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyset {
+    pub end: i64,
+    pub read: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +258,33 @@ pub struct Checkpoint {
     /// its events; if the object never landed, the run that finds this rolls back.
     #[serde(default)]
     pub pending: Option<PendingObject>,
+    /// The lease epoch of the run that saved it: a run holding an earlier epoch (one that
+    /// lost its lease) must not overwrite it.
+    #[serde(default)]
+    pub epoch: u64,
+    /// After a change of shard layout: the projects of each old shard were delivered up to
+    /// its floor (later than the watermark), so they are read from there, less the overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floors: Vec<ShardFloor>,
+}
+
+/// Everything the projects of `shard` (of an earlier layout, `i/n`) had before `at` was
+/// delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFloor {
+    pub shard: String,
+    pub at: i64,
+}
+
+impl Checkpoint {
+    /// How far `project` was delivered by a shard of an earlier layout, beyond the watermark.
+    pub fn floor_for(&self, project: u64) -> Option<i64> {
+        self.floors
+            .iter()
+            .filter(|f| crate::shard::Shard::parse(&f.shard).is_ok_and(|s| s.includes(project)))
+            .map(|f| f.at)
+            .max()
+    }
 }
 
 /// Written before an upload, cleared after it (a two-phase commit with the bucket as the
@@ -238,6 +297,23 @@ pub struct PendingObject {
     pub rollback_progress: Option<WindowProgress>,
     pub rollback_slot: u8,
     pub rollback_chunks: u32,
+}
+
+/// Why a checkpoint was not saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveError {
+    /// KV failed, or the id set does not fit.
+    Failed(String),
+    /// A later lease holder saved the checkpoint: this run lost the shard.
+    Superseded(String),
+}
+
+impl std::fmt::Display for SaveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SaveError::Failed(m) | SaveError::Superseded(m) => f.write_str(m),
+        }
+    }
 }
 
 /// The checkpoint and id set of one stream (and shard), under `v1/{stream}/...`.
@@ -274,30 +350,57 @@ impl<'a> CheckpointStore<'a> {
     }
 
     /// Loads the checkpoint and id set. An unreadable record is an error, never a fresh
-    /// start: starting over would deliver everything in the lookback again.
+    /// start: starting over would deliver everything in the lookback again. A chunk missing
+    /// because the checkpoint moved on while it was read (a run finishing as this one starts)
+    /// is read again from the new checkpoint.
     pub fn load(&self) -> Result<(Checkpoint, SeenSet), String> {
-        let key = self.checkpoint_key();
-        let cp: Checkpoint = match state::load(self.kv, &key) {
-            Ok(Some(cp)) => cp,
-            Ok(None) => return Ok((Checkpoint::default(), SeenSet::default())),
-            Err(e) => {
-                return Err(format!(
-                    "{e}; delete the key {key} (and {}/seen/*) to start again from lookback",
-                    key.trim_end_matches("/checkpoint")
-                ))
+        let mut attempt = 0;
+        loop {
+            let cp = self.load_record()?;
+            match self.load_seen(cp.seen_slot, cp.seen_chunks) {
+                Ok(seen) => return Ok((cp, seen)),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= 3 || self.load_record()? == cp {
+                        return Err(e);
+                    }
+                }
             }
-        };
-        let seen = self.load_seen(cp.seen_slot, cp.seen_chunks)?;
-        Ok((cp, seen))
+        }
     }
 
-    /// Saves a new checkpoint. `seen_changed` false reuses the stored id set.
+    fn load_record(&self) -> Result<Checkpoint, String> {
+        let key = self.checkpoint_key();
+        match state::load(self.kv, &key) {
+            Ok(cp) => Ok(cp.unwrap_or_default()),
+            Err(e) => Err(format!(
+                "{e}; delete the key {key} (and {}/seen/*) to start again from lookback",
+                key.trim_end_matches("/checkpoint")
+            )),
+        }
+    }
+
+    /// Saves a new checkpoint as the holder of lease `epoch`. `seen_changed` false reuses the
+    /// stored id set. Refused, before anything is written, when the stored checkpoint was
+    /// saved under a later epoch (another run took the shard over), unless `over_later` (the
+    /// caller confirmed in the bucket that its lease is the newest: the later number is from
+    /// before the lease folder was emptied).
     pub fn save(
         &self,
         cp: &mut Checkpoint,
         seen: &SeenSet,
         seen_changed: bool,
-    ) -> Result<(), String> {
+        epoch: u64,
+        over_later: bool,
+    ) -> Result<(), SaveError> {
+        let stored = self.load_record().map_err(SaveError::Failed)?;
+        if stored.epoch > epoch && !over_later {
+            return Err(SaveError::Superseded(format!(
+                "another run took the shard over (its checkpoint of {} is from lease epoch {}, after this run's {epoch}): this run stopped without writing",
+                self.stream, stored.epoch
+            )));
+        }
+        cp.epoch = epoch;
         let old_slot = cp.seen_slot;
         let old_chunks = cp.seen_chunks;
         // A pending object's rollback state must survive until the object is confirmed.
@@ -305,15 +408,16 @@ impl<'a> CheckpointStore<'a> {
         if seen_changed {
             let chunks = seen.encode();
             if chunks.len() > MAX_CHUNKS {
-                return Err(format!(
+                return Err(SaveError::Failed(format!(
                     "{} ids delivered in the overlap and current window exceed what KV can hold ({}); lower overlap or max_window",
                     seen.len(),
                     MAX_CHUNKS * RECORDS_PER_CHUNK
-                ));
+                )));
             }
             let slot = 1 - old_slot.min(1);
             for (n, chunk) in chunks.iter().enumerate() {
-                state::save(self.kv, &self.chunk_key(slot, n as u32), chunk)?;
+                state::save(self.kv, &self.chunk_key(slot, n as u32), chunk)
+                    .map_err(SaveError::Failed)?;
             }
             // The slot may hold more chunks from an older, larger set: drop them.
             let mut n = chunks.len() as u32;
@@ -330,7 +434,7 @@ impl<'a> CheckpointStore<'a> {
             cp.seen_slot = slot;
             cp.seen_chunks = chunks.len() as u32;
         }
-        state::save(self.kv, &self.checkpoint_key(), cp)?;
+        state::save(self.kv, &self.checkpoint_key(), cp).map_err(SaveError::Failed)?;
         if seen_changed && keep != Some(old_slot) {
             // The previous slot is garbage now; a failed delete only wastes a key until the
             // next save overwrites it.
@@ -390,7 +494,7 @@ mod tests {
             watermark: Some(99),
             ..Checkpoint::default()
         };
-        store.save(&mut cp, &seen, true).unwrap();
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
         assert_eq!(cp.seen_chunks, 3);
         let (loaded_cp, loaded) = store.load().unwrap();
         assert_eq!(loaded_cp, cp);
@@ -406,10 +510,10 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut cp = Checkpoint::default();
-        store.save(&mut cp, &seen, true).unwrap();
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
         let first_slot = cp.seen_slot;
         seen.insert(&hex_id(2), 20);
-        store.save(&mut cp, &seen, true).unwrap();
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
         assert_ne!(cp.seen_slot, first_slot);
         let keys: Vec<String> = kv.0.borrow().keys().cloned().collect();
         assert_eq!(
@@ -429,13 +533,83 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut cp = Checkpoint::default();
-        store.save(&mut cp, &seen, true).unwrap();
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
         // A later save wrote its chunk into the other slot, then died before the checkpoint.
         let other = 1 - cp.seen_slot;
         kv.set(&format!("v1/events/seen/{other}/0"), b"\"garbage\"")
             .unwrap();
         let (_, loaded) = store.load().unwrap();
         assert!(loaded.contains(&hex_id(1)) && loaded.len() == 1);
+    }
+
+    #[test]
+    fn a_run_that_lost_its_lease_cannot_overwrite_the_new_holders_checkpoint() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 10);
+        let mut old_holder = Checkpoint::default();
+        store.save(&mut old_holder, &seen, true, 4, false).unwrap();
+        let mut new_holder = store.load().unwrap().0;
+        new_holder.watermark = Some(500);
+        store.save(&mut new_holder, &seen, false, 5, false).unwrap();
+        let before = kv.0.borrow().clone();
+        old_holder.watermark = Some(100);
+        seen.insert(&hex_id(2), 20);
+        let refused = store.save(&mut old_holder, &seen, true, 4, false);
+        assert!(
+            matches!(&refused, Err(SaveError::Superseded(m)) if m.contains("another run")),
+            "{refused:?}"
+        );
+        assert_eq!(*kv.0.borrow(), before, "nothing was written");
+        assert_eq!(store.load().unwrap().0.watermark, Some(500));
+    }
+
+    /// A KV whose first read of the checkpoint returns what it held before another run
+    /// switched slots and dropped the old chunks: a load racing a save.
+    struct RacingKv {
+        kv: MemKv,
+        stale: RefCell<Option<Vec<u8>>>,
+    }
+    impl KeyValue for RacingKv {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            if key.ends_with("/checkpoint") {
+                if let Some(old) = self.stale.borrow_mut().take() {
+                    return Ok(Some(old));
+                }
+            }
+            self.kv.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            self.kv.set(key, value)
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            self.kv.delete(key)
+        }
+        fn keys(&self) -> Result<Vec<String>, String> {
+            self.kv.keys()
+        }
+    }
+
+    #[test]
+    fn a_load_racing_a_save_reads_the_new_checkpoint_instead_of_failing() {
+        let kv = RacingKv {
+            kv: MemKv::default(),
+            stale: RefCell::new(None),
+        };
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 10);
+        let mut cp = Checkpoint::default();
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        let old_record = kv.kv.get("v1/events/checkpoint").unwrap();
+        seen.insert(&hex_id(2), 20);
+        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        // The old slot's chunks are gone; the stale record still points at them.
+        *kv.stale.borrow_mut() = old_record;
+        let (loaded_cp, loaded) = store.load().unwrap();
+        assert_eq!(loaded_cp, cp);
+        assert_eq!(loaded.len(), 2);
     }
 
     #[test]

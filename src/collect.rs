@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::checkpoint::{
-    seen_key, Checkpoint, CheckpointStore, PendingObject, SeenSet, WindowProgress,
+    seen_key, Checkpoint, CheckpointStore, Keyset, PendingObject, SaveError, SeenSet,
+    WindowProgress,
 };
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
+use crate::lease::{Fenced, Lease};
 use crate::ports::Env;
 use crate::sentry::client::{is_no_global_views, SentryClient, Window, ORG_WIDE};
 use crate::sentry::pages::{Item, Parsed};
@@ -45,7 +47,7 @@ pub const BAD_ITEM_TRIES: u32 = 3;
 /// The "project" a quarantined item is recorded under in the delivered-id set: it keeps the
 /// item from being set apart twice, and stays out of every project's overlap count (the item's
 /// own time may be unreadable, so it cannot be counted where Sentry counts it).
-const QUARANTINED: u64 = u64::MAX;
+pub(crate) const QUARANTINED: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ObjectSummary {
@@ -95,6 +97,10 @@ pub struct StreamSummary {
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
     pub error_is_transient: bool,
+    /// The run lost the shard's lease while collecting the stream (why): it stopped without
+    /// writing, and the run ends.
+    #[serde(skip)]
+    pub lease_lost: Option<String>,
 }
 
 /// Events read but not yet written.
@@ -110,6 +116,7 @@ struct Collector<'a, 'e> {
     config: &'a Config,
     sentry: &'a SentryClient<'e>,
     gcs: &'a GcsClient<'e>,
+    lease: &'a Lease,
     shard: Shard,
     store: CheckpointStore<'a>,
     checkpoint: Checkpoint,
@@ -146,6 +153,7 @@ pub fn collect_stream(
     config: &Config,
     sentry: &SentryClient,
     gcs: &GcsClient,
+    lease: &Lease,
     shard: Shard,
     def: &'static StreamDef,
 ) -> StreamSummary {
@@ -156,22 +164,32 @@ pub fn collect_stream(
     };
     let state_name = format!("{}{}", def.name, shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
-    let loaded = store.load().map_err(Failure::unreadable);
-    let (checkpoint, seen) =
-        match loaded.and_then(|state| settle_pending(&store, gcs, state, &mut summary)) {
-            Ok(state) => state,
-            Err(f) => {
-                summary.error = Some(f.message);
-                summary.error_is_transient = f.transient;
-                return summary;
-            }
-        };
+    let loaded = store
+        .load()
+        .map_err(|e| Stop::Failed(Failure::unreadable(e)));
+    let (checkpoint, seen) = match loaded
+        .and_then(|state| settle_pending(&store, gcs, lease, env, state, &mut summary))
+    {
+        Ok(state) => state,
+        Err(Stop::Lost(why)) => {
+            summary.lease_lost = Some(why.clone());
+            summary.warnings.push(why);
+            return summary;
+        }
+        Err(Stop::Failed(f) | Stop::WriteFailed(f)) => {
+            summary.error = Some(f.message);
+            summary.error_is_transient = f.transient;
+            return summary;
+        }
+        Err(Stop::OutOfTime) => return summary,
+    };
     let mut c = Collector {
         def,
         env,
         config,
         sentry,
         gcs,
+        lease,
         shard,
         store,
         checkpoint,
@@ -185,9 +203,17 @@ pub fn collect_stream(
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
-    if let Err(Stop::Failed(f) | Stop::WriteFailed(f)) = c.run() {
-        c.summary.error = Some(f.message);
-        c.summary.error_is_transient = f.transient;
+    match c.run() {
+        Err(Stop::Failed(f) | Stop::WriteFailed(f)) => {
+            c.summary.error = Some(f.message);
+            c.summary.error_is_transient = f.transient;
+        }
+        Err(Stop::Lost(why)) => {
+            eprintln!("warning: {why}");
+            c.summary.lease_lost = Some(why.clone());
+            c.summary.warnings.push(why);
+        }
+        Ok(()) | Err(Stop::OutOfTime) => {}
     }
     let stats = sentry.stats();
     let mut summary = c.summary;
@@ -258,9 +284,9 @@ impl StreamSummary {
 }
 
 /// A failure, and whether a later attempt may succeed without anyone changing anything.
-struct Failure {
-    message: String,
-    transient: bool,
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) transient: bool,
 }
 
 impl Failure {
@@ -284,32 +310,30 @@ impl From<gcs::GcsError> for Failure {
 
 /// Resolves an object a previous run left pending: kept if the bucket holds it, rolled back
 /// (its events to be read again) if not.
-fn settle_pending(
+pub(crate) fn settle_pending(
     store: &CheckpointStore,
     gcs: &GcsClient,
+    lease: &Lease,
+    env: Env,
     (mut cp, seen): (Checkpoint, SeenSet),
     summary: &mut StreamSummary,
-) -> Result<(Checkpoint, SeenSet), Failure> {
+) -> Result<(Checkpoint, SeenSet), Stop> {
     let Some(pending) = cp.pending.take() else {
         return Ok((cp, seen));
     };
     // A refusal (403: the writer lacks objectViewer) is a permission to fix, not a blip.
-    let landed = gcs
-        .holds(&pending.name, &pending.sha256)
-        .map_err(|e| Failure {
+    let landed = gcs.holds(&pending.name, &pending.sha256).map_err(|e| {
+        Stop::Failed(Failure {
             transient: matches!(e, gcs::GcsError::Transient(_)),
             message: format!("checking the object an interrupted run was writing: {e}"),
-        })?;
-    let saved = |e: String| Failure {
-        message: format!("the checkpoint could not be saved: {e}"),
-        transient: true,
-    };
+        })
+    })?;
     let seen = if landed {
         summary.warnings.push(format!(
             "an interrupted run had written {}; it is kept and its events are not read again",
             pending.name
         ));
-        store.save(&mut cp, &seen, false).map_err(saved)?;
+        save_fenced(store, lease, env, gcs, &mut cp, &seen, false)?;
         seen
     } else {
         cp.in_progress = pending.rollback_progress;
@@ -317,20 +341,70 @@ fn settle_pending(
         cp.seen_chunks = pending.rollback_chunks;
         let rolled_back = store
             .load_seen(cp.seen_slot, cp.seen_chunks)
-            .map_err(Failure::unreadable)?;
-        store.save(&mut cp, &rolled_back, false).map_err(saved)?;
+            .map_err(|e| Stop::Failed(Failure::unreadable(e)))?;
+        save_fenced(store, lease, env, gcs, &mut cp, &rolled_back, false)?;
         rolled_back
     };
     Ok((cp, seen))
 }
 
-enum Stop {
+pub(crate) enum Stop {
     OutOfTime,
     /// Reading failed; what was read before can still be written.
     Failed(Failure),
     /// Writing an object or the checkpoint failed: nothing more may be checkpointed in this
     /// run, or the checkpoint could move past events that never landed.
     WriteFailed(Failure),
+    /// The run lost the shard's lease (why): it must write nothing more.
+    Lost(String),
+}
+
+/// Saves the checkpoint as the lease's holder: refused when the lease has run out, or when a
+/// later holder saved it (unless the bucket shows that this run's lease is still the newest:
+/// then the later number is from before the lease folder was emptied).
+fn save_fenced(
+    store: &CheckpointStore,
+    lease: &Lease,
+    env: Env,
+    gcs: &GcsClient,
+    cp: &mut Checkpoint,
+    seen: &SeenSet,
+    seen_changed: bool,
+) -> Result<(), Stop> {
+    lease.check_time(env.clock.now()).map_err(fenced)?;
+    let failed = |e: String| {
+        Stop::WriteFailed(Failure {
+            message: format!("saving the checkpoint: {e}"),
+            transient: true,
+        })
+    };
+    match store.save(cp, seen, seen_changed, lease.epoch, false) {
+        Ok(()) => Ok(()),
+        Err(SaveError::Failed(e)) => Err(failed(e)),
+        Err(SaveError::Superseded(_)) => {
+            lease.check(&env, gcs).map_err(fenced)?;
+            store
+                .save(cp, seen, seen_changed, lease.epoch, true)
+                .map_err(|e| failed(e.to_string()))
+        }
+    }
+}
+
+/// What a stop says, for a caller outside the pipeline.
+pub(crate) fn stop_message(stop: Stop) -> String {
+    match stop {
+        Stop::OutOfTime => "the time budget ran out".into(),
+        Stop::Failed(f) | Stop::WriteFailed(f) => f.message,
+        Stop::Lost(why) => why,
+    }
+}
+
+/// A fence that did not hold: lost (stop quietly) or not checkable (a write failure).
+fn fenced(f: Fenced) -> Stop {
+    match f {
+        Fenced::Lost(why) => Stop::Lost(why),
+        Fenced::Unchecked(e) => Stop::WriteFailed(e.into()),
+    }
 }
 
 impl From<SentryError> for Stop {
@@ -405,7 +479,7 @@ impl Collector<'_, '_> {
                 // When reading stopped, what was read so far is written and checkpointed.
                 // When writing failed, nothing more is checkpointed in this run.
                 Err(stop) => {
-                    if !matches!(stop, Stop::WriteFailed(_)) {
+                    if !matches!(stop, Stop::WriteFailed(_) | Stop::Lost(_)) {
                         self.flush(&mut progress)?;
                     }
                     return Err(stop);
@@ -432,6 +506,8 @@ impl Collector<'_, '_> {
                 query_start,
                 query_rows: 0,
                 read_from: Vec::new(),
+                keyset: None,
+                dates_ignored: false,
             });
         }
         // Where each project's read starts: the window's start, or the watermark when the
@@ -451,6 +527,15 @@ impl Collector<'_, '_> {
             },
         }
         starts.retain(|&p, _| self.shard.includes(p));
+        // After a change of shard layout: a project its old shard had read further is read
+        // from there (less the overlap), or not at all in a window that ends before.
+        let overlap = self.config.timing.overlap.as_secs() as i64;
+        for (&p, start) in starts.iter_mut() {
+            if let Some(floor) = self.checkpoint.floor_for(p) {
+                *start = (*start).max(floor - overlap);
+            }
+        }
+        starts.retain(|_, &mut start| start < window.end);
         let mut cut = 0;
         if let Some(cap) = self.config.sentry.max_projects {
             if starts.len() > cap {
@@ -471,6 +556,8 @@ impl Collector<'_, '_> {
             query_start: None,
             query_rows: 0,
             read_from: starts.values().copied().collect(),
+            keyset: None,
+            dates_ignored: false,
         })
     }
 
@@ -554,8 +641,20 @@ impl Collector<'_, '_> {
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
     fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         let window = progress.window;
+        // `events` pages by position, not by Sentry's offset cursors (see `Keyset`).
+        let keyed = |p: &WindowProgress| self.def.kind == Kind::Events && !p.dates_ignored;
         while progress.next_project < progress.projects.len() {
             let unit = progress.projects[progress.next_project];
+            let keyset = progress.keyset.clone().filter(|_| keyed(progress));
+            let keyset_cursor = keyset
+                .as_ref()
+                .filter(|k| k.read > 0)
+                .map(|k| format!("0:{}:0", k.read - 1));
+            let cursor = if keyed(progress) {
+                keyset_cursor.as_deref()
+            } else {
+                progress.cursor.as_deref()
+            };
             let range = Window {
                 start: progress.query_start.unwrap_or_else(|| {
                     progress
@@ -564,14 +663,9 @@ impl Collector<'_, '_> {
                         .copied()
                         .unwrap_or(window.start)
                 }),
-                end: window.end,
+                end: keyset.as_ref().map_or(window.end, |k| k.end),
             };
-            let answer = match self.sentry.stream_page(
-                self.def,
-                unit,
-                range,
-                progress.cursor.as_deref(),
-            ) {
+            let answer = match self.sentry.stream_page(self.def, unit, range, cursor) {
                 // A project deleted since the window was planned answers 404 (its event
                 // list) or 403 (named in a Discover query): skip it, if the project list
                 // agrees that it is gone.
@@ -693,9 +787,34 @@ impl Collector<'_, '_> {
                         .items
                         .last()
                         .is_some_and(|i| i.time < range.start);
-                    match page.next {
-                        Some(cursor) if !past_start => progress.cursor = Some(cursor),
-                        _ => next_unit(progress),
+                    if !keyed(progress) {
+                        match page.next {
+                            Some(cursor) if !past_start => progress.cursor = Some(cursor),
+                            _ => next_unit(progress),
+                        }
+                    } else if page.parsed.items.iter().any(|i| i.time >= range.end) {
+                        // The server ignored `end` (self-hosted Sentry before 2025): its own
+                        // cursors from the top of the list for the rest of the window; rows
+                        // read twice are dropped as duplicates.
+                        progress.dates_ignored = true;
+                        progress.keyset = None;
+                        progress.cursor = None;
+                    } else if boundary_moved(keyset.as_ref(), &page.parsed) {
+                        // Rows above the offset were deleted (or arrived): read the second
+                        // again from its top; rows read twice are dropped as duplicates.
+                        progress.keyset = Some(Keyset {
+                            end: range.end,
+                            read: 0,
+                            last: None,
+                        });
+                    } else {
+                        match page.next {
+                            Some(_) if !past_start => {
+                                progress.keyset =
+                                    Some(next_keyset(keyset.as_ref(), range.end, &page.parsed));
+                            }
+                            _ => next_unit(progress),
+                        }
                     }
                 }
                 Order::OldestFirst => {
@@ -752,6 +871,7 @@ impl Collector<'_, '_> {
             &sha256,
             false,
         );
+        self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
             .create(&name, body, &sha256, n)
@@ -890,6 +1010,7 @@ impl Collector<'_, '_> {
         // The pending mark must reach KV before the object may exist.
         self.seen_changed = true;
         self.save()?;
+        self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
             .create(&name, body, &sha256, events)
@@ -906,14 +1027,15 @@ impl Collector<'_, '_> {
     }
 
     fn save(&mut self) -> Result<(), Stop> {
-        self.store
-            .save(&mut self.checkpoint, &self.seen, self.seen_changed)
-            .map_err(|e| {
-                Stop::WriteFailed(Failure {
-                    message: format!("saving the checkpoint: {e}"),
-                    transient: true,
-                })
-            })?;
+        save_fenced(
+            &self.store,
+            self.lease,
+            self.env,
+            self.gcs,
+            &mut self.checkpoint,
+            &self.seen,
+            self.seen_changed,
+        )?;
         self.seen_changed = false;
         Ok(())
     }
@@ -921,6 +1043,7 @@ impl Collector<'_, '_> {
     /// The window is read: move the watermark to its end and forget ids no later window reaches.
     fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
         self.checkpoint.watermark = Some(window.end);
+        self.checkpoint.floors.retain(|f| f.at > window.end);
         self.checkpoint.in_progress = None;
         self.checkpoint.pending = None;
         let before = self.seen.len();
@@ -974,13 +1097,189 @@ fn rejected_key(json: &[u8]) -> [u8; 16] {
 fn next_unit(progress: &mut WindowProgress) {
     progress.next_project += 1;
     progress.cursor = None;
+    progress.keyset = None;
     progress.query_start = None;
     progress.query_rows = 0;
+}
+
+/// The page's rows in order: each an item, or `None` for a row without a readable id or time
+/// (it still takes its place in Sentry's offsets).
+fn rows(page: &Parsed) -> Vec<Option<&Item>> {
+    let mut rows: Vec<(usize, Option<&Item>)> = page
+        .items
+        .iter()
+        .map(|i| (i.span.start, Some(i)))
+        .chain(page.rejected.iter().map(|r| (r.span.start, None)))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    rows.into_iter().map(|r| r.1).collect()
+}
+
+fn hex_key(key: &[u8; 16]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the row read again at the top of the page is not the one read last: rows above
+/// it moved.
+fn boundary_moved(keyset: Option<&Keyset>, page: &Parsed) -> bool {
+    let Some(Keyset {
+        read: 1..,
+        last: Some(last),
+        ..
+    }) = keyset
+    else {
+        return false;
+    };
+    !matches!(rows(page).first(), Some(Some(item)) if &hex_key(&item.key) == last)
+}
+
+/// Where the page after `page` starts, `page` having been asked for at `keyset` (`None`: the
+/// top of the list before `end`), with its top row checked.
+fn next_keyset(keyset: Option<&Keyset>, end: i64, page: &Parsed) -> Keyset {
+    let offset = keyset.map_or(0, |k| k.read.saturating_sub(1));
+    let rows = rows(page);
+    // Rows after the last one with a time are of an unknown second: they are read again.
+    let Some(last) = rows.iter().rposition(|r| r.is_some()) else {
+        return Keyset {
+            end,
+            read: offset + rows.len() as u64 + 1,
+            last: None,
+        };
+    };
+    let item = rows[last].expect("a row with a time");
+    let oldest = item.time;
+    let first_of_second = rows
+        .iter()
+        .position(|r| r.is_some_and(|i| i.time == oldest))
+        .unwrap_or(last);
+    // When the whole page is that second, the second began at the top of the list: the rows
+    // above the page were of it too.
+    let read = if first_of_second == 0 {
+        offset + last as u64 + 1
+    } else {
+        (last - first_of_second) as u64 + 1
+    };
+    Keyset {
+        end: oldest + 1,
+        read,
+        last: Some(hex_key(&item.key)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A project-events page of (eventID, seconds after 2026-01-01T00:00:00Z) rows; `None`
+    /// for the id makes a row without one.
+    fn events_page(rows: &[(Option<&str>, i64)]) -> Parsed {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(id, t)| {
+                let time = crate::time::rfc3339(1_767_225_600 + t);
+                match id {
+                    Some(id) => format!(r#"{{"eventID":"{id}","dateCreated":"{time}"}}"#),
+                    None => format!(r#"{{"dateCreated":"{time}"}}"#),
+                }
+            })
+            .collect();
+        let shape = &crate::streams::by_name("events").unwrap().shape;
+        crate::sentry::pages::parse_page(format!("[{}]", items.join(",")).into_bytes(), shape)
+            .unwrap()
+    }
+
+    fn key_of(id: &str) -> Option<String> {
+        Some(hex_key(&seen_key(id)))
+    }
+
+    const T: i64 = 1_767_225_600;
+
+    #[test]
+    fn the_next_page_starts_in_the_oldest_second_read_with_one_row_again() {
+        // The top of the list: two rows in second 10, three in second 8.
+        let page = events_page(&[
+            (Some("e"), 10),
+            (Some("d"), 10),
+            (Some("c"), 8),
+            (Some("b"), 8),
+            (Some("a"), 8),
+        ]);
+        let next = next_keyset(None, T + 60, &page);
+        assert_eq!(
+            next,
+            Keyset {
+                end: T + 9,
+                read: 3,
+                last: key_of("a")
+            }
+        );
+        // The next page (offset 2 in "before second 9") starts with "a" again; all of it is
+        // second 8: the second's rows read so far are counted from its top.
+        let page = events_page(&[(Some("a"), 8), (Some("z"), 8), (Some("y"), 8)]);
+        assert!(!boundary_moved(Some(&next), &page));
+        let after = next_keyset(Some(&next), next.end, &page);
+        assert_eq!(
+            after,
+            Keyset {
+                end: T + 9,
+                read: 5,
+                last: key_of("y")
+            }
+        );
+        // It reaches an older second: only that second's rows count.
+        let page = events_page(&[(Some("y"), 8), (Some("x"), 7)]);
+        assert_eq!(
+            next_keyset(Some(&after), after.end, &page),
+            Keyset {
+                end: T + 8,
+                read: 1,
+                last: key_of("x")
+            }
+        );
+    }
+
+    #[test]
+    fn a_row_above_the_offset_that_went_away_shows_as_a_moved_boundary() {
+        let at = Keyset {
+            end: T + 9,
+            read: 3,
+            last: key_of("a"),
+        };
+        // "c" was deleted: the row at offset 2 is now the one after "a".
+        let page = events_page(&[(Some("z"), 8), (Some("y"), 8)]);
+        assert!(boundary_moved(Some(&at), &page));
+        // A row without an id at the top is not the row read last either.
+        assert!(boundary_moved(Some(&at), &events_page(&[(None, 8)])));
+        // The top of a second is not checked.
+        let top = Keyset {
+            end: T + 9,
+            read: 0,
+            last: None,
+        };
+        assert!(!boundary_moved(Some(&top), &page));
+        assert!(!boundary_moved(None, &page));
+    }
+
+    #[test]
+    fn rows_without_an_id_keep_their_place_in_the_offsets() {
+        // A bad row inside second 8 counts; one after the last row with a time is read again.
+        let page = events_page(&[
+            (Some("c"), 9),
+            (Some("b"), 8),
+            (None, 8),
+            (Some("a"), 8),
+            (None, 8),
+        ]);
+        let next = next_keyset(None, T + 60, &page);
+        assert_eq!(
+            next,
+            Keyset {
+                end: T + 9,
+                read: 3,
+                last: key_of("a")
+            }
+        );
+    }
 
     #[test]
     fn a_second_pass_adds_to_the_first() {

@@ -93,6 +93,8 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
         "/pubsub" => &["POST"],
         // GET too, for schedulers that can only fetch a URL; never HEAD, which must not act.
         "/run" => &["POST", "GET"],
+        // Changes the deployment's shard layout: an operator's act, never a fetch.
+        "/migrate" => &["POST"],
         _ => return ApiResponse::error(404, "no such route"),
     };
     if !allowed.contains(&req.method.as_str()) {
@@ -136,6 +138,18 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
             Ok(options) => run(env, &config, &options),
             Err(e) => ApiResponse::error(400, &e),
         },
+        "/migrate" => {
+            match migrate_shards(&req.query, config.push.shared_secret_param.as_deref()) {
+                Ok(to) => match run::migrate(env, &config, to) {
+                    Ok(done) => {
+                        println!("{}", serde_json::to_string(&done).unwrap_or_default());
+                        ApiResponse::json(200, &json!(done))
+                    }
+                    Err(e) => run_error(e),
+                },
+                Err(e) => ApiResponse::error(400, &e),
+            }
+        }
         _ => match query_options(&req.query, config.push.shared_secret_param.as_deref()) {
             Ok(options) => run(env, &config, &options),
             Err(e) => ApiResponse::error(400, &e),
@@ -196,6 +210,30 @@ fn options(streams: Option<&str>, shard: Option<&str>) -> Result<RunOptions, Str
         Some(s) => Shard::parse(s)?,
     };
     Ok(RunOptions { streams, shard })
+}
+
+/// `/migrate?shards=N`. Any other parameter (but the shared secret's) is refused.
+pub fn migrate_shards(query: &str, secret_param: Option<&str>) -> Result<u32, String> {
+    let mut shards = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "shards" if shards.is_none() => shards = Some(v.into_owned()),
+            p if Some(p) == secret_param => {}
+            other => {
+                return Err(format!(
+                    "unknown or repeated query parameter {other:?}; use shards"
+                ))
+            }
+        }
+    }
+    let text = shards.ok_or("say how many shards: /migrate?shards=N")?;
+    match text.parse::<u32>() {
+        Ok(n) if (1..=crate::shard::MAX_SHARDS).contains(&n) && text.len() <= 2 => Ok(n),
+        _ => Err(format!(
+            "shards must be a number from 1 to {}",
+            crate::shard::MAX_SHARDS
+        )),
+    }
 }
 
 /// `/run?streams=...&shard=i/n`. Any other parameter (but the shared secret's) is refused.
@@ -264,9 +302,21 @@ fn run(env: &Env, config: &Config, options: &RunOptions) -> ApiResponse {
             ApiResponse::json(200, &json!(summary))
         }
         Ok(RunOutcome::Skipped(skipped)) => ApiResponse::json(200, &json!(skipped)),
-        Err(RunError::Config(e)) => config_error(&e),
-        Err(RunError::Options(m)) => ApiResponse::error(400, &m),
-        Err(e) => {
+        Err(e) => run_error(e),
+    }
+}
+
+/// The answer for a run (or migration) that could not do its work.
+fn run_error(e: RunError) -> ApiResponse {
+    match e {
+        RunError::Config(e) => config_error(&e),
+        RunError::Options(m) => ApiResponse::error(400, &m),
+        // A conflict someone must resolve: Pub/Sub must not redeliver it.
+        RunError::Layout(m) => {
+            eprintln!("run refused: {m}");
+            ApiResponse::json(409, &json!({ "error": m, "retryable": false }))
+        }
+        e => {
             let status = if e.is_transient() { 503 } else { 500 };
             let mut body = json!({ "error": e.to_string(), "retryable": e.is_transient() });
             if let RunError::Streams(summary) = &e {

@@ -1,92 +1,295 @@
-//! A best-effort lease per shard, so overlapping runs (cron ticks, Pub/Sub redeliveries, an
-//! operator clicking twice) skip instead of reading the same window twice at once.
+//! The lease a run holds on a shard, kept in Cloud Storage, where a create-only upload
+//! (`ifGenerationMatch=0`) is a compare-and-swap every deployment has: of two runs claiming
+//! the same epoch, exactly one create succeeds, however slow or jittery the KV store is.
 //!
-//! Hosted Spin KV has no compare-and-swap, so the lease is written, left a moment for a
-//! concurrent writer's write to land, and read back: only the last writer proceeds.
-//! Correctness never depends on it: deterministic object names and create-only uploads make a
-//! race cost requests, not duplicates.
+//! Epoch `n` of a shard is the object `{gcs_prefix}collector-state/leases/{shard}/{u64::MAX - n}`
+//! (20 digits), so listing the folder with `maxResults=1` returns the newest. Its custom
+//! metadata says until when it is held, or that it was released. A run claims epoch `n + 1`
+//! only when epoch `n` is released or expired. The holder is fenced: before every commit it
+//! checks that its lease has time left (it expires a grace period after the run's budget) and,
+//! before every upload, that no later epoch exists; the epoch is also stored in each checkpoint
+//! and a save refuses to overwrite a later epoch's. A run that lost stops without writing.
+//!
+//! Why not `wasi:keyvalue/atomics`: hosted Spin (Fermyon Cloud, Akamai Functions) does not
+//! implement it, and a component that imports an interface its host lacks does not start.
+//! The bucket is shared by every instance of a deployment and answers preconditions exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gcs::{GcsClient, GcsError};
 use crate::ports::Env;
 use crate::shard::Shard;
 use crate::state;
 
-/// How long a writer waits before reading its lease back: long enough for a concurrent run's
-/// write (made between its own check and this run's write, a KV round trip apart) to land.
-/// It is spent on every run, so it is kept short: a race it misses costs requests only.
-const SETTLE_SECS: f64 = 0.05;
-/// A lease outlives the run's budget by this much, in case the instance is killed.
+/// A lease outlives the run's budget by this much, so a run killed mid-way frees the shard
+/// soon, while a live run (bounded by its budget) is always done before it expires.
 const GRACE_SECS: i64 = 30;
+/// A holder stops committing this long before its lease expires (so a commit under way when
+/// the check passed still lands while the lease holds; also absorbs small clock differences).
+const MARGIN_SECS: f64 = 10.0;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The folder holding a shard's lease epochs, outside every stream's feed prefix.
+pub fn lease_dir(gcs_prefix: &str, shard: &Shard) -> String {
+    let name = match shard.suffix().trim_start_matches('.') {
+        "" => "whole".to_string(),
+        s => s.to_string(),
+    };
+    format!("{gcs_prefix}collector-state/leases/{name}/")
+}
+
+fn epoch_object(dir: &str, epoch: u64) -> String {
+    format!("{dir}{:020}", u64::MAX - epoch)
+}
+
+fn epoch_of(dir: &str, name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(dir)?;
+    (digits.len() == 20)
+        .then(|| digits.parse::<u64>().ok())
+        .flatten()
+        .map(|inverted| u64::MAX - inverted)
+}
+
+/// What the newest epoch object says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Newest {
+    epoch: u64,
+    /// Held until then; `None` when released.
+    held_until: Option<i64>,
+}
+
+fn newest(gcs: &GcsClient, dir: &str) -> Result<Option<Newest>, GcsError> {
+    let Some(object) = gcs.first_under(dir)? else {
+        return Ok(None);
+    };
+    let Some(epoch) = epoch_of(dir, &object.name) else {
+        return Err(GcsError::Fatal(format!(
+            "{} is not a lease this collector wrote; nothing but the collector may write under {dir}",
+            object.name
+        )));
+    };
+    let field = |k: &str| object.metadata.get(k).map(String::as_str);
+    let held_until = match field("state") {
+        Some("released") => None,
+        _ => Some(field("expires").and_then(|e| e.parse::<i64>().ok()).ok_or_else(|| {
+            GcsError::Fatal(format!(
+                "the lease {} has no readable expiry; nothing but the collector may write under {dir} (delete that object to free the shard)",
+                object.name
+            ))
+        })?),
+    };
+    Ok(Some(Newest { epoch, held_until }))
+}
+
+/// The KV copy of the newest lease, for `/status` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaseRecord {
-    owner: String,
+    #[serde(default)]
+    epoch: u64,
     expires: i64,
+    #[serde(default)]
+    released: bool,
+}
+
+fn record_key(shard: &Shard) -> String {
+    format!("v1/lease{}", shard.suffix())
+}
+
+/// A shard's lease, held by this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    dir: String,
+    pub shard: Shard,
+    pub epoch: u64,
+    pub expires: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lease {
-    Acquired {
-        key: String,
-        owner: String,
-    },
+pub enum Claim {
+    Acquired(Lease),
     /// Another run holds it until then.
     Held {
         until: i64,
     },
 }
 
-fn lease_key(shard: &Shard) -> String {
-    format!("v1/lease{}", shard.suffix())
+/// Why a run may no longer commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fenced {
+    /// Another run took the shard over, or this run's lease ran out.
+    Lost(String),
+    /// The lease could not be checked (Cloud Storage failed).
+    Unchecked(GcsError),
 }
 
-fn random_owner() -> String {
-    let mut b = [0u8; 12];
-    if getrandom::fill(&mut b).is_err() {
-        return format!("{:x}", std::process::id());
+impl fmt::Display for Fenced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fenced::Lost(m) => f.write_str(m),
+            Fenced::Unchecked(e) => write!(f, "the shard's lease could not be checked: {e}"),
+        }
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Takes the shard's lease for `budget_secs` (plus grace) unless a live one is held.
-pub fn acquire(env: &Env, shard: &Shard, budget_secs: u64) -> Result<Lease, String> {
-    let key = lease_key(shard);
+/// Claims the shard for a run of `budget_secs` unless a live lease is held.
+pub fn acquire(
+    env: &Env,
+    gcs: &GcsClient,
+    gcs_prefix: &str,
+    shard: &Shard,
+    budget_secs: u64,
+) -> Result<Claim, GcsError> {
+    let dir = lease_dir(gcs_prefix, shard);
     let now = env.clock.now() as i64;
-    if let Some(held) = state::load::<LeaseRecord>(env.kv, &key)? {
-        if held.expires > now {
-            return Ok(Lease::Held {
-                until: held.expires,
-            });
+    let current = newest(gcs, &dir)?;
+    if let Some(Newest {
+        held_until: Some(until),
+        ..
+    }) = current
+    {
+        if until > now {
+            return Ok(Claim::Held { until });
         }
     }
-    let owner = random_owner();
-    let mine = LeaseRecord {
-        owner: owner.clone(),
-        expires: now + budget_secs as i64 + GRACE_SECS,
+    // Every run that saw the same newest epoch claims the same name: exactly one create
+    // succeeds. (Nothing else may choose the number: a KV hint read at different moments
+    // would give two runs two names, and both would win.)
+    let epoch = current.map_or(1, |c| c.epoch + 1);
+    let expires = now + budget_secs as i64 + GRACE_SECS;
+    let metadata = BTreeMap::from([
+        ("state".to_string(), "held".to_string()),
+        ("expires".to_string(), expires.to_string()),
+    ]);
+    if !gcs.create_marker(&epoch_object(&dir, epoch), &metadata)? {
+        // Another run claimed the same epoch first.
+        let until = match newest(gcs, &dir)? {
+            Some(Newest {
+                held_until: Some(until),
+                ..
+            }) => until,
+            _ => expires,
+        };
+        return Ok(Claim::Held { until });
+    }
+    let record = LeaseRecord {
+        epoch,
+        expires,
+        released: false,
     };
-    state::save(env.kv, &key, &mine)?;
-    env.clock.sleep(SETTLE_SECS);
-    match state::load::<LeaseRecord>(env.kv, &key)? {
-        Some(rec) if rec.owner == owner => Ok(Lease::Acquired { key, owner }),
-        Some(rec) => Ok(Lease::Held { until: rec.expires }),
-        None => Ok(Lease::Held { until: now }),
+    if let Err(e) = state::save(env.kv, &record_key(shard), &record) {
+        eprintln!("warning: could not record the lease in KV (for /status): {e}");
     }
+    Ok(Claim::Acquired(Lease {
+        dir,
+        shard: *shard,
+        epoch,
+        expires,
+    }))
 }
 
-/// Gives the lease up, if it is still ours.
-pub fn release(env: &Env, lease: &Lease) {
-    if let Lease::Acquired { key, owner } = lease {
-        if let Ok(Some(rec)) = state::load::<LeaseRecord>(env.kv, key) {
-            if &rec.owner == owner {
-                let _ = env.kv.delete(key);
+impl Lease {
+    /// Whether the lease still has time left at `now` (the check before every checkpoint
+    /// save; no request).
+    pub fn check_time(&self, now: f64) -> Result<(), Fenced> {
+        if now + MARGIN_SECS < self.expires as f64 {
+            return Ok(());
+        }
+        Err(Fenced::Lost(format!(
+            "this run outlived its lease on the shard (epoch {}, expired at {}): it stopped without writing, as another run may have taken the shard over",
+            self.epoch,
+            crate::time::rfc3339(self.expires)
+        )))
+    }
+
+    /// [`Lease::check_time`], and that no later epoch exists (the check before every upload).
+    pub fn check(&self, env: &Env, gcs: &GcsClient) -> Result<(), Fenced> {
+        self.check_time(env.clock.now())?;
+        match newest(gcs, &self.dir).map_err(Fenced::Unchecked)? {
+            Some(n) if n.epoch == self.epoch => Ok(()),
+            Some(n) => Err(Fenced::Lost(format!(
+                "another run took the shard over (lease epoch {} after this run's {}): this run stopped without writing",
+                n.epoch, self.epoch
+            ))),
+            None => Err(Fenced::Lost(format!(
+                "the shard's lease (epoch {}) is gone from {}: this run stopped without writing",
+                self.epoch, self.dir
+            ))),
+        }
+    }
+
+    /// Gives the lease up (epoch + 1, released), if it is still the newest.
+    pub fn release(&self, env: &Env, gcs: &GcsClient) {
+        if !matches!(newest(gcs, &self.dir), Ok(Some(n)) if n.epoch == self.epoch) {
+            return;
+        }
+        let metadata = BTreeMap::from([("state".to_string(), "released".to_string())]);
+        match gcs.create_marker(&epoch_object(&self.dir, self.epoch + 1), &metadata) {
+            Ok(_) => {
+                let record = LeaseRecord {
+                    epoch: self.epoch + 1,
+                    expires: env.clock.now() as i64,
+                    released: true,
+                };
+                let _ = state::save(env.kv, &record_key(&self.shard), &record);
             }
+            Err(e) => eprintln!(
+                "warning: could not release the shard's lease ({e}); it expires by itself"
+            ),
         }
     }
 }
 
-/// Whether a live lease is held on the shard (for `/status`).
+/// Whether a live lease is held on the shard (for `/status`, from the KV copy).
 pub fn is_held(env: &Env, shard_suffix: &str) -> bool {
     let now = env.clock.now() as i64;
-    matches!(state::load::<LeaseRecord>(env.kv, &format!("v1/lease{shard_suffix}")), Ok(Some(r)) if r.expires > now)
+    matches!(
+        state::load::<LeaseRecord>(env.kv, &format!("v1/lease{shard_suffix}")),
+        Ok(Some(r)) if r.expires > now && !r.released
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_epoch_lists_first() {
+        let dir = lease_dir("sentry/", &Shard::WHOLE);
+        assert_eq!(dir, "sentry/collector-state/leases/whole/");
+        let names: Vec<String> = [1, 2, 10, 11, 999]
+            .iter()
+            .map(|&e| epoch_object(&dir, e))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted[0], epoch_object(&dir, 999));
+        for (name, e) in names.iter().zip([1, 2, 10, 11, 999]) {
+            assert_eq!(epoch_of(&dir, name), Some(e));
+        }
+        assert_eq!(
+            epoch_of(&dir, "sentry/collector-state/leases/whole/12"),
+            None
+        );
+        let sharded = lease_dir("p/", &Shard::parse("1/4").unwrap());
+        assert!(
+            sharded.starts_with("p/collector-state/leases/s"),
+            "{sharded}"
+        );
+    }
+
+    #[test]
+    fn a_lease_stops_its_holder_before_it_expires() {
+        let lease = Lease {
+            dir: String::new(),
+            shard: Shard::WHOLE,
+            epoch: 3,
+            expires: 1_000,
+        };
+        assert!(lease.check_time(980.0).is_ok());
+        assert!(
+            matches!(lease.check_time(995.0), Err(Fenced::Lost(m)) if m.contains("another run"))
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod gcs;
 pub mod http_api;
 pub mod jwt;
+pub mod layout;
 pub mod lease;
 pub mod platform;
 pub mod ports;

@@ -1,19 +1,22 @@
 //! One collection run: configuration, the shard's lease, region, the streams, and the record
 //! `/status` reads.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
 
+use crate::checkpoint::CheckpointStore;
 use crate::collect::{self, StreamSummary};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
-use crate::lease::{self, Lease};
+use crate::layout::{self, LayoutError};
+use crate::lease::{self, Claim, Lease};
 use crate::ports::{Env, WaitMeter};
-use crate::sentry::client::SentryClient;
+use crate::sentry::client::{SentryClient, ORG_WIDE};
 use crate::sentry::{region, SentryError};
-use crate::shard::Shard;
-use crate::state::{self, keys, LastRun};
+use crate::shard::{Shard, MAX_SHARDS};
+use crate::state::{self, keys, LastRun, StreamStatus};
 use crate::streams::{self, StreamDef};
 use crate::time::rfc3339;
 
@@ -58,8 +61,12 @@ pub enum RunError {
     Options(String),
     Sentry(SentryError),
     Storage(GcsError),
-    /// The lease could not be read or written.
+    /// The state in KV could not be read or written.
     State(String),
+    /// The run's shard layout is not the deployment's: someone must migrate.
+    Layout(String),
+    /// Another run holds a lease the operation needs.
+    Busy(String),
     /// The run went ahead but a stream failed; the summary says which and why.
     Streams(Box<RunSummary>),
 }
@@ -68,7 +75,8 @@ impl RunError {
     /// Whether trying again later, unchanged, may succeed (Pub/Sub should redeliver).
     pub fn is_transient(&self) -> bool {
         match self {
-            RunError::Config(_) | RunError::Options(_) => false,
+            RunError::Config(_) | RunError::Options(_) | RunError::Layout(_) => false,
+            RunError::Busy(_) => true,
             RunError::Sentry(e) => e.is_transient(),
             RunError::Storage(e) => matches!(e, GcsError::Transient(_)),
             RunError::State(_) => true,
@@ -88,6 +96,7 @@ impl fmt::Display for RunError {
             RunError::Sentry(e) => write!(f, "Sentry: {e}"),
             RunError::Storage(e) => write!(f, "Cloud Storage: {e}"),
             RunError::State(e) => write!(f, "key-value store: {e}"),
+            RunError::Layout(m) | RunError::Busy(m) => f.write_str(m),
             RunError::Streams(s) => {
                 let failed: Vec<String> = s
                     .streams
@@ -161,14 +170,48 @@ pub fn run_with(
     let started = env.clock.now();
     let streams = chosen_streams(config, options)?;
     let budget = config.timing.time_budget.as_secs();
-    let lease = lease::acquire(env, &options.shard, budget).map_err(RunError::State)?;
-    if let Lease::Held { until } = lease {
-        return Ok(RunOutcome::Skipped(Skipped {
-            skipped: true,
-            shard: options.shard.to_string(),
-            reason: "another run of this shard holds the lease".into(),
-            lease_expires_at: rfc3339(until),
-        }));
+    // `events` is read in the deployment's shard layout only.
+    if streams.iter().any(|s| s == layout::SHARDED_STREAM) {
+        layout::check(env.kv, &options.shard).map_err(|e| match e {
+            LayoutError::Refused(m) => RunError::Layout(m),
+            LayoutError::Failed(m) => RunError::State(m),
+        })?;
+    }
+    let gcs =
+        GcsClient::new(*env, &config.gcs, started + budget as f64).map_err(RunError::Storage)?;
+    gcs.check_credentials().map_err(RunError::Storage)?;
+    // The shard's lease, and the whole org's when this shard reads the org-wide streams
+    // (they have one checkpoint, shared with any unsharded run).
+    let mut lease_shards = vec![options.shard];
+    let reads_org_wide = streams
+        .iter()
+        .any(|s| streams::by_name(s).is_some_and(|d| d.org_wide));
+    if options.shard != Shard::WHOLE && options.shard.index == 0 && reads_org_wide {
+        lease_shards.push(Shard::WHOLE);
+    }
+    let mut leases: Vec<Lease> = Vec::new();
+    for shard in lease_shards {
+        match lease::acquire(env, &gcs, &config.gcs.prefix, &shard, budget)
+            .map_err(RunError::Storage)?
+        {
+            Claim::Acquired(lease) => leases.push(lease),
+            Claim::Held { until } => {
+                for lease in &leases {
+                    lease.release(env, &gcs);
+                }
+                return Ok(RunOutcome::Skipped(Skipped {
+                    skipped: true,
+                    shard: options.shard.to_string(),
+                    reason: if shard == options.shard {
+                        "another run of this shard holds the lease".to_string()
+                    } else {
+                        "another run holds the lease of the org-wide streams (shard 0/1)"
+                            .to_string()
+                    },
+                    lease_expires_at: rfc3339(until),
+                }));
+            }
+        }
     }
     let previous: LastRun = state::load(env.kv, keys::LAST_RUN)
         .unwrap_or_else(|e| {
@@ -177,7 +220,17 @@ pub fn run_with(
         })
         .unwrap_or_default();
     let runs = previous.runs + 1;
-    let mut result = collect(env, config, &streams, options.shard, trigger, started, runs);
+    let mut result = collect(
+        env,
+        config,
+        &gcs,
+        &leases,
+        &streams,
+        options.shard,
+        trigger,
+        started,
+        runs,
+    );
     // What the run spent computing (parsing, de-duplicating, encoding, hashing, KV calls):
     // its wall time less the time it waited on the network and on rate limits.
     let elapsed = env.clock.now() - started;
@@ -199,8 +252,164 @@ pub fn run_with(
     if let Err(e) = state::save(env.kv, keys::LAST_RUN, &record) {
         eprintln!("warning: could not record the run: {e}");
     }
-    lease::release(env, &lease);
+    for lease in &leases {
+        lease.release(env, &gcs);
+    }
     result.map(RunOutcome::Ran)
+}
+
+/// What a change of shard layout did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Migrated {
+    /// The layouts (numbers of shards) whose `events` state was carried over.
+    pub from: Vec<u32>,
+    pub to: u32,
+    pub shards: Vec<MigratedShard>,
+    pub note: String,
+}
+
+/// One new shard after a migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigratedShard {
+    pub shard: String,
+    /// Where its first window starts, less the overlap.
+    pub watermark: Option<String>,
+    /// Old shards whose projects it reads from later than the watermark.
+    pub floors: usize,
+    /// Delivered ids it carries (so the overlap is not delivered again).
+    pub ids: usize,
+}
+
+/// Moves `events` to `to` shards, carrying every old shard's position and delivered ids
+/// into the new ones (see [`layout::merge`]), under the leases of every shard involved, so
+/// no run of either layout collects meanwhile. The layout record is the commit point: a
+/// migration that dies before it leaves the old layout as it was; one that dies after leaves
+/// unused old keys, which the next migration merges harmlessly.
+pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError> {
+    if to == 0 || to > MAX_SHARDS {
+        return Err(RunError::Options(format!(
+            "shards must be a number from 1 to {MAX_SHARDS}"
+        )));
+    }
+    let old = layout::shards_in_kv(env.kv).map_err(RunError::State)?;
+    let mut from: BTreeSet<u32> = old.iter().map(|s| s.count).collect();
+    from.extend(layout::recorded(env.kv).map_err(RunError::State)?);
+    if from.iter().all(|&n| n == to) {
+        layout::record(env.kv, to).map_err(RunError::State)?;
+        return Ok(Migrated {
+            from: from.into_iter().collect(),
+            to,
+            shards: Vec::new(),
+            note: format!(
+                "{} is already collected as {to} shard(s)",
+                layout::SHARDED_STREAM
+            ),
+        });
+    }
+    let started = env.clock.now();
+    let budget = config.timing.time_budget.as_secs();
+    let gcs =
+        GcsClient::new(*env, &config.gcs, started + budget as f64).map_err(RunError::Storage)?;
+    gcs.check_credentials().map_err(RunError::Storage)?;
+    let new: Vec<Shard> = (0..to).map(|index| Shard { index, count: to }).collect();
+    let mut involved: Vec<Shard> = new.clone();
+    for &n in &from {
+        involved.extend((0..n).map(|index| Shard { index, count: n }));
+    }
+    involved.sort_by_key(|s| (s.count, s.index));
+    involved.dedup();
+    let mut leases: Vec<Lease> = Vec::new();
+    let mut busy = None;
+    for shard in &involved {
+        match lease::acquire(env, &gcs, &config.gcs.prefix, shard, budget) {
+            Ok(Claim::Acquired(lease)) => leases.push(lease),
+            Ok(Claim::Held { until }) => {
+                busy = Some(RunError::Busy(format!(
+                    "a run of shard {shard} holds its lease until {}; stop the runs of the old layout, then try again",
+                    rfc3339(until)
+                )));
+                break;
+            }
+            Err(e) => {
+                busy = Some(RunError::Storage(e));
+                break;
+            }
+        }
+    }
+    let result = match busy {
+        Some(e) => Err(e),
+        None => migrate_held(env, config, &gcs, &leases, &old, &new).map(|shards| Migrated {
+            from: from.into_iter().collect(),
+            to,
+            shards,
+            note: "carried over; schedule the new shards now".into(),
+        }),
+    };
+    for lease in &leases {
+        lease.release(env, &gcs);
+    }
+    result
+}
+
+fn migrate_held(
+    env: &Env,
+    config: &Config,
+    gcs: &GcsClient,
+    leases: &[Lease],
+    old: &[Shard],
+    new: &[Shard],
+) -> Result<Vec<MigratedShard>, RunError> {
+    let lease_of = |shard: &Shard| {
+        leases
+            .iter()
+            .find(|l| l.shard == *shard)
+            .ok_or_else(|| RunError::State(format!("no lease held for shard {shard}")))
+    };
+    let mut loaded = Vec::new();
+    for shard in old {
+        let name = layout::state_name(shard);
+        let store = CheckpointStore::new(env.kv, &name);
+        let state = store.load().map_err(RunError::State)?;
+        let mut summary = StreamSummary::default();
+        let (cp, seen) =
+            collect::settle_pending(&store, gcs, lease_of(shard)?, *env, state, &mut summary)
+                .map_err(|stop| RunError::State(collect::stop_message(stop)))?;
+        loaded.push((*shard, cp, seen));
+    }
+    let overlap = config.timing.overlap.as_secs() as i64;
+    // Ids kept under no project (quarantined items) go to every new shard.
+    let unowned = |p: u64| p == collect::QUARANTINED || p == ORG_WIDE;
+    let mut report = Vec::new();
+    for to in new {
+        let name = layout::state_name(to);
+        let store = CheckpointStore::new(env.kv, &name);
+        let (mut cp, seen) = layout::merge(&loaded, *to, overlap, unowned).unwrap_or_default();
+        store
+            .save(&mut cp, &seen, true, lease_of(to)?.epoch, true)
+            .map_err(|e| RunError::State(e.to_string()))?;
+        report.push(MigratedShard {
+            shard: to.to_string(),
+            watermark: cp.watermark.map(rfc3339),
+            floors: cp.floors.len(),
+            ids: seen.len(),
+        });
+    }
+    layout::record(env.kv, new.len() as u32).map_err(RunError::State)?;
+    // The old layouts' state goes; a failed delete leaves an unused key behind.
+    let keep: BTreeSet<String> = new.iter().map(layout::state_name).collect();
+    let keys = env.kv.keys().unwrap_or_default();
+    for shard in old {
+        let name = layout::state_name(shard);
+        if keep.contains(&name) {
+            continue;
+        }
+        let prefix = format!("v1/{name}/");
+        for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
+            let _ = env.kv.delete(key);
+        }
+        let _ = env.kv.delete(&StreamStatus::key(&name));
+    }
+    Ok(report)
 }
 
 fn chosen_streams(config: &Config, options: &RunOptions) -> Result<Vec<String>, RunError> {
@@ -218,9 +427,12 @@ fn chosen_streams(config: &Config, options: &RunOptions) -> Result<Vec<String>, 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collect(
     env: &Env,
     config: &Config,
+    gcs: &GcsClient,
+    leases: &[Lease],
     streams: &[String],
     shard: Shard,
     trigger: Trigger,
@@ -231,8 +443,6 @@ fn collect(
     let deadline = started + budget;
     let region = region::region_url(env, &config.sentry, deadline - write_reserve(budget))
         .map_err(RunError::Sentry)?;
-    let gcs = GcsClient::new(*env, &config.gcs, deadline).map_err(RunError::Storage)?;
-    gcs.check_credentials().map_err(RunError::Storage)?;
     let sentry = SentryClient::new(
         *env,
         &config.sentry,
@@ -269,6 +479,7 @@ fn collect(
     // others; time a stream does not use goes to the ones after it. A second pass gives what
     // is still left to the streams that ran out of their share.
     let sentry_deadline = sentry.deadline();
+    let mut lost: Option<String> = None;
     for pass in 0..2 {
         let todo: Vec<_> = work
             .iter()
@@ -281,11 +492,21 @@ fn collect(
             break;
         }
         for (k, &(i, def, read_as)) in todo.iter().enumerate() {
+            if lost.is_some() {
+                break;
+            }
             let now = env.clock.now();
             let share = (sentry_deadline - now) / (todo.len() - k) as f64;
             sentry.set_deadline(now + share.max(0.0));
-            let mut s = collect::collect_stream(*env, config, &sentry, &gcs, read_as, def);
+            // Acquired above for every shard a stream is read as.
+            let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
+                continue;
+            };
+            let mut s = collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def);
             s.shard = shard.to_string();
+            if let Some(why) = &s.lease_lost {
+                lost = Some(why.clone());
+            }
             if pass == 0 {
                 summaries[i] = s;
             } else {
@@ -293,8 +514,24 @@ fn collect(
             }
         }
     }
-    for &(i, def, read_as) in &work {
-        collect::save_status(*env, def, read_as, &summaries[i]);
+    // A run that lost its lease stops every stream, and leaves their status to the run that
+    // took over.
+    if let Some(why) = &lost {
+        for &(i, def, _) in &work {
+            let s = &mut summaries[i];
+            if s.stream.is_empty() {
+                s.stream = def.name;
+                s.shard = shard.to_string();
+            }
+            if !s.warnings.contains(why) {
+                s.warnings.push(why.clone());
+            }
+        }
+    }
+    if lost.is_none() {
+        for &(i, def, read_as) in &work {
+            collect::save_status(*env, def, read_as, &summaries[i]);
+        }
     }
     let summary = RunSummary {
         trigger: trigger.as_str(),

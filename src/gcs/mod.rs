@@ -13,6 +13,7 @@ pub mod crc32c;
 pub mod credentials;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 
@@ -86,6 +87,25 @@ pub struct Uploaded {
     pub bytes: usize,
     /// The object was already there with this content (an earlier attempt landed).
     pub already_present: bool,
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct ListPage {
+    #[serde(default)]
+    items: Vec<ListedItem>,
+}
+
+#[derive(Deserialize)]
+struct ListedItem {
+    name: String,
+    metadata: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -201,8 +221,6 @@ impl<'e> GcsClient<'e> {
         url
     }
 
-    /// Sends with a fresh token; on 401 renews the token once; retries 408/429/5xx and
-    /// transport failures with backoff inside the deadline.
     /// Sends `request` with the current token, retrying like every Cloud Storage call. The
     /// request (an upload's body included) is reused across attempts, never copied.
     fn send(
@@ -254,6 +272,44 @@ impl<'e> GcsClient<'e> {
         }
     }
 
+    /// A create-only multipart upload of `data` with the object resource `metadata`; the
+    /// answer as Cloud Storage gave it (after retries).
+    fn upload(
+        &self,
+        what: &str,
+        metadata: &serde_json::Value,
+        content_type: &str,
+        data: Vec<u8>,
+    ) -> Result<crate::ports::InboundResponse, GcsError> {
+        let (boundary, body) = multipart(metadata, content_type, data);
+        let mut upload_url = self.url(&["upload", "storage", "v1", "b", &self.cfg.bucket, "o"]);
+        upload_url
+            .query_pairs_mut()
+            .append_pair("uploadType", "multipart")
+            .append_pair("ifGenerationMatch", "0");
+        let mut request = OutboundRequest::get(upload_url).header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        );
+        request.method = Method::Post;
+        request.body = body;
+        request.max_response_bytes = 1024 * 1024;
+        self.send(what, request)
+    }
+
+    /// What an answer that is neither success nor 412 means for a write.
+    fn write_refused(&self, what: &str, status: u16) -> GcsError {
+        match status {
+            403 => GcsError::Fatal(format!(
+                "{what}: permission denied (403); grant the writer service account roles/storage.objectCreator on bucket {}",
+                self.cfg.bucket
+            )),
+            404 => GcsError::Fatal(format!("{what}: bucket {} not found (404); check gcs_bucket", self.cfg.bucket)),
+            401 => GcsError::Fatal(format!("{what}: the credentials were refused (401); check gcp_service_account_key or gcs_access_token")),
+            s => GcsError::Fatal(format!("{what}: Cloud Storage answered {s}")),
+        }
+    }
+
     /// Creates `name` with `data` unless it exists. A 412 is accepted only when the stored
     /// object carries the same content hash.
     /// `data` is taken: the multipart body is built in its allocation. `sha` is its SHA-256
@@ -275,25 +331,13 @@ impl<'e> GcsClient<'e> {
         if name.ends_with(".gz") {
             metadata["contentEncoding"] = json!("gzip");
         }
-        let (boundary, body) = multipart(&metadata, "application/x-ndjson", data);
-        let mut upload_url = self.url(&["upload", "storage", "v1", "b", &self.cfg.bucket, "o"]);
-        upload_url
-            .query_pairs_mut()
-            .append_pair("uploadType", "multipart")
-            .append_pair("ifGenerationMatch", "0");
         let what = format!("uploading {name}");
-        let mut request = OutboundRequest::get(upload_url).header(
-            "content-type",
-            format!("multipart/related; boundary={boundary}"),
-        );
-        request.method = Method::Post;
-        request.body = body;
-        request.max_response_bytes = 1024 * 1024;
-        let resp = self.send(&what, request)?;
+        let resp = self.upload(&what, &metadata, "application/x-ndjson", data)?;
         match resp.status {
             200..=299 => {
-                let object: ObjectResource = serde_json::from_slice(&resp.body)
-                    .map_err(|_| GcsError::Transient(format!("{what}: the reply is not an object resource")))?;
+                let object: ObjectResource = serde_json::from_slice(&resp.body).map_err(|_| {
+                    GcsError::Transient(format!("{what}: the reply is not an object resource"))
+                })?;
                 Ok(Uploaded {
                     name: name.to_string(),
                     generation: object.generation.unwrap_or_default(),
@@ -302,13 +346,66 @@ impl<'e> GcsClient<'e> {
                 })
             }
             412 => self.confirm_existing(name, sha, size),
+            s => Err(self.write_refused(&what, s)),
+        }
+    }
+
+    /// Creates the small JSON object `name` carrying `metadata` (as custom metadata and as
+    /// its content) unless it exists: `true` if this call created it, `false` if it was
+    /// there already (a compare-and-swap: of two writers, exactly one gets `true`).
+    pub fn create_marker(
+        &self,
+        name: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<bool, GcsError> {
+        let mut custom = metadata.clone();
+        custom.insert("writer".into(), WRITER.into());
+        let resource = json!({
+            "name": name,
+            "contentType": "application/json",
+            "metadata": custom,
+        });
+        let body = serde_json::to_vec(&custom).unwrap_or_default();
+        let what = format!("creating {name}");
+        let resp = self.upload(&what, &resource, "application/json", body)?;
+        match resp.status {
+            200..=299 => Ok(true),
+            412 => Ok(false),
+            s => Err(self.write_refused(&what, s)),
+        }
+    }
+
+    /// The first object (in name order) whose name starts with `prefix`, with its custom
+    /// metadata.
+    pub fn first_under(&self, prefix: &str) -> Result<Option<Listed>, GcsError> {
+        let mut url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o"]);
+        url.query_pairs_mut()
+            .append_pair("prefix", prefix)
+            .append_pair("maxResults", "1");
+        let what = format!("listing {prefix}");
+        let mut request = OutboundRequest::get(url);
+        request.max_response_bytes = 1024 * 1024;
+        let resp = self.send(&what, request)?;
+        match resp.status {
+            200 => {
+                let page: ListPage = serde_json::from_slice(&resp.body).map_err(|_| {
+                    GcsError::Transient(format!("{what}: the reply is not an object listing"))
+                })?;
+                Ok(page
+                    .items
+                    .into_iter()
+                    .find(|o| o.name.starts_with(prefix))
+                    .map(|o| Listed {
+                        name: o.name,
+                        metadata: o.metadata.unwrap_or_default(),
+                    }))
+            }
             403 => Err(GcsError::Fatal(format!(
-                "{what}: permission denied (403); grant the writer service account roles/storage.objectCreator on bucket {}",
+                "{what}: permission denied (403); grant the writer service account roles/storage.objectViewer on bucket {}",
                 self.cfg.bucket
             ))),
             404 => Err(GcsError::Fatal(format!("{what}: bucket {} not found (404); check gcs_bucket", self.cfg.bucket))),
-            401 => Err(GcsError::Fatal(format!("{what}: the credentials were refused (401); check gcp_service_account_key or gcs_access_token"))),
-            s => Err(GcsError::Fatal(format!("{what}: Cloud Storage answered {s}"))),
+            s => Err(GcsError::Transient(format!("{what}: Cloud Storage answered {s}"))),
         }
     }
 

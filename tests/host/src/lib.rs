@@ -16,4 +16,5 @@ pub mod serve;
 
 pub use app::{App, HostOptions, Invocation, Outcome, Trigger};
 pub mod google;
+pub mod jitter;
 pub mod testing;

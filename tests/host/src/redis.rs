@@ -6,8 +6,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
@@ -206,6 +207,72 @@ fn read_reply(conn: &mut BufReader<TcpStream>, depth: usize) -> std::result::Res
                 .map(Reply::Array)
         }
         _ => Err(format!("unknown reply type in {line:?}")),
+    }
+}
+
+/// A throw-away `redis-server` (Debian's, or `REDIS_SERVER`) on a loopback port, without
+/// persistence; killed when dropped.
+pub struct RedisServer {
+    pub url: String,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let exe = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = crate::testing::temp_dir("redis");
+        let child = Command::new(&exe)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{exe} does not start ({e}): scripts/setup.sh --test-tools installs Debian's redis-server")
+            });
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = RedisClient::from_url(&url).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.command(&[b"PING"]) != Ok(Reply::Status("PONG".into())) {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisServer { child, url }
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        match RedisClient::from_url(&self.url)
+            .unwrap()
+            .command(&[b"KEYS", b"*"])
+            .unwrap()
+        {
+            Reply::Array(items) => items
+                .into_iter()
+                .map(|k| match k {
+                    Reply::Bulk(b) => String::from_utf8(b).unwrap(),
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

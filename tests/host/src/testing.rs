@@ -26,11 +26,22 @@ pub fn repo_root() -> PathBuf {
 
 /// Builds the component with `cargo build --target wasm32-wasip2 --release` once per test
 /// process (cargo makes it a no-op when nothing changed) and returns the `.wasm` path.
+/// With `COLLECTOR_WASM=<file>` nothing is built: that file is put where `spin.toml` points
+/// (to run the tests against another build, such as an earlier commit's).
 pub fn build_component() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let root = repo_root();
+            let target = root.join("target/wasm32-wasip2/release/sentry_logs_collector.wasm");
+            if let Ok(given) = std::env::var("COLLECTOR_WASM") {
+                // A fresh file, not a write through cargo's hard link to its own output.
+                let _ = std::fs::remove_file(&target);
+                std::fs::create_dir_all(target.parent().expect("a parent"))
+                    .and_then(|_| std::fs::copy(&given, &target))
+                    .map_err(|e| format!("cannot use COLLECTOR_WASM={given}: {e}"))?;
+                return Ok(target);
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(&root)
@@ -47,7 +58,7 @@ pub fn build_component() -> Result<PathBuf> {
             if !status.success() {
                 return Err("building the component failed".into());
             }
-            Ok(root.join("target/wasm32-wasip2/release/sentry_logs_collector.wasm"))
+            Ok(target)
         })
         .clone()
         .map_err(anyhow::Error::msg)

@@ -6,16 +6,25 @@
 //! checkpoint: the pending-object record settles that), state readable, no trap but the
 //! injected kills.
 //!
+//! Beyond faults: runs that overlap (a second run starting 0-2 s into the first), every tenth
+//! sequence over a real `redis-server` whose packets a proxy holds 0-0.5 s; bursts of spans
+//! in one second, whose ties the simulator orders differently on every query; projects
+//! deleted in the middle of a run; items Sentry serves without an id.
+//!
 //! `CHAOS_SEQUENCES` (default 200) sets how many sequences run; `CHAOS_SEED` the first seed.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use collector_host::google::Accept;
+use collector_host::jitter::JitterProxy;
 use collector_host::kv::KvFaults;
-use collector_host::Outcome;
+use collector_host::redis::RedisServer;
+use collector_host::testing::temp_dir;
+use collector_host::{App, Outcome, Trigger};
 use common::*;
 use sentry_sim::{Rng, SimOptions};
 
@@ -23,8 +32,9 @@ const STEP: i64 = 30 * 60;
 const MAX_LATE: i64 = 3600;
 const STREAMS_UNDER_TEST: [&str; 3] = ["events", "audit_logs", "spans"];
 
-/// New data in `[from, to)`: events of the busy projects, spans, audit entries.
-fn add_data(rig: &Rig, rng: &mut Rng, busy: &[u64], from: i64, to: i64) {
+/// New data in `[from, to)`: events of the busy projects, spans (sometimes a burst of them
+/// in one second), audit entries.
+fn add_data(rig: &Rig, rng: &mut Rng, busy: &[u64], from: i64, to: i64) -> bool {
     for &p in busy {
         let count = 15 + rng.below(20);
         rig.sim.generate(rng, p, count, from, to, 0.2, MAX_LATE);
@@ -32,8 +42,17 @@ fn add_data(rig: &Rig, rng: &mut Rng, busy: &[u64], from: i64, to: i64) {
         rig.sim
             .generate_rows(rng, "spans", p, count, from, to, 0.2, MAX_LATE);
     }
+    let burst = !busy.is_empty() && rng.chance(0.3);
+    if burst {
+        let p = busy[rng.below(busy.len() as u64) as usize];
+        let second = from + rng.below((to - from) as u64) as i64;
+        let count = 150 + rng.below(250);
+        rig.sim
+            .generate_rows(rng, "spans", p, count, second, second + 1, 0.0, 0);
+    }
     let count = rng.below(10);
     rig.sim.generate_audit(rng, count, from, to);
+    burst
 }
 
 #[derive(Debug, Default, Clone)]
@@ -101,6 +120,26 @@ async fn sequence(seed: u64) -> Tally {
     })
     .await;
     add_projects(&rig.sim, 6);
+    // Every tenth sequence keeps its state in Redis behind a jittery link.
+    let _redis = (seed % 10 == 0).then(|| {
+        let redis = RedisServer::start();
+        let upstream = redis.url.trim_start_matches("redis://").parse().unwrap();
+        let link = JitterProxy::start(upstream, Duration::from_millis(500), seed).unwrap();
+        let config = temp_dir("chaos-redis").join("runtime-config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+                link.url()
+            ),
+        )
+        .unwrap();
+        rig.runtime_config = Some(config);
+        *t.faults
+            .entry("state in Redis over a jittery link")
+            .or_default() += 1;
+        (redis, link)
+    });
     let proxy = rig
         .behind_proxy(Accept::Static("ya29.test-static-token".into()))
         .await;
@@ -108,7 +147,11 @@ async fn sequence(seed: u64) -> Tally {
     rig.set("overlap", "2h");
     rig.set("lag", "1m");
     rig.set("streams", &STREAMS_UNDER_TEST.join(","));
-    let busy = [1u64, 3, 4];
+    let mut busy = vec![1u64, 3, 4];
+    // Ids that may be delivered though they are not in the truth at the end: data of
+    // projects deleted after it was delivered, and items poisoned after they were.
+    let mut gone: BTreeSet<String> = BTreeSet::new();
+    let mut poisoned: BTreeSet<String> = BTreeSet::new();
     let now = rig.clock.now();
     for h in (1..=3).rev() {
         add_data(&rig, &mut rng, &busy, now - h * 3600, now - (h - 1) * 3600);
@@ -182,11 +225,81 @@ async fn sequence(seed: u64) -> Tally {
             faults.fail_get = true;
             *t.faults.entry("KV read errors").or_default() += 1;
         }
+        if busy.len() > 1 && rng.chance(0.1) {
+            // A busy project is deleted after the run's plan named it.
+            let p = busy.remove(rng.below(busy.len() as u64) as usize);
+            let mut ids: Vec<String> = rig
+                .sim
+                .all_events()
+                .into_iter()
+                .filter(|e| e.project_id == p)
+                .map(|e| e.event_id)
+                .collect();
+            ids.extend(
+                rig.sim
+                    .rows_truth("spans", 0, i64::MAX, i64::MAX)
+                    .into_iter()
+                    .filter(|r| r.project_id == p)
+                    .map(|r| r.id),
+            );
+            gone.extend(ids);
+            rig.sim
+                .delete_projects_after("project-events", rng.below(3), vec![p]);
+            *t.faults.entry("project deleted mid-run").or_default() += 1;
+        }
+        if rng.chance(0.1) {
+            let now = rig.clock.now();
+            let visible = rig.sim.truth(0, i64::MAX, now);
+            if !visible.is_empty() {
+                let id = visible[rng.below(visible.len() as u64) as usize]
+                    .event_id
+                    .clone();
+                rig.sim.poison(&id);
+                poisoned.insert(id);
+                *t.faults.entry("event served without an id").or_default() += 1;
+            }
+        }
         let objects_before = rig.objects().await.len();
+        // Sometimes a second run starts 0-2 s into this one (a cron tick that does not wait,
+        // a Pub/Sub redelivery, an operator's /run).
+        let second = rng
+            .chance(if seed % 10 == 0 { 0.5 } else { 0.15 })
+            .then(|| {
+                *t.faults.entry("overlapping run").or_default() += 1;
+                let app = App::load(&rig.options(), Trigger::Cron).expect("the app loads");
+                let ts = rig.clock.now() as u64;
+                let start_in = Duration::from_millis(rng.below(2000));
+                tokio::spawn(async move {
+                    tokio::time::sleep(start_in).await;
+                    app.run_cron(ts).await.expect("the host runs the component")
+                })
+            });
         let inv = rig
             .run_with(|app| app.store("default").unwrap().set_faults(faults.clone()))
             .await;
         t.runs += 1;
+        if let Some(second) = second {
+            let other = second.await.expect("the overlapping run");
+            t.runs += 1;
+            assert!(
+                !matches!(other.outcome, Outcome::Trap(_)),
+                "seed {seed}: the overlapping run trapped: {:?}",
+                other.outcome
+            );
+            if let Outcome::GuestError(m) = &other.outcome {
+                assert!(
+                    !m.contains("checkpoint could not be read"),
+                    "seed {seed}: the overlapping run failed on state: {m}"
+                );
+            }
+            for summary in other
+                .stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            {
+                note_starts(&summary, &mut first_start);
+            }
+        }
         let objects_after = rig.objects().await.len();
         let outcome = match &inv.outcome {
             Outcome::Ok => "ok",
@@ -225,7 +338,11 @@ async fn sequence(seed: u64) -> Tally {
         rig.sim.truncate_next(0);
         rig.sim.drop_next(0);
         let from = rig.clock.now();
-        add_data(&rig, &mut rng, &busy, from, from + STEP);
+        if add_data(&rig, &mut rng, &busy, from, from + STEP) {
+            *t.faults
+                .entry("spans burst in one second (ties shuffled)")
+                .or_default() += 1;
+        }
         rig.clock.advance(STEP);
     }
     // Settle: no faults, every late event arrived, run until caught up.
@@ -265,6 +382,7 @@ async fn sequence(seed: u64) -> Tally {
                 .truth(start, end, now)
                 .into_iter()
                 .map(|e| e.event_id)
+                .filter(|id| !poisoned.contains(id))
                 .collect(),
             "audit_logs" => rig
                 .sim
@@ -293,7 +411,10 @@ async fn sequence(seed: u64) -> Tally {
             .filter(|n| **n > 1)
             .map(|n| (*n - 1) as u64)
             .sum();
-        let extra = counts.keys().filter(|id| !truth.contains(*id)).count();
+        let extra = counts
+            .keys()
+            .filter(|id| !truth.contains(*id) && !gone.contains(*id) && !poisoned.contains(*id))
+            .count();
         assert_eq!(lost, 0, "seed {seed}: {stream}: {lost} lost: {t:?}");
         assert_eq!(
             duplicated, 0,

@@ -315,6 +315,101 @@ async fn full_events_are_collected_ten_per_page() {
     );
 }
 
+/// Events deleted while a window is paged ("delete and discard" in Sentry, or retention
+/// cleanup) shift every later row of the newest-first list up: with offset paging the rows
+/// at each page boundary were never read. Every event still in Sentry must be delivered,
+/// also inside a second holding more events than a page (full events come ten a page).
+async fn deletions_between_pages_lose_nothing(full: bool, seed: u64) {
+    let mut rig = Rig::start(SimOptions {
+        rate_limits: false,
+        ..SimOptions::default()
+    })
+    .await;
+    add_projects(&rig.sim, 1);
+    let now = rig.clock.now();
+    let mut rng = Rng::new(seed);
+    rig.sim
+        .generate(&mut rng, 1, 260, now - 2 * HOUR, now - HOUR, 0.0, 0);
+    // A burst: 25 events in one second.
+    rig.sim
+        .generate(&mut rng, 1, 25, now - 90 * 60, now - 90 * 60 + 1, 0.0, 0);
+    if full {
+        rig.set("sentry_full_events", "true");
+    }
+    let per_page = if full { 10 } else { 100 };
+    // Newest first, as Sentry lists them: after the k-th page, three of the events the
+    // pages so far returned are deleted.
+    let mut listed = rig.sim.truth(0, i64::MAX, now);
+    listed.sort_by(|a, b| {
+        b.date_created
+            .cmp(&a.date_created)
+            .then_with(|| b.event_id.cmp(&a.event_id))
+    });
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut batches = Vec::new();
+    for k in 1..=(listed.len() / per_page) {
+        let read: Vec<_> = listed[..k * per_page]
+            .iter()
+            .filter(|e| !deleted.contains(&e.event_id))
+            .map(|e| e.event_id.clone())
+            .collect();
+        let batch: Vec<String> = (0..3)
+            .map(|i| read[(k * 7 + i * 13) % read.len()].clone())
+            .filter(|id| deleted.insert(id.clone()))
+            .collect();
+        batches.push(batch);
+    }
+    rig.sim
+        .delete_events_between_pages("project-events", batches);
+    rig.set("lookback", "3h");
+    rig.run_ok().await;
+    let delivered = rig.delivered().await;
+    let mut counts = std::collections::BTreeMap::new();
+    for (id, _, _) in &delivered {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "an event was delivered twice"
+    );
+    let remaining = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    // The batches the run's requests got to.
+    let deleted: std::collections::BTreeSet<String> = listed
+        .iter()
+        .filter(|e| !remaining.iter().any(|r| r.event_id == e.event_id))
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert!(deleted.len() >= 6, "{} deleted while paging", deleted.len());
+    let lost: Vec<_> = remaining
+        .iter()
+        .filter(|e| !counts.contains_key(&e.event_id))
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} events still in Sentry were never delivered ({} deleted while paging)",
+        lost.len(),
+        remaining.len(),
+        deleted.len()
+    );
+    assert!(
+        counts
+            .keys()
+            .all(|id| deleted.contains(id) || remaining.iter().any(|e| &e.event_id == id)),
+        "only events that existed were delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_deleted_between_pages_shift_no_event_out_of_reach() {
+    deletions_between_pages_lose_nothing(false, 41).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_deleted_between_full_pages_of_ten_shift_no_event_out_of_reach() {
+    deletions_between_pages_lose_nothing(true, 42).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn max_projects_cut_is_reported_not_silent() {
     let rig = Rig::start(SimOptions::default()).await;

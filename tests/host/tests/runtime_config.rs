@@ -6,79 +6,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use collector_host::redis::{RedisClient, Reply};
+use collector_host::redis::RedisServer;
 use collector_host::testing::{build_component, repo_root, temp_dir};
 use collector_host::Outcome;
 use common::*;
 use sentry_sim::{Rng, SimOptions};
-
-/// A throw-away `redis-server` on a loopback port; killed when dropped.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let exe = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = temp_dir("redis");
-        let child = Command::new(&exe)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{exe} does not start ({e}): scripts/setup.sh --test-tools installs Debian's redis-server")
-            });
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = RedisClient::from_url(&url).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.command(&[b"PING"]) != Ok(Reply::Status("PONG".into())) {
-            assert!(Instant::now() < deadline, "redis-server did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { child, url }
-    }
-
-    fn keys(&self) -> Vec<String> {
-        match RedisClient::from_url(&self.url)
-            .unwrap()
-            .command(&[b"KEYS", b"*"])
-            .unwrap()
-        {
-            Reply::Array(items) => items
-                .into_iter()
-                .map(|k| match k {
-                    Reply::Bulk(b) => String::from_utf8(b).unwrap(),
-                    other => panic!("{other:?}"),
-                })
-                .collect(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The two examples as one runtime config, the Redis URL pointed at `url` (the example's is
 /// the cluster's Service, which does not resolve here); nothing else changed.
@@ -101,7 +35,7 @@ fn example_runtime_config(url: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_state_lives_in_redis_and_collection_resumes_from_it() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let mut rig = Rig::with_history(SimOptions::default(), 6, 3, 40, 0.0, 91).await;
     rig.runtime_config = Some(example_runtime_config(&redis.url));
     let first_start = rig.clock.now() - 6 * 3600;

@@ -44,7 +44,7 @@ impl Audit {
                 self.add(&format!("KV {k}"), &String::from_utf8_lossy(&v));
             }
         }
-        for o in rig.objects().await {
+        for o in rig.all_objects().await {
             let body = rig.gcs.download(&o.name).await.unwrap();
             self.add(
                 &format!("object {}", o.name),

@@ -288,6 +288,12 @@ struct State {
     trickle_next: Option<(u32, Duration)>,
     /// Once this many requests of the class have been served, these projects are deleted.
     deletion: Option<(&'static str, u64, Vec<u64>)>,
+    /// After each request of the class, these events are deleted ("delete and discard"), a
+    /// batch a request, until no batch is left.
+    event_deletions: Option<(&'static str, std::collections::VecDeque<Vec<String>>)>,
+    /// Once this many requests of the class have been served, the next one's body trickles
+    /// (a stalled answer in the middle of a run).
+    stall: Option<(&'static str, u64, Duration)>,
 }
 
 /// The simulator. Cheap to clone; all clones share state.
@@ -468,6 +474,12 @@ impl Sim {
         self.state.lock().unwrap().trickle_next = (n > 0).then_some((n, every));
     }
 
+    /// Once `after` requests of `class` have been answered, the body of the next one of that
+    /// class trickles `every` apart: a run that stalls after reading part of its window.
+    pub fn stall_after(&self, class: &'static str, after: u64, every: Duration) {
+        self.state.lock().unwrap().stall = Some((class, after, every));
+    }
+
     /// The next `n` project-events pages are cut off halfway (a body cut short).
     pub fn truncate_next(&self, n: u32) {
         self.state.lock().unwrap().truncate_next = n;
@@ -493,6 +505,12 @@ impl Sim {
     /// have been answered: projects that vanish in the middle of a run.
     pub fn delete_projects_after(&self, class: &'static str, after: u64, projects: Vec<u64>) {
         self.state.lock().unwrap().deletion = Some((class, after, projects));
+    }
+
+    /// Deletes events as Sentry's "delete and discard" does (gone from every list): `batches`
+    /// one after each answered request of `class`, the first after the next such request.
+    pub fn delete_events_between_pages(&self, class: &'static str, batches: Vec<Vec<String>>) {
+        self.state.lock().unwrap().event_deletions = Some((class, batches.into()));
     }
 
     /// Requests to this endpoint class answer 403 (a token without the scope).
@@ -556,7 +574,21 @@ impl Sim {
             builder = builder.header(n.as_str(), v.as_str());
         }
         let trickle = faulted
-            .then(|| take_one(&mut self.state.lock().unwrap().trickle_next))
+            .then(|| {
+                let mut st = self.state.lock().unwrap();
+                let stalled = match (st.stall, class) {
+                    (Some((c, after, every)), Some(class)) if c == class => {
+                        // `respond` has counted this request already.
+                        let served = st.counters.requests.get(class).copied().unwrap_or(0);
+                        (served > after).then(|| {
+                            st.stall = None;
+                            every
+                        })
+                    }
+                    _ => None,
+                };
+                stalled.or_else(|| take_one(&mut st.trickle_next))
+            })
             .flatten();
         let body = match trickle {
             None => Either::Left(Full::new(Bytes::from(resp.body))),
@@ -688,6 +720,7 @@ impl Sim {
                 ),
             ];
         }
+        let answered_class = class;
         let mut resp = match class {
             "org" => self.org_details(),
             "projects" => self.project_list(&st, &params, path),
@@ -720,6 +753,14 @@ impl Sim {
             }
         };
         resp.headers.extend(rate_headers);
+        // Events deleted after this answer: the next page sees them gone.
+        if let Some((c, batches)) = st.event_deletions.as_mut() {
+            if *c == answered_class {
+                if let Some(ids) = batches.pop_front() {
+                    st.events.retain(|e| !ids.contains(&e.event_id));
+                }
+            }
+        }
         resp
     }
 

@@ -219,8 +219,28 @@ impl Rig {
         summary(&inv)
     }
 
-    /// Every object in the bucket; also checks that no object seen before changed generation.
+    /// Every object the streams wrote (the collector's own state under
+    /// `{PREFIX}collector-state/` left out); also checks that no object seen before changed
+    /// generation.
     pub async fn objects(&mut self) -> Vec<StoredObject> {
+        let state = format!("{PREFIX}collector-state/");
+        let mut objects = self.all_objects().await;
+        objects.retain(|o| !o.name.starts_with(&state));
+        objects
+    }
+
+    /// The shards' lease epochs (`{PREFIX}collector-state/leases/...`), oldest first.
+    pub async fn lease_objects(&mut self) -> Vec<StoredObject> {
+        let leases = format!("{PREFIX}collector-state/leases/");
+        let mut objects = self.all_objects().await;
+        objects.retain(|o| o.name.starts_with(&leases));
+        objects.reverse();
+        objects
+    }
+
+    /// Every object in the bucket, the collector's state included; also checks that no
+    /// object seen before changed generation.
+    pub async fn all_objects(&mut self) -> Vec<StoredObject> {
         let objects = self.gcs.list("").await.expect("listing the bucket");
         for o in &objects {
             match self.generations.get(&o.name) {
