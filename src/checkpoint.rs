@@ -238,12 +238,17 @@ pub struct WindowProgress {
 /// offset is read again and must be `last` (the hex key of the last row read): if it is not,
 /// rows above it were deleted (or arrived late), and the second is read again from its top.
 /// An offset thus never spans more than one second.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Keyset {
     pub end: i64,
     pub read: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,
+    /// Times the second `end - 1` was read again from its top because the check failed; past
+    /// a few, the rest of the project follows Sentry's own cursors (something keeps moving
+    /// rows, or rows are counted that a page does not show).
+    #[serde(default)]
+    pub resets: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,9 +256,12 @@ pub struct Checkpoint {
     /// Everything before this was read, in a window that ended here.
     pub watermark: Option<i64>,
     pub in_progress: Option<WindowProgress>,
-    /// The slot (0 or 1) and number of chunks holding the delivered-id set.
+    /// The slot (0 or 1) and number of chunks holding the delivered-id set, and the lease
+    /// epoch that wrote them (0: keys from before epochs).
     pub seen_slot: u8,
     pub seen_chunks: u32,
+    #[serde(default)]
+    pub seen_epoch: u64,
     /// An object whose upload started but was not confirmed: the checkpoint already counts
     /// its events; if the object never landed, the run that finds this rolls back.
     #[serde(default)]
@@ -297,6 +305,8 @@ pub struct PendingObject {
     pub rollback_progress: Option<WindowProgress>,
     pub rollback_slot: u8,
     pub rollback_chunks: u32,
+    #[serde(default)]
+    pub rollback_epoch: u64,
 }
 
 /// Why a checkpoint was not saved.
@@ -332,15 +342,21 @@ impl<'a> CheckpointStore<'a> {
         format!("v1/{}/checkpoint", self.stream)
     }
 
-    fn chunk_key(&self, slot: u8, n: u32) -> String {
-        format!("v1/{}/seen/{slot}/{n}", self.stream)
+    /// Chunks live under the epoch of the lease that wrote them, so a writer never writes
+    /// over or deletes chunks a later holder's checkpoint points at.
+    fn chunk_key(&self, epoch: u64, slot: u8, n: u32) -> String {
+        if epoch == 0 {
+            format!("v1/{}/seen/{slot}/{n}", self.stream)
+        } else {
+            format!("v1/{}/seen/{epoch}.{slot}/{n}", self.stream)
+        }
     }
 
-    /// Loads the id set stored in `slot`.
-    pub fn load_seen(&self, slot: u8, chunks: u32) -> Result<SeenSet, String> {
+    /// Loads the id set stored by lease `epoch` in `slot`.
+    pub fn load_seen(&self, epoch: u64, slot: u8, chunks: u32) -> Result<SeenSet, String> {
         let mut seen = SeenSet::default();
         for n in 0..chunks {
-            let chunk_key = self.chunk_key(slot, n);
+            let chunk_key = self.chunk_key(epoch, slot, n);
             let chunk: String = state::load(self.kv, &chunk_key)?
                 .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
             seen.decode_into(&chunk)
@@ -357,7 +373,7 @@ impl<'a> CheckpointStore<'a> {
         let mut attempt = 0;
         loop {
             let cp = self.load_record()?;
-            match self.load_seen(cp.seen_slot, cp.seen_chunks) {
+            match self.load_seen(cp.seen_epoch, cp.seen_slot, cp.seen_chunks) {
                 Ok(seen) => return Ok((cp, seen)),
                 Err(e) => {
                     attempt += 1;
@@ -380,31 +396,33 @@ impl<'a> CheckpointStore<'a> {
         }
     }
 
-    /// Saves a new checkpoint as the holder of lease `epoch`. `seen_changed` false reuses the
-    /// stored id set. Refused, before anything is written, when the stored checkpoint was
-    /// saved under a later epoch (another run took the shard over), unless `over_later` (the
-    /// caller confirmed in the bucket that its lease is the newest: the later number is from
-    /// before the lease folder was emptied).
+    /// Saves a new checkpoint as `writer`. `seen_changed` false reuses the stored id set.
+    /// Refused, before anything is written, when the stored checkpoint was saved under a
+    /// later epoch (another run took the shard over), unless the writer confirmed its lease
+    /// is the newest; and between writes as soon as the writer's fence fails.
     pub fn save(
         &self,
         cp: &mut Checkpoint,
         seen: &SeenSet,
         seen_changed: bool,
-        epoch: u64,
-        over_later: bool,
+        writer: &Writer,
     ) -> Result<(), SaveError> {
+        let epoch = writer.epoch;
         let stored = self.load_record().map_err(SaveError::Failed)?;
-        if stored.epoch > epoch && !over_later {
+        if stored.epoch > epoch && !writer.over_later {
             return Err(SaveError::Superseded(format!(
                 "another run took the shard over (its checkpoint of {} is from lease epoch {}, after this run's {epoch}): this run stopped without writing",
                 self.stream, stored.epoch
             )));
         }
-        cp.epoch = epoch;
-        let old_slot = cp.seen_slot;
-        let old_chunks = cp.seen_chunks;
+        let fence = || (writer.fence)().map_err(SaveError::Superseded);
+        let old = (cp.seen_epoch, cp.seen_slot, cp.seen_chunks);
         // A pending object's rollback state must survive until the object is confirmed.
-        let keep = cp.pending.as_ref().map(|p| p.rollback_slot);
+        let keep = cp
+            .pending
+            .as_ref()
+            .map(|p| (p.rollback_epoch, p.rollback_slot));
+        cp.epoch = epoch;
         if seen_changed {
             let chunks = seen.encode();
             if chunks.len() > MAX_CHUNKS {
@@ -414,35 +432,92 @@ impl<'a> CheckpointStore<'a> {
                     MAX_CHUNKS * RECORDS_PER_CHUNK
                 )));
             }
-            let slot = 1 - old_slot.min(1);
+            // This writer's own keys: the slot its last save did not use.
+            let slot = if old.0 == epoch { 1 - old.1.min(1) } else { 0 };
             for (n, chunk) in chunks.iter().enumerate() {
-                state::save(self.kv, &self.chunk_key(slot, n as u32), chunk)
+                fence()?;
+                state::save(self.kv, &self.chunk_key(epoch, slot, n as u32), chunk)
                     .map_err(SaveError::Failed)?;
             }
             // The slot may hold more chunks from an older, larger set: drop them.
             let mut n = chunks.len() as u32;
             while self
                 .kv
-                .get(&self.chunk_key(slot, n))
+                .get(&self.chunk_key(epoch, slot, n))
                 .ok()
                 .flatten()
                 .is_some()
             {
-                let _ = self.kv.delete(&self.chunk_key(slot, n));
+                let _ = self.kv.delete(&self.chunk_key(epoch, slot, n));
                 n += 1;
             }
+            cp.seen_epoch = epoch;
             cp.seen_slot = slot;
             cp.seen_chunks = chunks.len() as u32;
         }
+        fence()?;
         state::save(self.kv, &self.checkpoint_key(), cp).map_err(SaveError::Failed)?;
-        if seen_changed && keep != Some(old_slot) {
-            // The previous slot is garbage now; a failed delete only wastes a key until the
-            // next save overwrites it.
-            for n in 0..old_chunks {
-                let _ = self.kv.delete(&self.chunk_key(old_slot, n));
+        if seen_changed && keep != Some((old.0, old.1)) {
+            // The previous chunks are garbage now; a failed delete only wastes a key until
+            // the next save overwrites it.
+            for n in 0..old.2 {
+                let _ = self.kv.delete(&self.chunk_key(old.0, old.1, n));
             }
         }
+        if seen_changed && old.0 != epoch {
+            self.drop_orphans(epoch, cp, keep);
+        }
         Ok(())
+    }
+
+    /// On a new holder's first save: drops chunks earlier epochs left behind (a run that lost
+    /// its lease mid-save), never the checkpoint's, the rollback's, or a later epoch's.
+    fn drop_orphans(&self, epoch: u64, cp: &Checkpoint, keep: Option<(u64, u8)>) {
+        let prefix = format!("v1/{}/seen/", self.stream);
+        let Ok(keys) = self.kv.keys() else {
+            return;
+        };
+        for key in keys {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((place, _)) = rest.split_once('/') else {
+                continue;
+            };
+            let (e, slot) = match place.split_once('.') {
+                Some((e, slot)) => (e.parse::<u64>().ok(), slot.parse::<u8>().ok()),
+                None => (Some(0), place.parse::<u8>().ok()),
+            };
+            let (Some(e), Some(slot)) = (e, slot) else {
+                continue;
+            };
+            let ours = (e, slot) == (cp.seen_epoch, cp.seen_slot) || Some((e, slot)) == keep;
+            if e < epoch && !ours {
+                let _ = self.kv.delete(&key);
+            }
+        }
+    }
+}
+
+/// Who saves a checkpoint, and the check before each of its KV writes.
+pub struct Writer<'f> {
+    /// The writer's lease epoch, recorded in the checkpoint.
+    pub epoch: u64,
+    /// The writer confirmed in the bucket that its lease is the newest: a later epoch in the
+    /// stored checkpoint is from before the lease folder was emptied.
+    pub over_later: bool,
+    /// Called before every KV write; an error (why the lease no longer holds) stops the save.
+    pub fence: &'f dyn Fn() -> Result<(), String>,
+}
+
+impl Writer<'_> {
+    /// A writer without a lease to check (tests, and callers that hold every lease).
+    pub fn unfenced(epoch: u64) -> Writer<'static> {
+        Writer {
+            epoch,
+            over_later: false,
+            fence: &|| Ok(()),
+        }
     }
 }
 
@@ -494,7 +569,9 @@ mod tests {
             watermark: Some(99),
             ..Checkpoint::default()
         };
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         assert_eq!(cp.seen_chunks, 3);
         let (loaded_cp, loaded) = store.load().unwrap();
         assert_eq!(loaded_cp, cp);
@@ -510,17 +587,21 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut cp = Checkpoint::default();
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         let first_slot = cp.seen_slot;
         seen.insert(&hex_id(2), 20);
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         assert_ne!(cp.seen_slot, first_slot);
         let keys: Vec<String> = kv.0.borrow().keys().cloned().collect();
         assert_eq!(
             keys,
             vec![
                 "v1/events/checkpoint".to_string(),
-                format!("v1/events/seen/{}/0", cp.seen_slot)
+                format!("v1/events/seen/1.{}/0", cp.seen_slot)
             ]
         );
         assert_eq!(store.load().unwrap().1.len(), 2);
@@ -533,7 +614,9 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut cp = Checkpoint::default();
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         // A later save wrote its chunk into the other slot, then died before the checkpoint.
         let other = 1 - cp.seen_slot;
         kv.set(&format!("v1/events/seen/{other}/0"), b"\"garbage\"")
@@ -549,20 +632,88 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut old_holder = Checkpoint::default();
-        store.save(&mut old_holder, &seen, true, 4, false).unwrap();
+        store
+            .save(&mut old_holder, &seen, true, &Writer::unfenced(4))
+            .unwrap();
         let mut new_holder = store.load().unwrap().0;
         new_holder.watermark = Some(500);
-        store.save(&mut new_holder, &seen, false, 5, false).unwrap();
+        store
+            .save(&mut new_holder, &seen, false, &Writer::unfenced(5))
+            .unwrap();
         let before = kv.0.borrow().clone();
         old_holder.watermark = Some(100);
         seen.insert(&hex_id(2), 20);
-        let refused = store.save(&mut old_holder, &seen, true, 4, false);
+        let refused = store.save(&mut old_holder, &seen, true, &Writer::unfenced(4));
         assert!(
             matches!(&refused, Err(SaveError::Superseded(m)) if m.contains("another run")),
             "{refused:?}"
         );
         assert_eq!(*kv.0.borrow(), before, "nothing was written");
         assert_eq!(store.load().unwrap().0.watermark, Some(500));
+    }
+
+    #[test]
+    fn a_writer_that_lost_its_lease_mid_save_never_touches_the_new_holders_chunks() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        for n in 0..10 {
+            seen.insert(&hex_id(n), 10 + n as i64);
+        }
+        let mut a = Checkpoint::default();
+        store
+            .save(&mut a, &seen, true, &Writer::unfenced(4))
+            .unwrap();
+        // A goes on; before its next write, B takes over: loads, adds an id, saves.
+        let took_over = std::cell::Cell::new(false);
+        let b_state = RefCell::new(None);
+        let fence = || {
+            if !took_over.replace(true) {
+                let (mut b, mut b_seen) = store.load().unwrap();
+                b_seen.insert(&hex_id(99), 99);
+                store
+                    .save(&mut b, &b_seen, true, &Writer::unfenced(5))
+                    .unwrap();
+                *b_state.borrow_mut() = Some((b, b_seen));
+                return Ok(());
+            }
+            Err("the lease ran out".to_string())
+        };
+        seen.insert(&hex_id(50), 50);
+        let writer = Writer {
+            epoch: 4,
+            over_later: false,
+            fence: &fence,
+        };
+        let refused = store.save(&mut a, &seen, true, &writer);
+        assert!(
+            matches!(refused, Err(SaveError::Superseded(_))),
+            "{refused:?}"
+        );
+        let (b, b_seen) = b_state.borrow_mut().take().unwrap();
+        let (loaded, loaded_seen) = store.load().unwrap();
+        assert_eq!(loaded, b, "B's checkpoint stands");
+        assert_eq!(loaded_seen, b_seen, "B's ids are whole");
+        // A left a chunk of its own behind; the next holder's first save drops it.
+        let leftovers = |kv: &MemKv| {
+            kv.0.borrow()
+                .keys()
+                .filter(|k| k.starts_with("v1/events/seen/4."))
+                .count()
+        };
+        assert!(leftovers(&kv) > 0);
+        let (mut c, mut c_seen) = store.load().unwrap();
+        c_seen.insert(&hex_id(77), 77);
+        store
+            .save(&mut c, &c_seen, true, &Writer::unfenced(6))
+            .unwrap();
+        assert_eq!(leftovers(&kv), 0);
+        assert!(kv
+            .0
+            .borrow()
+            .keys()
+            .all(|k| !k.starts_with("v1/events/seen/5.")));
+        assert_eq!(store.load().unwrap().1.len(), 12);
     }
 
     /// A KV whose first read of the checkpoint returns what it held before another run
@@ -601,10 +752,14 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut cp = Checkpoint::default();
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         let old_record = kv.kv.get("v1/events/checkpoint").unwrap();
         seen.insert(&hex_id(2), 20);
-        store.save(&mut cp, &seen, true, 1, false).unwrap();
+        store
+            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .unwrap();
         // The old slot's chunks are gone; the stale record still points at them.
         *kv.stale.borrow_mut() = old_record;
         let (loaded_cp, loaded) = store.load().unwrap();

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{
     seen_key, Checkpoint, CheckpointStore, Keyset, PendingObject, SaveError, SeenSet,
-    WindowProgress,
+    WindowProgress, Writer,
 };
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
@@ -339,8 +339,9 @@ pub(crate) fn settle_pending(
         cp.in_progress = pending.rollback_progress;
         cp.seen_slot = pending.rollback_slot;
         cp.seen_chunks = pending.rollback_chunks;
+        cp.seen_epoch = pending.rollback_epoch;
         let rolled_back = store
-            .load_seen(cp.seen_slot, cp.seen_chunks)
+            .load_seen(cp.seen_epoch, cp.seen_slot, cp.seen_chunks)
             .map_err(|e| Stop::Failed(Failure::unreadable(e)))?;
         save_fenced(store, lease, env, gcs, &mut cp, &rolled_back, false)?;
         rolled_back
@@ -378,14 +379,25 @@ fn save_fenced(
             transient: true,
         })
     };
-    match store.save(cp, seen, seen_changed, lease.epoch, false) {
+    // Before every KV write of the save, not only the first: a save is many writes.
+    let fence = || lease.check_time(env.clock.now()).map_err(|f| f.to_string());
+    let mut writer = Writer {
+        epoch: lease.epoch,
+        over_later: false,
+        fence: &fence,
+    };
+    match store.save(cp, seen, seen_changed, &writer) {
         Ok(()) => Ok(()),
         Err(SaveError::Failed(e)) => Err(failed(e)),
         Err(SaveError::Superseded(_)) => {
             lease.check(&env, gcs).map_err(fenced)?;
+            writer.over_later = true;
             store
-                .save(cp, seen, seen_changed, lease.epoch, true)
-                .map_err(|e| failed(e.to_string()))
+                .save(cp, seen, seen_changed, &writer)
+                .map_err(|e| match e {
+                    SaveError::Superseded(why) => Stop::Lost(why),
+                    SaveError::Failed(e) => failed(e),
+                })
         }
     }
 }
@@ -641,8 +653,11 @@ impl Collector<'_, '_> {
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
     fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         let window = progress.window;
-        // `events` pages by position, not by Sentry's offset cursors (see `Keyset`).
-        let keyed = |p: &WindowProgress| self.def.kind == Kind::Events && !p.dates_ignored;
+        // `events` pages by position, not by Sentry's offset cursors (see `Keyset`), unless
+        // the window or the project fell back to those.
+        let keyed = |p: &WindowProgress| {
+            self.def.kind == Kind::Events && !p.dates_ignored && p.cursor.is_none()
+        };
         while progress.next_project < progress.projects.len() {
             let unit = progress.projects[progress.next_project];
             let keyset = progress.keyset.clone().filter(|_| keyed(progress));
@@ -663,7 +678,7 @@ impl Collector<'_, '_> {
                         .copied()
                         .unwrap_or(window.start)
                 }),
-                end: keyset.as_ref().map_or(window.end, |k| k.end),
+                end: progress.keyset.as_ref().map_or(window.end, |k| k.end),
             };
             let answer = match self.sentry.stream_page(self.def, unit, range, cursor) {
                 // A project deleted since the window was planned answers 404 (its event
@@ -802,16 +817,33 @@ impl Collector<'_, '_> {
                     } else if boundary_moved(keyset.as_ref(), &page.parsed) {
                         // Rows above the offset were deleted (or arrived): read the second
                         // again from its top; rows read twice are dropped as duplicates.
-                        progress.keyset = Some(Keyset {
-                            end: range.end,
-                            read: 0,
-                            last: None,
-                        });
+                        let resets = keyset.as_ref().map_or(0, |k| k.resets) + 1;
+                        if resets < MAX_KEYSET_RESETS {
+                            progress.keyset = Some(Keyset {
+                                end: range.end,
+                                read: 0,
+                                last: None,
+                                resets,
+                            });
+                        } else {
+                            follow_cursor(progress, page.next, past_start);
+                        }
                     } else {
+                        let empty = page.parsed.items.is_empty() && page.parsed.rejected.is_empty();
                         match page.next {
-                            Some(_) if !past_start => {
-                                progress.keyset =
-                                    Some(next_keyset(keyset.as_ref(), range.end, &page.parsed));
+                            // (An empty page that claims more would only repeat itself.)
+                            Some(cursor) if !past_start && !empty => {
+                                let next = next_keyset(keyset.as_ref(), range.end, &page.parsed);
+                                // A position that does not move on (rows without a time at the
+                                // page's end): Sentry's cursor, in the same list, from here.
+                                let stuck = keyset
+                                    .as_ref()
+                                    .is_some_and(|k| next.end == k.end && next.read <= k.read);
+                                if stuck {
+                                    progress.cursor = Some(cursor);
+                                } else {
+                                    progress.keyset = Some(next);
+                                }
                             }
                             _ => next_unit(progress),
                         }
@@ -1005,6 +1037,7 @@ impl Collector<'_, '_> {
             rollback_progress: self.checkpoint.in_progress.clone(),
             rollback_slot: self.checkpoint.seen_slot,
             rollback_chunks: self.checkpoint.seen_chunks,
+            rollback_epoch: self.checkpoint.seen_epoch,
         });
         self.checkpoint.in_progress = Some(after);
         // The pending mark must reach KV before the object may exist.
@@ -1102,6 +1135,18 @@ fn next_unit(progress: &mut WindowProgress) {
     progress.query_rows = 0;
 }
 
+/// After this many failed checks at one position, a project follows Sentry's own cursors.
+const MAX_KEYSET_RESETS: u32 = 3;
+
+/// The rest of the project follows Sentry's own cursors, in the list the last page came from
+/// (its `end` stays): after the keyset could not move on.
+fn follow_cursor(progress: &mut WindowProgress, next: Option<String>, past_start: bool) {
+    match next {
+        Some(cursor) if !past_start => progress.cursor = Some(cursor),
+        _ => next_unit(progress),
+    }
+}
+
 /// The page's rows in order: each an item, or `None` for a row without a readable id or time
 /// (it still takes its place in Sentry's offsets).
 fn rows(page: &Parsed) -> Vec<Option<&Item>> {
@@ -1139,11 +1184,13 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, page: &Parsed) -> Keyset {
     let offset = keyset.map_or(0, |k| k.read.saturating_sub(1));
     let rows = rows(page);
     // Rows after the last one with a time are of an unknown second: they are read again.
+    let resets = keyset.map_or(0, |k| k.resets);
     let Some(last) = rows.iter().rposition(|r| r.is_some()) else {
         return Keyset {
             end,
             read: offset + rows.len() as u64 + 1,
             last: None,
+            resets,
         };
     };
     let item = rows[last].expect("a row with a time");
@@ -1163,6 +1210,8 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, page: &Parsed) -> Keyset {
         end: oldest + 1,
         read,
         last: Some(hex_key(&item.key)),
+        // Failed checks count only while the position stays in the same second.
+        resets: if oldest + 1 == end { resets } else { 0 },
     }
 }
 
@@ -1210,7 +1259,8 @@ mod tests {
             Keyset {
                 end: T + 9,
                 read: 3,
-                last: key_of("a")
+                last: key_of("a"),
+                ..Keyset::default()
             }
         );
         // The next page (offset 2 in "before second 9") starts with "a" again; all of it is
@@ -1223,7 +1273,8 @@ mod tests {
             Keyset {
                 end: T + 9,
                 read: 5,
-                last: key_of("y")
+                last: key_of("y"),
+                ..Keyset::default()
             }
         );
         // It reaches an older second: only that second's rows count.
@@ -1233,7 +1284,8 @@ mod tests {
             Keyset {
                 end: T + 8,
                 read: 1,
-                last: key_of("x")
+                last: key_of("x"),
+                ..Keyset::default()
             }
         );
     }
@@ -1244,6 +1296,7 @@ mod tests {
             end: T + 9,
             read: 3,
             last: key_of("a"),
+            ..Keyset::default()
         };
         // "c" was deleted: the row at offset 2 is now the one after "a".
         let page = events_page(&[(Some("z"), 8), (Some("y"), 8)]);
@@ -1255,9 +1308,36 @@ mod tests {
             end: T + 9,
             read: 0,
             last: None,
+            ..Keyset::default()
         };
         assert!(!boundary_moved(Some(&top), &page));
         assert!(!boundary_moved(None, &page));
+    }
+
+    #[test]
+    fn failed_checks_are_counted_only_inside_one_second() {
+        let at = Keyset {
+            end: T + 9,
+            read: 0,
+            last: None,
+            resets: 2,
+        };
+        // Still in second 8: the count stays, so repeated failures end in Sentry's cursors.
+        let page = events_page(&[(Some("c"), 8), (Some("b"), 8)]);
+        assert_eq!(next_keyset(Some(&at), at.end, &page).resets, 2);
+        // On to an older second: a fresh start.
+        let page = events_page(&[(Some("c"), 8), (Some("b"), 7)]);
+        assert_eq!(next_keyset(Some(&at), at.end, &page).resets, 0);
+        // A page whose only row with a time is the one read again does not move on.
+        let at = Keyset {
+            end: T + 9,
+            read: 3,
+            last: key_of("c"),
+            resets: 0,
+        };
+        let page = events_page(&[(Some("c"), 8), (None, 8), (None, 8)]);
+        let next = next_keyset(Some(&at), at.end, &page);
+        assert!(next.end == at.end && next.read <= at.read, "{next:?}");
     }
 
     #[test]
@@ -1276,7 +1356,8 @@ mod tests {
             Keyset {
                 end: T + 9,
                 read: 3,
-                last: key_of("a")
+                last: key_of("a"),
+                ..Keyset::default()
             }
         );
     }

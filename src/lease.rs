@@ -27,6 +27,9 @@ use crate::state;
 /// A lease outlives the run's budget by this much, so a run killed mid-way frees the shard
 /// soon, while a live run (bounded by its budget) is always done before it expires.
 const GRACE_SECS: i64 = 30;
+/// A lease held longer than a run's budget, grace and this much is not believed: a host's
+/// clock is wrong, or something else wrote it.
+const MAX_CLOCK_SKEW_SECS: i64 = 600;
 /// A holder stops committing this long before its lease expires (so a commit under way when
 /// the check passed still lands while the lease holds; also absorbs small clock differences).
 const MARGIN_SECS: f64 = 10.0;
@@ -38,6 +41,15 @@ pub fn lease_dir(gcs_prefix: &str, shard: &Shard) -> String {
         s => s.to_string(),
     };
     format!("{gcs_prefix}collector-state/leases/{name}/")
+}
+
+fn random_owner() -> String {
+    let mut b = [0u8; 12];
+    if getrandom::fill(&mut b).is_err() {
+        // Without randomness a lost reply only costs the run (it answers "skipped").
+        return String::new();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn epoch_object(dir: &str, epoch: u64) -> String {
@@ -56,6 +68,8 @@ fn epoch_of(dir: &str, name: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Newest {
     epoch: u64,
+    /// The claiming run's random mark (so a run whose create's reply was lost knows its own).
+    owner: Option<String>,
     /// Held until then; `None` when released.
     held_until: Option<i64>,
 }
@@ -80,10 +94,15 @@ fn newest(gcs: &GcsClient, dir: &str) -> Result<Option<Newest>, GcsError> {
             ))
         })?),
     };
-    Ok(Some(Newest { epoch, held_until }))
+    Ok(Some(Newest {
+        epoch,
+        owner: field("owner").map(str::to_string),
+        held_until,
+    }))
 }
 
-/// The KV copy of the newest lease, for `/status` only.
+/// The KV copy of the newest lease, for `/status` only. (Versions before the bucket lease
+/// kept the lease itself here, without an epoch: a live one is still respected.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaseRecord {
     #[serde(default)]
@@ -143,12 +162,27 @@ pub fn acquire(
 ) -> Result<Claim, GcsError> {
     let dir = lease_dir(gcs_prefix, shard);
     let now = env.clock.now() as i64;
+    // A run of a version from before the bucket lease, still going during an upgrade.
+    if let Ok(Some(legacy)) = state::load::<LeaseRecord>(env.kv, &record_key(shard)) {
+        if legacy.epoch == 0 && !legacy.released && legacy.expires > now {
+            return Ok(Claim::Held {
+                until: legacy.expires,
+            });
+        }
+    }
     let current = newest(gcs, &dir)?;
+    let longest = now + budget_secs as i64 + GRACE_SECS + MAX_CLOCK_SKEW_SECS;
     if let Some(Newest {
         held_until: Some(until),
         ..
     }) = current
     {
+        if until > longest {
+            return Err(GcsError::Fatal(format!(
+                "the newest lease under {dir} is held until {}, longer than any run lasts: a host's clock is wrong, or something else writes there (delete that object to free the shard)",
+                crate::time::rfc3339(until)
+            )));
+        }
         if until > now {
             return Ok(Claim::Held { until });
         }
@@ -156,22 +190,41 @@ pub fn acquire(
     // Every run that saw the same newest epoch claims the same name: exactly one create
     // succeeds. (Nothing else may choose the number: a KV hint read at different moments
     // would give two runs two names, and both would win.)
-    let epoch = current.map_or(1, |c| c.epoch + 1);
+    let epoch = match current {
+        None => 1,
+        Some(c) => c.epoch.checked_add(1).ok_or_else(|| {
+            GcsError::Fatal(format!(
+                "the lease epochs under {dir} are exhausted; nothing but the collector may write there (delete that folder to free the shard)"
+            ))
+        })?,
+    };
     let expires = now + budget_secs as i64 + GRACE_SECS;
+    let owner = random_owner();
     let metadata = BTreeMap::from([
         ("state".to_string(), "held".to_string()),
         ("expires".to_string(), expires.to_string()),
+        ("owner".to_string(), owner.clone()),
     ]);
     if !gcs.create_marker(&epoch_object(&dir, epoch), &metadata)? {
-        // Another run claimed the same epoch first.
+        // Another run claimed the same epoch first, or this run did and the reply was lost
+        // (the retried create then found it).
         let until = match newest(gcs, &dir)? {
+            Some(n)
+                if n.epoch == epoch
+                    && !owner.is_empty()
+                    && n.owner.as_deref() == Some(owner.as_str()) =>
+            {
+                None
+            }
             Some(Newest {
                 held_until: Some(until),
                 ..
-            }) => until,
-            _ => expires,
+            }) => Some(until),
+            _ => Some(expires),
         };
-        return Ok(Claim::Held { until });
+        if let Some(until) = until {
+            return Ok(Claim::Held { until });
+        }
     }
     let record = LeaseRecord {
         epoch,
@@ -225,10 +278,14 @@ impl Lease {
             return;
         }
         let metadata = BTreeMap::from([("state".to_string(), "released".to_string())]);
-        match gcs.create_marker(&epoch_object(&self.dir, self.epoch + 1), &metadata) {
-            Ok(_) => {
+        let Some(next) = self.epoch.checked_add(1) else {
+            return;
+        };
+        match gcs.create_marker(&epoch_object(&self.dir, next), &metadata) {
+            Ok(false) => {}
+            Ok(true) => {
                 let record = LeaseRecord {
-                    epoch: self.epoch + 1,
+                    epoch: next,
                     expires: env.clock.now() as i64,
                     released: true,
                 };

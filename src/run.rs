@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, Writer};
 use crate::collect::{self, StreamSummary};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
@@ -170,13 +170,7 @@ pub fn run_with(
     let started = env.clock.now();
     let streams = chosen_streams(config, options)?;
     let budget = config.timing.time_budget.as_secs();
-    // `events` is read in the deployment's shard layout only.
-    if streams.iter().any(|s| s == layout::SHARDED_STREAM) {
-        layout::check(env.kv, &options.shard).map_err(|e| match e {
-            LayoutError::Refused(m) => RunError::Layout(m),
-            LayoutError::Failed(m) => RunError::State(m),
-        })?;
-    }
+    check_layout(env, &streams, &options.shard)?;
     let gcs =
         GcsClient::new(*env, &config.gcs, started + budget as f64).map_err(RunError::Storage)?;
     gcs.check_credentials().map_err(RunError::Storage)?;
@@ -220,6 +214,13 @@ pub fn run_with(
         })
         .unwrap_or_default();
     let runs = previous.runs + 1;
+    // Again under the leases: a migration may have changed the layout since the check above.
+    if let Err(e) = check_layout(env, &streams, &options.shard) {
+        for lease in &leases {
+            lease.release(env, &gcs);
+        }
+        return Err(e);
+    }
     let mut result = collect(
         env,
         config,
@@ -291,11 +292,21 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
             "shards must be a number from 1 to {MAX_SHARDS}"
         )));
     }
-    let old = layout::shards_in_kv(env.kv).map_err(RunError::State)?;
+    let found = layout::shards_in_kv(env.kv).map_err(RunError::State)?;
+    let recorded = layout::recorded(env.kv).map_err(RunError::State)?;
+    // With a recorded layout, only its shards hold live state; any other layout's keys are
+    // what an interrupted migration left behind (already carried over): they are dropped,
+    // not merged. Without one (state from before layouts were recorded), every layout found
+    // is merged.
+    let (old, leftovers): (Vec<Shard>, Vec<Shard>) = match recorded {
+        Some(n) => found.into_iter().partition(|s| s.count == n),
+        None => (found, Vec::new()),
+    };
     let mut from: BTreeSet<u32> = old.iter().map(|s| s.count).collect();
-    from.extend(layout::recorded(env.kv).map_err(RunError::State)?);
+    from.extend(recorded);
     if from.iter().all(|&n| n == to) {
         layout::record(env.kv, to).map_err(RunError::State)?;
+        drop_state(env, &leftovers, &[]);
         return Ok(Migrated {
             from: from.into_iter().collect(),
             to,
@@ -338,11 +349,14 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
     }
     let result = match busy {
         Some(e) => Err(e),
-        None => migrate_held(env, config, &gcs, &leases, &old, &new).map(|shards| Migrated {
-            from: from.into_iter().collect(),
-            to,
-            shards,
-            note: "carried over; schedule the new shards now".into(),
+        None => migrate_held(env, config, &gcs, &leases, &old, &new).map(|shards| {
+            drop_state(env, &leftovers, &new);
+            Migrated {
+                from: from.into_iter().collect(),
+                to,
+                shards,
+                note: "carried over; schedule the new shards now".into(),
+            }
         }),
     };
     for lease in &leases {
@@ -376,6 +390,14 @@ fn migrate_held(
                 .map_err(|stop| RunError::State(collect::stop_message(stop)))?;
         loaded.push((*shard, cp, seen));
     }
+    // Before every KV write: every lease involved still has time left.
+    let fence = || {
+        let now = env.clock.now();
+        leases
+            .iter()
+            .try_for_each(|l| l.check_time(now))
+            .map_err(|f| f.to_string())
+    };
     let overlap = config.timing.overlap.as_secs() as i64;
     // Ids kept under no project (quarantined items) go to every new shard.
     let unowned = |p: u64| p == collect::QUARANTINED || p == ORG_WIDE;
@@ -384,9 +406,16 @@ fn migrate_held(
         let name = layout::state_name(to);
         let store = CheckpointStore::new(env.kv, &name);
         let (mut cp, seen) = layout::merge(&loaded, *to, overlap, unowned).unwrap_or_default();
+        let writer = Writer {
+            epoch: lease_of(to)?.epoch,
+            // Every lease involved is held: an epoch from before a lease folder was emptied
+            // may be overwritten.
+            over_later: true,
+            fence: &fence,
+        };
         store
-            .save(&mut cp, &seen, true, lease_of(to)?.epoch, true)
-            .map_err(|e| RunError::State(e.to_string()))?;
+            .save(&mut cp, &seen, true, &writer)
+            .map_err(|e| RunError::Busy(e.to_string()))?;
         report.push(MigratedShard {
             shard: to.to_string(),
             watermark: cp.watermark.map(rfc3339),
@@ -394,11 +423,26 @@ fn migrate_held(
             ids: seen.len(),
         });
     }
+    // The commit point, only while every lease is still this migration's.
+    for lease in leases {
+        lease
+            .check(env, gcs)
+            .map_err(|f| RunError::Busy(f.to_string()))?;
+    }
     layout::record(env.kv, new.len() as u32).map_err(RunError::State)?;
-    // The old layouts' state goes; a failed delete leaves an unused key behind.
-    let keep: BTreeSet<String> = new.iter().map(layout::state_name).collect();
+    drop_state(env, old, new);
+    Ok(report)
+}
+
+/// Deletes the `events` state of `shards` (but not of `keep`); a failed delete leaves an
+/// unused key behind, which the next migration drops.
+fn drop_state(env: &Env, shards: &[Shard], keep: &[Shard]) {
+    if shards.is_empty() {
+        return;
+    }
+    let keep: BTreeSet<String> = keep.iter().map(layout::state_name).collect();
     let keys = env.kv.keys().unwrap_or_default();
-    for shard in old {
+    for shard in shards {
         let name = layout::state_name(shard);
         if keep.contains(&name) {
             continue;
@@ -409,7 +453,17 @@ fn migrate_held(
         }
         let _ = env.kv.delete(&StreamStatus::key(&name));
     }
-    Ok(report)
+}
+
+/// `events` is read in the deployment's shard layout only.
+fn check_layout(env: &Env, streams: &[String], shard: &Shard) -> Result<(), RunError> {
+    if !streams.iter().any(|s| s == layout::SHARDED_STREAM) {
+        return Ok(());
+    }
+    layout::check(env.kv, shard).map_err(|e| match e {
+        LayoutError::Refused(m) => RunError::Layout(m),
+        LayoutError::Failed(m) => RunError::State(m),
+    })
 }
 
 fn chosen_streams(config: &Config, options: &RunOptions) -> Result<Vec<String>, RunError> {

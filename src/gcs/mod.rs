@@ -375,12 +375,14 @@ impl<'e> GcsClient<'e> {
         }
     }
 
-    /// The first object (in name order) whose name starts with `prefix`, with its custom
-    /// metadata.
+    /// The first object (in name order) whose name is `prefix` followed by a digit, with its
+    /// custom metadata (a console's folder placeholder, named `prefix` itself, is not one).
     pub fn first_under(&self, prefix: &str) -> Result<Option<Listed>, GcsError> {
         let mut url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o"]);
         url.query_pairs_mut()
             .append_pair("prefix", prefix)
+            .append_pair("startOffset", &format!("{prefix}0"))
+            .append_pair("endOffset", &format!("{prefix}:"))
             .append_pair("maxResults", "1");
         let what = format!("listing {prefix}");
         let mut request = OutboundRequest::get(url);
