@@ -171,28 +171,8 @@ pub fn merge(
 mod tests {
     use super::*;
     use crate::checkpoint::WindowProgress;
+    use crate::ports::memory::MemKv;
     use crate::sentry::client::Window;
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    #[derive(Default)]
-    struct MemKv(RefCell<BTreeMap<String, Vec<u8>>>);
-    impl KeyValue for MemKv {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.0.borrow().get(key).cloned())
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
-            self.0.borrow_mut().insert(key.into(), value.to_vec());
-            Ok(())
-        }
-        fn delete(&self, key: &str) -> Result<(), String> {
-            self.0.borrow_mut().remove(key);
-            Ok(())
-        }
-        fn keys(&self) -> Result<Vec<String>, String> {
-            Ok(self.0.borrow().keys().cloned().collect())
-        }
-    }
 
     fn shard(s: &str) -> Shard {
         Shard::parse(s).unwrap()

@@ -212,6 +212,41 @@ impl Clock for WaitMeter<'_> {
     }
 }
 
+/// An in-memory KV store for unit tests, refusing what every Spin platform refuses (keys over
+/// 255 bytes, values over 1 MB).
+#[cfg(test)]
+pub(crate) mod memory {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::KeyValue;
+
+    #[derive(Default)]
+    pub struct MemKv(pub RefCell<BTreeMap<String, Vec<u8>>>);
+
+    impl KeyValue for MemKv {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.borrow().get(key).cloned())
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            assert!(
+                key.len() <= 255 && value.len() <= 1024 * 1024,
+                "{key}: {}",
+                value.len()
+            );
+            self.0.borrow_mut().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn delete(&self, key: &str) -> Result<(), String> {
+            self.0.borrow_mut().remove(key);
+            Ok(())
+        }
+        fn keys(&self) -> Result<Vec<String>, String> {
+            Ok(self.0.borrow().keys().cloned().collect())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use collector_host::google::FakeGcs;
 use collector_host::manifest::ProvidedVariables;
 use collector_host::testing::{
     build_component, http_request, repo_root, temp_dir, RecordedRequest, RecordingServer, Reply,
@@ -91,12 +92,24 @@ fn summary(stdout: &str) -> serde_json::Value {
     serde_json::from_str(line).expect("the summary is JSON")
 }
 
+/// The Cloud Storage emulator, for the shard's lease every run takes.
+async fn bucket() -> FakeGcs {
+    FakeGcs::start("secops-sentry")
+        .await
+        .expect("fake-gcs-server starts")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cron_export_runs_and_reaches_the_configured_sentry() {
     let sentry = sentry_stub().await;
+    let gcs = bucket().await;
     let state = temp_dir("cron");
     let app = App::load(
-        &options(manifest(), &state, variables(&sentry.url(), &[])),
+        &options(
+            manifest(),
+            &state,
+            variables(&sentry.url(), &[("gcs_endpoint", &gcs.url)]),
+        ),
         Trigger::Cron,
     )
     .unwrap();
@@ -195,6 +208,7 @@ async fn http_export_serves_healthz_and_refuses_unknown_routes_and_methods() {
 #[tokio::test(flavor = "multi_thread")]
 async fn key_value_state_persists_across_separate_host_processes() {
     let sentry = sentry_stub().await;
+    let gcs = bucket().await;
     let state = temp_dir("persist");
     let manifest = manifest();
     let mut runs = Vec::new();
@@ -204,7 +218,7 @@ async fn key_value_state_persists_across_separate_host_processes() {
             .arg(&manifest)
             .arg("--state-dir")
             .arg(&state);
-        for (n, v) in variables(&sentry.url(), &[]).cli {
+        for (n, v) in variables(&sentry.url(), &[("gcs_endpoint", &gcs.url)]).cli {
             cmd.arg("--variable").arg(format!("{n}={v}"));
         }
         let out = cmd.arg("cron").output().await.unwrap();
@@ -227,7 +241,8 @@ async fn key_value_state_persists_across_separate_host_processes() {
 }
 
 /// Writes a copy of spin.toml whose allow-list names only `allowed`.
-fn manifest_allowing_only(allowed: &str) -> PathBuf {
+fn manifest_allowing_only(allowed: &[&str]) -> PathBuf {
+    let allowed = allowed.join("\", \"");
     let text = std::fs::read_to_string(manifest()).unwrap();
     let start = text.find("allowed_outbound_hosts = [").unwrap();
     let end = start + text[start..].find(']').unwrap() + 1;
@@ -251,11 +266,16 @@ fn manifest_allowing_only(allowed: &str) -> PathBuf {
 async fn outbound_requests_outside_the_allow_list_are_refused_without_hanging() {
     let listed = sentry_stub().await;
     let unlisted = sentry_stub().await;
-    let path = manifest_allowing_only(&listed.url());
+    let gcs = bucket().await;
+    let path = manifest_allowing_only(&[&listed.url(), &gcs.url]);
 
     let state = temp_dir("denied");
     let app = App::load(
-        &options(path.clone(), &state, variables(&unlisted.url(), &[])),
+        &options(
+            path.clone(),
+            &state,
+            variables(&unlisted.url(), &[("gcs_endpoint", &gcs.url)]),
+        ),
         Trigger::Cron,
     )
     .unwrap();
@@ -275,7 +295,11 @@ async fn outbound_requests_outside_the_allow_list_are_refused_without_hanging() 
 
     let state = temp_dir("allowed");
     let app = App::load(
-        &options(path, &state, variables(&listed.url(), &[])),
+        &options(
+            path,
+            &state,
+            variables(&listed.url(), &[("gcs_endpoint", &gcs.url)]),
+        ),
         Trigger::Cron,
     )
     .unwrap();

@@ -49,12 +49,7 @@ async fn round(served: &Served, shards: u32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shard_layout_changes_only_by_a_migration_that_loses_and_repeats_nothing() {
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 30);
+    let mut rig = Rig::without_rate_limits(30).await;
     rig.set("lookback", "2h");
     rig.set("overlap", "1h");
     rig.set("push_shared_secret", SECRET);

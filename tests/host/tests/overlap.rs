@@ -13,7 +13,7 @@ use collector_host::redis::RedisServer;
 use collector_host::testing::temp_dir;
 use collector_host::{App, Outcome, Trigger};
 use common::*;
-use sentry_sim::{Rng, SimOptions};
+use sentry_sim::Rng;
 
 /// A runtime config putting the default store in Redis at `url`.
 fn redis_runtime_config(url: &str) -> std::path::PathBuf {
@@ -50,13 +50,8 @@ async fn runs_overlapping_on_a_jittery_redis_deliver_each_event_once() {
     let redis = RedisServer::start();
     let upstream: SocketAddr = redis.url.trim_start_matches("redis://").parse().unwrap();
     let proxy = JitterProxy::start(upstream, Duration::from_millis(1500), 71).unwrap();
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
+    let mut rig = Rig::without_rate_limits(3).await;
     rig.runtime_config = Some(redis_runtime_config(&proxy.url()));
-    add_projects(&rig.sim, 3);
     rig.set("lookback", "1h");
     rig.set("time_budget", "90s");
     let first_start = rig.clock.now() - 3600;
@@ -115,12 +110,7 @@ async fn runs_overlapping_on_a_jittery_redis_deliver_each_event_once() {
 /// the other run's now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_that_outlives_its_lease_writes_nothing_once_another_took_over() {
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 1);
+    let mut rig = Rig::without_rate_limits(1).await;
     let now = rig.clock.now();
     rig.sim
         .generate(&mut Rng::new(73), 1, 250, now - 3000, now - 600, 0.0, 0);

@@ -320,12 +320,7 @@ async fn full_events_are_collected_ten_per_page() {
 /// at each page boundary were never read. Every event still in Sentry must be delivered,
 /// also inside a second holding more events than a page (full events come ten a page).
 async fn deletions_between_pages_lose_nothing(full: bool, seed: u64) {
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 1);
+    let mut rig = Rig::without_rate_limits(1).await;
     let now = rig.clock.now();
     let mut rng = Rng::new(seed);
     rig.sim
@@ -699,12 +694,7 @@ async fn a_region_outside_sentry_region_hosts_never_gets_the_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_upload_mid_window_checkpoints_nothing_and_the_next_run_delivers_it_all() {
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 1);
+    let mut rig = Rig::without_rate_limits(1).await;
     let now = rig.clock.now();
     // About 10 MiB of events: the buffer reaches the object size in the middle of the window.
     let mut rng = Rng::new(45);
@@ -951,12 +941,7 @@ async fn an_item_without_its_id_is_quarantined_and_the_stream_goes_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_overlap_is_read_again_only_where_late_events_arrived() {
-    let mut rig = Rig::start(SimOptions {
-        rate_limits: false,
-        ..SimOptions::default()
-    })
-    .await;
-    add_projects(&rig.sim, 4);
+    let mut rig = Rig::without_rate_limits(4).await;
     rig.set("lookback", "3h");
     rig.set("overlap", "1h");
     rig.set("lag", "1m");

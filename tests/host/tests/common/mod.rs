@@ -69,6 +69,18 @@ impl Rig {
         }
     }
 
+    /// A rig whose simulator enforces no rate limits (the test is about something else),
+    /// with `projects` projects.
+    pub async fn without_rate_limits(projects: u64) -> Rig {
+        let rig = Rig::start(SimOptions {
+            rate_limits: false,
+            ..SimOptions::default()
+        })
+        .await;
+        add_projects(&rig.sim, projects);
+        rig
+    }
+
     /// A rig whose org has `projects` projects, the first `busy` of them with `per_project`
     /// events from three hours to one hour ago (`late_share` of them ingested up to 30 minutes
     /// late); the first window reaches back six hours.
