@@ -97,13 +97,18 @@ port = sys.argv[1]
 listing = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/demo-bucket/o"))
 lines = 0
 first = {}
+leases = 0
 for o in listing.get("items", []):
+    if o["name"].split("/")[1] == "collector-state":
+        leases += 1
+        continue
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/demo-bucket/o/{urllib.request.quote(o['name'], safe='')}?alt=media").read()
     n = body.count(b"\n")
     lines += n
     print(f"  gs://demo-bucket/{o['name']}  {o['size']} bytes, {n} lines")
     stream = o["name"].split("/")[1]
     first.setdefault(stream, json.loads(body.splitlines()[0]))
+print(f"  and {leases} lease objects under collector-state/leases/ (the shards' compare-and-swap, outside every feed)")
 print(f"  {lines} lines in all; the first line of each stream, cut to a few fields:")
 keep = ("id", "eventID", "shortId", "event", "title", "transaction", "span.op", "message",
         "status", "dateCreated", "lastSeen", "timestamp")

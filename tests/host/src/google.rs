@@ -503,6 +503,8 @@ pub struct AuthProxy {
     pub delay_ms: Arc<AtomicU32>,
     /// Reads (GET) are refused with 403 while set: a writer without `objectViewer`.
     pub forbid_reads: Arc<AtomicBool>,
+    /// Uploads of stream objects (not the small lease objects) get 503 while set.
+    pub fail_uploads: Arc<AtomicBool>,
 }
 
 impl AuthProxy {
@@ -514,10 +516,12 @@ impl AuthProxy {
         let throttle_next = Arc::new(AtomicU32::new(0));
         let delay_ms = Arc::new(AtomicU32::new(0));
         let forbid_reads = Arc::new(AtomicBool::new(false));
-        let (throttle, delay, no_reads) = (
+        let fail_uploads = Arc::new(AtomicBool::new(false));
+        let (throttle, delay, no_reads, no_uploads) = (
             throttle_next.clone(),
             delay_ms.clone(),
             forbid_reads.clone(),
+            fail_uploads.clone(),
         );
         let (seen, rej, fail, lose) = (
             seen_tokens.clone(),
@@ -531,6 +535,15 @@ impl AuthProxy {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             if failing {
+                return Reply::json(
+                    503,
+                    &json!({"error": {"code": 503, "message": "Service Unavailable"}}),
+                );
+            }
+            let stream_upload = req.method == "POST"
+                && req.target.starts_with("/upload/")
+                && !String::from_utf8_lossy(&req.body).contains("collector-state/");
+            if no_uploads.load(Ordering::SeqCst) && stream_upload {
                 return Reply::json(
                     503,
                     &json!({"error": {"code": 503, "message": "Service Unavailable"}}),
@@ -611,6 +624,7 @@ impl AuthProxy {
             throttle_next,
             delay_ms,
             forbid_reads,
+            fail_uploads,
         })
     }
 
