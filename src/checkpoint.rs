@@ -457,22 +457,25 @@ impl<'a> CheckpointStore<'a> {
         }
         fence()?;
         state::save(self.kv, &self.checkpoint_key(), cp).map_err(SaveError::Failed)?;
-        if seen_changed && keep != Some((old.0, old.1)) {
-            // The previous chunks are garbage now; a failed delete only wastes a key until
-            // the next save overwrites it.
+        // This writer's previous chunks are garbage now (a failed delete only wastes a key
+        // until the next save overwrites it). Another epoch's are left to a later holder: a
+        // run that stalled past its lease may still write a checkpoint pointing at them.
+        if seen_changed && old.0 == epoch && keep != Some((old.0, old.1)) {
             for n in 0..old.2 {
                 let _ = self.kv.delete(&self.chunk_key(old.0, old.1, n));
             }
         }
         if seen_changed && old.0 != epoch {
-            self.drop_orphans(epoch, cp, keep);
+            self.drop_orphans(epoch.min(stored.epoch), cp, keep);
         }
         Ok(())
     }
 
-    /// On a new holder's first save: drops chunks earlier epochs left behind (a run that lost
-    /// its lease mid-save), never the checkpoint's, the rollback's, or a later epoch's.
-    fn drop_orphans(&self, epoch: u64, cp: &Checkpoint, keep: Option<(u64, u8)>) {
+    /// On a new holder's first save: drops the chunks of epochs before `below` (the previous
+    /// holder's, or this writer's, whichever is earlier), never the checkpoint's or the
+    /// rollback's. The previous holder's chunks stay until the holder after this one: that
+    /// holder may have stalled past its lease and still write a checkpoint pointing at them.
+    fn drop_orphans(&self, below: u64, cp: &Checkpoint, keep: Option<(u64, u8)>) {
         let prefix = format!("v1/{}/seen/", self.stream);
         let Ok(keys) = self.kv.keys() else {
             return;
@@ -492,7 +495,7 @@ impl<'a> CheckpointStore<'a> {
                 continue;
             };
             let ours = (e, slot) == (cp.seen_epoch, cp.seen_slot) || Some((e, slot)) == keep;
-            if e < epoch && !ours {
+            if e < below && !ours {
                 let _ = self.kv.delete(&key);
             }
         }
@@ -684,12 +687,51 @@ mod tests {
             .save(&mut c, &c_seen, true, &Writer::unfenced(6))
             .unwrap();
         assert_eq!(leftovers(&kv), 0);
-        assert!(kv
-            .0
-            .borrow()
-            .keys()
-            .all(|k| !k.starts_with("v1/events/seen/5.")));
+        // B's chunks stay one holder longer (B could have stalled); the next one drops them.
+        let of = |kv: &MemKv, e: &str| kv.0.borrow().keys().filter(|k| k.contains(e)).count();
+        assert!(of(&kv, "/seen/5.") > 0);
+        let (mut d, d_seen) = store.load().unwrap();
+        store
+            .save(&mut d, &d_seen, true, &Writer::unfenced(7))
+            .unwrap();
+        assert_eq!(of(&kv, "/seen/5."), 0);
         assert_eq!(store.load().unwrap().1.len(), 12);
+    }
+
+    #[test]
+    fn a_writer_frozen_past_its_lease_still_leaves_a_checkpoint_that_loads() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), 10);
+        let mut a = Checkpoint::default();
+        store
+            .save(&mut a, &seen, true, &Writer::unfenced(4))
+            .unwrap();
+        // A passes its checks, then freezes; meanwhile B takes over and saves twice.
+        let took_over = std::cell::Cell::new(false);
+        let fence = || {
+            if !took_over.replace(true) {
+                let (mut b, mut b_seen) = store.load().unwrap();
+                for n in 2..4 {
+                    b_seen.insert(&hex_id(n), 10 + n as i64);
+                    store
+                        .save(&mut b, &b_seen, true, &Writer::unfenced(5))
+                        .unwrap();
+                }
+            }
+            Ok(())
+        };
+        seen.insert(&hex_id(9), 19);
+        let frozen = Writer {
+            epoch: 4,
+            over_later: false,
+            fence: &fence,
+        };
+        // A's writes land late: its checkpoint is stale, but every chunk it names is there.
+        store.save(&mut a, &seen, true, &frozen).unwrap();
+        let (loaded, ids) = store.load().expect("the checkpoint loads");
+        assert_eq!((loaded.epoch, ids.len()), (4, 2));
     }
 
     /// A KV whose first read of the checkpoint returns what it held before another run

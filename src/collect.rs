@@ -803,7 +803,28 @@ impl Collector<'_, '_> {
                         .last()
                         .is_some_and(|i| i.time < range.start);
                     if !keyed(progress) {
+                        // Fallen back to Sentry's cursors inside one second: back to positions
+                        // as soon as a page reaches an older second.
+                        let fell_back = self.def.kind == Kind::Events
+                            && !progress.dates_ignored
+                            && progress.keyset.is_some();
+                        let asked_at = progress.cursor.as_deref().and_then(cursor_offset);
                         match page.next {
+                            Some(_)
+                                if fell_back
+                                    && !past_start
+                                    && asked_at.is_some()
+                                    && reaches_older_second(&page.parsed) =>
+                            {
+                                let at = Keyset {
+                                    end: range.end,
+                                    read: asked_at.unwrap_or(0) + 1,
+                                    ..Keyset::default()
+                                };
+                                progress.keyset =
+                                    Some(next_keyset(Some(&at), range.end, &page.parsed));
+                                progress.cursor = None;
+                            }
                             Some(cursor) if !past_start => progress.cursor = Some(cursor),
                             _ => next_unit(progress),
                         }
@@ -826,7 +847,16 @@ impl Collector<'_, '_> {
                                 resets,
                             });
                         } else {
-                            follow_cursor(progress, page.next, past_start);
+                            // Something keeps moving rows of this second: read it from its
+                            // top by Sentry's offsets (rows read twice are dropped), and back
+                            // to positions past it.
+                            progress.keyset = Some(Keyset {
+                                end: range.end,
+                                read: 0,
+                                last: None,
+                                resets,
+                            });
+                            progress.cursor = Some("0:0:0".into());
                         }
                     } else {
                         let empty = page.parsed.items.is_empty() && page.parsed.rejected.is_empty();
@@ -1138,13 +1168,18 @@ fn next_unit(progress: &mut WindowProgress) {
 /// After this many failed checks at one position, a project follows Sentry's own cursors.
 const MAX_KEYSET_RESETS: u32 = 3;
 
-/// The rest of the project follows Sentry's own cursors, in the list the last page came from
-/// (its `end` stays): after the keyset could not move on.
-fn follow_cursor(progress: &mut WindowProgress, next: Option<String>, past_start: bool) {
-    match next {
-        Some(cursor) if !past_start => progress.cursor = Some(cursor),
-        _ => next_unit(progress),
-    }
+/// The offset of a `0:<offset>:<is_prev>` cursor.
+fn cursor_offset(cursor: &str) -> Option<u64> {
+    let mut parts = cursor.split(':');
+    let (_, offset) = (parts.next()?, parts.next()?);
+    offset.parse().ok()
+}
+
+/// Whether the page's oldest second begins inside it (a newer row comes first): then the rows
+/// of that second read so far are exactly the page's last ones, and positions can resume.
+fn reaches_older_second(page: &Parsed) -> bool {
+    let times: Vec<i64> = rows(page).into_iter().flatten().map(|i| i.time).collect();
+    matches!((times.first(), times.last()), (Some(first), Some(last)) if first > last)
 }
 
 /// The page's rows in order: each an item, or `None` for a row without a readable id or time
@@ -1338,6 +1373,35 @@ mod tests {
         let page = events_page(&[(Some("c"), 8), (None, 8), (None, 8)]);
         let next = next_keyset(Some(&at), at.end, &page);
         assert!(next.end == at.end && next.read <= at.read, "{next:?}");
+    }
+
+    #[test]
+    fn positions_resume_once_a_page_read_by_offset_reaches_an_older_second() {
+        assert_eq!(cursor_offset("0:250:0"), Some(250));
+        assert_eq!(cursor_offset("0:0:0"), Some(0));
+        assert_eq!(cursor_offset("garbage"), None);
+        assert!(!reaches_older_second(&events_page(&[
+            (Some("c"), 8),
+            (Some("b"), 8)
+        ])));
+        let page = events_page(&[(Some("c"), 8), (None, 8), (Some("b"), 7), (Some("a"), 7)]);
+        assert!(reaches_older_second(&page));
+        // Asked at offset 40 of "before second 9": second 7 starts inside the page, so only
+        // its rows count, wherever the page began.
+        let at = Keyset {
+            end: T + 9,
+            read: 41,
+            ..Keyset::default()
+        };
+        assert_eq!(
+            next_keyset(Some(&at), at.end, &page),
+            Keyset {
+                end: T + 8,
+                read: 2,
+                last: key_of("a"),
+                ..Keyset::default()
+            }
+        );
     }
 
     #[test]

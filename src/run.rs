@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::checkpoint::{CheckpointStore, Writer};
+use crate::checkpoint::{CheckpointStore, SaveError, Writer};
 use crate::collect::{self, StreamSummary};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
@@ -285,37 +285,27 @@ pub struct MigratedShard {
 /// into the new ones (see [`layout::merge`]), under the leases of every shard involved, so
 /// no run of either layout collects meanwhile. The layout record is the commit point: a
 /// migration that dies before it leaves the old layout as it was; one that dies after leaves
-/// unused old keys, which the next migration merges harmlessly.
+/// unused old keys, which the next migration drops.
 pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError> {
     if to == 0 || to > MAX_SHARDS {
         return Err(RunError::Options(format!(
             "shards must be a number from 1 to {MAX_SHARDS}"
         )));
     }
-    let found = layout::shards_in_kv(env.kv).map_err(RunError::State)?;
-    let recorded = layout::recorded(env.kv).map_err(RunError::State)?;
-    // With a recorded layout, only its shards hold live state; any other layout's keys are
-    // what an interrupted migration left behind (already carried over): they are dropped,
-    // not merged. Without one (state from before layouts were recorded), every layout found
-    // is merged.
-    let (old, leftovers): (Vec<Shard>, Vec<Shard>) = match recorded {
-        Some(n) => found.into_iter().partition(|s| s.count == n),
-        None => (found, Vec::new()),
+    let seen_before = layout_state(env)?;
+    let (old, leftovers, from) = split_layout(&seen_before);
+    let already = || Migrated {
+        from: from.iter().copied().collect(),
+        to,
+        shards: Vec::new(),
+        note: format!(
+            "{} is already collected as {to} shard(s)",
+            layout::SHARDED_STREAM
+        ),
     };
-    let mut from: BTreeSet<u32> = old.iter().map(|s| s.count).collect();
-    from.extend(recorded);
-    if from.iter().all(|&n| n == to) {
+    if from.iter().all(|&n| n == to) && leftovers.is_empty() {
         layout::record(env.kv, to).map_err(RunError::State)?;
-        drop_state(env, &leftovers, &[]);
-        return Ok(Migrated {
-            from: from.into_iter().collect(),
-            to,
-            shards: Vec::new(),
-            note: format!(
-                "{} is already collected as {to} shard(s)",
-                layout::SHARDED_STREAM
-            ),
-        });
+        return Ok(already());
     }
     let started = env.clock.now();
     let budget = config.timing.time_budget.as_secs();
@@ -324,7 +314,9 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
     gcs.check_credentials().map_err(RunError::Storage)?;
     let new: Vec<Shard> = (0..to).map(|index| Shard { index, count: to }).collect();
     let mut involved: Vec<Shard> = new.clone();
-    for &n in &from {
+    let mut counts = from.clone();
+    counts.extend(leftovers.iter().map(|s| s.count));
+    for &n in &counts {
         involved.extend((0..n).map(|index| Shard { index, count: n }));
     }
     involved.sort_by_key(|s| (s.count, s.index));
@@ -347,12 +339,29 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
             }
         }
     }
+    // Under the leases, what was read before must still hold: a shard's first run or another
+    // migration may have changed it in between.
+    if busy.is_none() {
+        match layout_state(env) {
+            Ok(now) if now == seen_before => {}
+            Ok(_) => {
+                busy = Some(RunError::Busy(
+                    "the shard layout changed while this migration took its leases (another migration, or a shard's first run); try again".into(),
+                ))
+            }
+            Err(e) => busy = Some(e),
+        }
+    }
     let result = match busy {
         Some(e) => Err(e),
-        None => migrate_held(env, config, &gcs, &leases, &old, &new).map(|shards| {
+        None if from.iter().all(|&n| n == to) => {
+            drop_state(env, &leftovers, &new);
+            Ok(already())
+        }
+        None => migrate_held(env, config, &gcs, &leases, &old, &new, seen_before.1).map(|shards| {
             drop_state(env, &leftovers, &new);
             Migrated {
-                from: from.into_iter().collect(),
+                from: from.iter().copied().collect(),
                 to,
                 shards,
                 note: "carried over; schedule the new shards now".into(),
@@ -365,6 +374,30 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
     result
 }
 
+/// The shards with `events` state in KV, and the recorded layout.
+fn layout_state(env: &Env) -> Result<(Vec<Shard>, Option<u32>), RunError> {
+    Ok((
+        layout::shards_in_kv(env.kv).map_err(RunError::State)?,
+        layout::recorded(env.kv).map_err(RunError::State)?,
+    ))
+}
+
+/// The shards holding live state, the leftovers of an interrupted migration, and the layouts
+/// to migrate from. With a recorded layout, only its shards hold live state; any other
+/// layout's keys are what an interrupted migration left behind (already carried over): they
+/// are dropped, not merged. Without one (state from before layouts were recorded), every
+/// layout found is merged.
+fn split_layout(state: &(Vec<Shard>, Option<u32>)) -> (Vec<Shard>, Vec<Shard>, BTreeSet<u32>) {
+    let (found, recorded) = state;
+    let (old, leftovers): (Vec<Shard>, Vec<Shard>) = match recorded {
+        Some(n) => found.iter().partition(|s| s.count == *n),
+        None => (found.clone(), Vec::new()),
+    };
+    let mut from: BTreeSet<u32> = old.iter().map(|s| s.count).collect();
+    from.extend(*recorded);
+    (old, leftovers, from)
+}
+
 fn migrate_held(
     env: &Env,
     config: &Config,
@@ -372,6 +405,7 @@ fn migrate_held(
     leases: &[Lease],
     old: &[Shard],
     new: &[Shard],
+    recorded: Option<u32>,
 ) -> Result<Vec<MigratedShard>, RunError> {
     let lease_of = |shard: &Shard| {
         leases
@@ -415,7 +449,10 @@ fn migrate_held(
         };
         store
             .save(&mut cp, &seen, true, &writer)
-            .map_err(|e| RunError::Busy(e.to_string()))?;
+            .map_err(|e| match e {
+                SaveError::Superseded(why) => RunError::Busy(why),
+                SaveError::Failed(why) => RunError::State(why),
+            })?;
         report.push(MigratedShard {
             shard: to.to_string(),
             watermark: cp.watermark.map(rfc3339),
@@ -423,11 +460,18 @@ fn migrate_held(
             ids: seen.len(),
         });
     }
-    // The commit point, only while every lease is still this migration's.
+    // The commit point, only while every lease is still this migration's and the layout is
+    // still the one it started from.
     for lease in leases {
         lease
             .check(env, gcs)
             .map_err(|f| RunError::Busy(f.to_string()))?;
+    }
+    if layout::recorded(env.kv).map_err(RunError::State)? != recorded {
+        return Err(RunError::Busy(
+            "the shard layout changed during this migration; nothing was switched, try again"
+                .into(),
+        ));
     }
     layout::record(env.kv, new.len() as u32).map_err(RunError::State)?;
     drop_state(env, old, new);
