@@ -802,6 +802,12 @@ impl Collector<'_, '_> {
                         .items
                         .last()
                         .is_some_and(|i| i.time < range.start);
+                    // The page's rows in Sentry's order, once (for `events` only).
+                    let ordered = if self.def.kind == Kind::Events {
+                        rows(&page.parsed)
+                    } else {
+                        Vec::new()
+                    };
                     if !keyed(progress) {
                         // Fallen back to Sentry's cursors inside one second: back to positions
                         // as soon as a page reaches an older second.
@@ -814,15 +820,14 @@ impl Collector<'_, '_> {
                                 if fell_back
                                     && !past_start
                                     && asked_at.is_some()
-                                    && reaches_older_second(&page.parsed) =>
+                                    && reaches_older_second(&ordered) =>
                             {
                                 let at = Keyset {
                                     end: range.end,
                                     read: asked_at.unwrap_or(0) + 1,
                                     ..Keyset::default()
                                 };
-                                progress.keyset =
-                                    Some(next_keyset(Some(&at), range.end, &page.parsed));
+                                progress.keyset = Some(next_keyset(Some(&at), range.end, &ordered));
                                 progress.cursor = None;
                             }
                             Some(cursor) if !past_start => progress.cursor = Some(cursor),
@@ -835,7 +840,7 @@ impl Collector<'_, '_> {
                         progress.dates_ignored = true;
                         progress.keyset = None;
                         progress.cursor = None;
-                    } else if boundary_moved(keyset.as_ref(), &page.parsed) {
+                    } else if boundary_moved(keyset.as_ref(), &ordered) {
                         // Rows above the offset were deleted (or arrived): read the second
                         // again from its top; rows read twice are dropped as duplicates.
                         let resets = keyset.as_ref().map_or(0, |k| k.resets) + 1;
@@ -863,7 +868,7 @@ impl Collector<'_, '_> {
                         match page.next {
                             // (An empty page that claims more would only repeat itself.)
                             Some(cursor) if !past_start && !empty => {
-                                let next = next_keyset(keyset.as_ref(), range.end, &page.parsed);
+                                let next = next_keyset(keyset.as_ref(), range.end, &ordered);
                                 // A position that does not move on (rows without a time at the
                                 // page's end): Sentry's cursor, in the same list, from here.
                                 let stuck = keyset
@@ -1177,9 +1182,9 @@ fn cursor_offset(cursor: &str) -> Option<u64> {
 
 /// Whether the page's oldest second begins inside it (a newer row comes first): then the rows
 /// of that second read so far are exactly the page's last ones, and positions can resume.
-fn reaches_older_second(page: &Parsed) -> bool {
-    let times: Vec<i64> = rows(page).into_iter().flatten().map(|i| i.time).collect();
-    matches!((times.first(), times.last()), (Some(first), Some(last)) if first > last)
+fn reaches_older_second(rows: &[Option<&Item>]) -> bool {
+    let mut times = rows.iter().flatten().map(|i| i.time);
+    matches!((times.next(), times.next_back()), (Some(first), Some(last)) if first > last)
 }
 
 /// The page's rows in order: each an item, or `None` for a row without a readable id or time
@@ -1195,13 +1200,9 @@ fn rows(page: &Parsed) -> Vec<Option<&Item>> {
     rows.into_iter().map(|r| r.1).collect()
 }
 
-fn hex_key(key: &[u8; 16]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Whether the row read again at the top of the page is not the one read last: rows above
 /// it moved.
-fn boundary_moved(keyset: Option<&Keyset>, page: &Parsed) -> bool {
+fn boundary_moved(keyset: Option<&Keyset>, rows: &[Option<&Item>]) -> bool {
     let Some(Keyset {
         read: 1..,
         last: Some(last),
@@ -1210,14 +1211,13 @@ fn boundary_moved(keyset: Option<&Keyset>, page: &Parsed) -> bool {
     else {
         return false;
     };
-    !matches!(rows(page).first(), Some(Some(item)) if &hex_key(&item.key) == last)
+    !matches!(rows.first(), Some(Some(item)) if &crate::hex::encode(&item.key) == last)
 }
 
-/// Where the page after `page` starts, `page` having been asked for at `keyset` (`None`: the
-/// top of the list before `end`), with its top row checked.
-fn next_keyset(keyset: Option<&Keyset>, end: i64, page: &Parsed) -> Keyset {
+/// Where the page after the one of `rows` starts, that page having been asked for at
+/// `keyset` (`None`: the top of the list before `end`), with its top row checked.
+fn next_keyset(keyset: Option<&Keyset>, end: i64, rows: &[Option<&Item>]) -> Keyset {
     let offset = keyset.map_or(0, |k| k.read.saturating_sub(1));
-    let rows = rows(page);
     // Rows after the last one with a time are of an unknown second: they are read again.
     let resets = keyset.map_or(0, |k| k.resets);
     let Some(last) = rows.iter().rposition(|r| r.is_some()) else {
@@ -1244,7 +1244,7 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, page: &Parsed) -> Keyset {
     Keyset {
         end: oldest + 1,
         read,
-        last: Some(hex_key(&item.key)),
+        last: Some(crate::hex::encode(&item.key)),
         // Failed checks count only while the position stays in the same second.
         resets: if oldest + 1 == end { resets } else { 0 },
     }
@@ -1273,7 +1273,7 @@ mod tests {
     }
 
     fn key_of(id: &str) -> Option<String> {
-        Some(hex_key(&seen_key(id)))
+        Some(crate::hex::encode(&seen_key(id)))
     }
 
     const T: i64 = 1_767_225_600;
@@ -1288,7 +1288,7 @@ mod tests {
             (Some("b"), 8),
             (Some("a"), 8),
         ]);
-        let next = next_keyset(None, T + 60, &page);
+        let next = next_keyset(None, T + 60, &rows(&page));
         assert_eq!(
             next,
             Keyset {
@@ -1301,8 +1301,8 @@ mod tests {
         // The next page (offset 2 in "before second 9") starts with "a" again; all of it is
         // second 8: the second's rows read so far are counted from its top.
         let page = events_page(&[(Some("a"), 8), (Some("z"), 8), (Some("y"), 8)]);
-        assert!(!boundary_moved(Some(&next), &page));
-        let after = next_keyset(Some(&next), next.end, &page);
+        assert!(!boundary_moved(Some(&next), &rows(&page)));
+        let after = next_keyset(Some(&next), next.end, &rows(&page));
         assert_eq!(
             after,
             Keyset {
@@ -1315,7 +1315,7 @@ mod tests {
         // It reaches an older second: only that second's rows count.
         let page = events_page(&[(Some("y"), 8), (Some("x"), 7)]);
         assert_eq!(
-            next_keyset(Some(&after), after.end, &page),
+            next_keyset(Some(&after), after.end, &rows(&page)),
             Keyset {
                 end: T + 8,
                 read: 1,
@@ -1335,9 +1335,9 @@ mod tests {
         };
         // "c" was deleted: the row at offset 2 is now the one after "a".
         let page = events_page(&[(Some("z"), 8), (Some("y"), 8)]);
-        assert!(boundary_moved(Some(&at), &page));
+        assert!(boundary_moved(Some(&at), &rows(&page)));
         // A row without an id at the top is not the row read last either.
-        assert!(boundary_moved(Some(&at), &events_page(&[(None, 8)])));
+        assert!(boundary_moved(Some(&at), &rows(&events_page(&[(None, 8)]))));
         // The top of a second is not checked.
         let top = Keyset {
             end: T + 9,
@@ -1345,8 +1345,8 @@ mod tests {
             last: None,
             ..Keyset::default()
         };
-        assert!(!boundary_moved(Some(&top), &page));
-        assert!(!boundary_moved(None, &page));
+        assert!(!boundary_moved(Some(&top), &rows(&page)));
+        assert!(!boundary_moved(None, &rows(&page)));
     }
 
     #[test]
@@ -1359,10 +1359,10 @@ mod tests {
         };
         // Still in second 8: the count stays, so repeated failures end in Sentry's cursors.
         let page = events_page(&[(Some("c"), 8), (Some("b"), 8)]);
-        assert_eq!(next_keyset(Some(&at), at.end, &page).resets, 2);
+        assert_eq!(next_keyset(Some(&at), at.end, &rows(&page)).resets, 2);
         // On to an older second: a fresh start.
         let page = events_page(&[(Some("c"), 8), (Some("b"), 7)]);
-        assert_eq!(next_keyset(Some(&at), at.end, &page).resets, 0);
+        assert_eq!(next_keyset(Some(&at), at.end, &rows(&page)).resets, 0);
         // A page whose only row with a time is the one read again does not move on.
         let at = Keyset {
             end: T + 9,
@@ -1371,7 +1371,7 @@ mod tests {
             resets: 0,
         };
         let page = events_page(&[(Some("c"), 8), (None, 8), (None, 8)]);
-        let next = next_keyset(Some(&at), at.end, &page);
+        let next = next_keyset(Some(&at), at.end, &rows(&page));
         assert!(next.end == at.end && next.read <= at.read, "{next:?}");
     }
 
@@ -1380,12 +1380,12 @@ mod tests {
         assert_eq!(cursor_offset("0:250:0"), Some(250));
         assert_eq!(cursor_offset("0:0:0"), Some(0));
         assert_eq!(cursor_offset("garbage"), None);
-        assert!(!reaches_older_second(&events_page(&[
+        assert!(!reaches_older_second(&rows(&events_page(&[
             (Some("c"), 8),
             (Some("b"), 8)
-        ])));
+        ]))));
         let page = events_page(&[(Some("c"), 8), (None, 8), (Some("b"), 7), (Some("a"), 7)]);
-        assert!(reaches_older_second(&page));
+        assert!(reaches_older_second(&rows(&page)));
         // Asked at offset 40 of "before second 9": second 7 starts inside the page, so only
         // its rows count, wherever the page began.
         let at = Keyset {
@@ -1394,7 +1394,7 @@ mod tests {
             ..Keyset::default()
         };
         assert_eq!(
-            next_keyset(Some(&at), at.end, &page),
+            next_keyset(Some(&at), at.end, &rows(&page)),
             Keyset {
                 end: T + 8,
                 read: 2,
@@ -1414,7 +1414,7 @@ mod tests {
             (Some("a"), 8),
             (None, 8),
         ]);
-        let next = next_keyset(None, T + 60, &page);
+        let next = next_keyset(None, T + 60, &rows(&page));
         assert_eq!(
             next,
             Keyset {

@@ -49,7 +49,7 @@ fn random_owner() -> String {
         // Without randomness a lost reply only costs the run (it answers "skipped").
         return String::new();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex::encode(&b)
 }
 
 fn epoch_object(dir: &str, epoch: u64) -> String {

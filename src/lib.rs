@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod collect;
 pub mod config;
 pub mod gcs;
+pub mod hex;
 pub mod http_api;
 pub mod jwt;
 pub mod layout;

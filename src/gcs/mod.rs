@@ -115,10 +115,7 @@ struct ObjectResource {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(data))
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -137,10 +134,7 @@ fn random_boundary() -> String {
         // Without randomness the boundary is still checked against the body below.
         bytes.copy_from_slice(&Sha256::digest(b"sentry-logs-collector boundary")[..18]);
     }
-    format!(
-        "slc{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("slc{}", crate::hex::encode(&bytes))
 }
 
 /// The body of a multipart upload: JSON metadata, then the bytes.
