@@ -218,6 +218,14 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Where it listens (for a proxy in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .trim_start_matches("redis://")
+            .parse()
+            .expect("a loopback address")
+    }
+
     pub fn start() -> RedisServer {
         let exe = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -26,7 +26,6 @@ use collector_host::google::Accept;
 use collector_host::jitter::JitterProxy;
 use collector_host::kv::KvFaults;
 use collector_host::redis::RedisServer;
-use collector_host::testing::temp_dir;
 use collector_host::{App, Outcome, Trigger};
 use common::*;
 use sentry_sim::{Rng, SimOptions};
@@ -127,18 +126,8 @@ async fn sequence(seed: u64) -> Tally {
     let jittery = seed.is_multiple_of(20);
     let _redis = jittery.then(|| {
         let redis = RedisServer::start();
-        let upstream = redis.url.trim_start_matches("redis://").parse().unwrap();
-        let link = JitterProxy::start(upstream, Duration::from_millis(300), seed).unwrap();
-        let config = temp_dir("chaos-redis").join("runtime-config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-                link.url()
-            ),
-        )
-        .unwrap();
-        rig.runtime_config = Some(config);
+        let link = JitterProxy::start(redis.addr(), Duration::from_millis(300), seed).unwrap();
+        rig.runtime_config = Some(redis_runtime_config(&link.url()));
         *t.faults
             .entry("state in Redis over a jittery link")
             .or_default() += 1;

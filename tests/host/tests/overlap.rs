@@ -5,38 +5,23 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use collector_host::jitter::JitterProxy;
 use collector_host::redis::RedisServer;
-use collector_host::testing::temp_dir;
-use collector_host::{App, Outcome, Trigger};
+use collector_host::{App, Invocation, Outcome, Trigger};
 use common::*;
 use sentry_sim::Rng;
 
-/// A runtime config putting the default store in Redis at `url`.
-fn redis_runtime_config(url: &str) -> std::path::PathBuf {
-    let path = temp_dir("jitter-runtime-config").join("runtime-config.toml");
-    std::fs::write(
-        &path,
-        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"),
-    )
-    .unwrap();
-    path
-}
-
 /// What one run did: collected (with its event count), or skipped for another's lease.
-fn ran_or_skipped(outcome: &Outcome, stdout: &str) -> Option<u64> {
+fn ran_or_skipped(inv: &Invocation) -> Option<u64> {
     assert!(
-        matches!(outcome, Outcome::Ok),
-        "no run may fail, on state or otherwise: {outcome:?}\n{stdout}"
+        matches!(inv.outcome, Outcome::Ok),
+        "no run may fail, on state or otherwise: {:?}\n{}",
+        inv.outcome,
+        inv.stdout
     );
-    let summary: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON summary: {stdout}"));
+    let summary = summary(inv);
     if summary["skipped"] == true {
         return None;
     }
@@ -48,8 +33,7 @@ fn ran_or_skipped(outcome: &Outcome, stdout: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn runs_overlapping_on_a_jittery_redis_deliver_each_event_once() {
     let redis = RedisServer::start();
-    let upstream: SocketAddr = redis.url.trim_start_matches("redis://").parse().unwrap();
-    let proxy = JitterProxy::start(upstream, Duration::from_millis(1500), 71).unwrap();
+    let proxy = JitterProxy::start(redis.addr(), Duration::from_millis(1500), 71).unwrap();
     let mut rig = Rig::without_rate_limits(3).await;
     rig.runtime_config = Some(redis_runtime_config(&proxy.url()));
     rig.set("lookback", "1h");
@@ -84,7 +68,7 @@ async fn runs_overlapping_on_a_jittery_redis_deliver_each_event_once() {
         let mut collected = 0;
         for run in runs {
             let inv = run.await.unwrap();
-            if let Some(n) = ran_or_skipped(&inv.outcome, &inv.stdout) {
+            if let Some(n) = ran_or_skipped(&inv) {
                 collected += 1;
                 eprintln!("round {round}: a run collected {n} events");
             }
@@ -97,7 +81,7 @@ async fn runs_overlapping_on_a_jittery_redis_deliver_each_event_once() {
     // Late events settle, then one last run on its own.
     rig.clock.advance(900);
     let inv = rig.run().await;
-    ran_or_skipped(&inv.outcome, &inv.stdout).expect("a lone run collects");
+    ran_or_skipped(&inv).expect("a lone run collects");
     eprintln!("rounds in which more than one run collected: {rounds_with_two_collecting}");
     let truth = rig.sim.truth(first_start, rig.clock.now(), rig.clock.now());
     assert!(truth.len() >= 450, "{}", truth.len());
@@ -138,7 +122,7 @@ async fn a_run_that_outlives_its_lease_writes_nothing_once_another_took_over() {
     rig.clock.advance(120);
     let second = rig.run().await;
     assert_eq!(
-        ran_or_skipped(&second.outcome, &second.stdout),
+        ran_or_skipped(&second),
         Some(250),
         "the second run takes the expired lease over and collects the window"
     );
@@ -159,5 +143,5 @@ async fn a_run_that_outlives_its_lease_writes_nothing_once_another_took_over() {
     // And the shard goes on normally afterwards.
     rig.clock.advance(300);
     let next = rig.run().await;
-    ran_or_skipped(&next.outcome, &next.stdout).expect("the next run collects");
+    ran_or_skipped(&next).expect("the next run collects");
 }

@@ -330,6 +330,17 @@ impl Rig {
     }
 }
 
+/// A runtime config putting the default store in Redis at `url`.
+pub fn redis_runtime_config(url: &str) -> PathBuf {
+    let path = temp_dir("redis-runtime-config").join("runtime-config.toml");
+    std::fs::write(
+        &path,
+        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    path
+}
+
 /// Every stream's object prefix (below `PREFIX`).
 pub const STREAMS: &[&str] = &[
     "events",
