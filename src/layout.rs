@@ -61,17 +61,8 @@ pub fn shards_in_kv(kv: &dyn KeyValue) -> Result<Vec<Shard>, String> {
         let Some(suffix) = name.strip_prefix(SHARDED_STREAM) else {
             continue;
         };
-        if suffix.is_empty() {
-            found.push(Shard::WHOLE);
-        } else if let Some(spec) = suffix.strip_prefix(".s") {
-            if let Some(shard) = spec
-                .split_once("of")
-                .and_then(|(i, n)| Shard::parse(&format!("{i}/{n}")).ok())
-            {
-                if state_name(&shard) == name {
-                    found.push(shard);
-                }
-            }
+        if let Some(shard) = Shard::from_suffix(suffix) {
+            found.push(shard);
         }
     }
     found.sort_by_key(|s| (s.count, s.index));

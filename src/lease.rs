@@ -298,6 +298,13 @@ impl Lease {
     }
 }
 
+/// Gives every lease in `leases` up (see [`Lease::release`]).
+pub fn release_all(env: &Env, gcs: &GcsClient, leases: &[Lease]) {
+    for lease in leases {
+        lease.release(env, gcs);
+    }
+}
+
 /// Whether a live lease is held on the shard (for `/status`, from the KV copy).
 pub fn is_held(env: &Env, shard_suffix: &str) -> bool {
     let now = env.clock.now() as i64;

@@ -190,9 +190,7 @@ pub fn run_with(
         {
             Claim::Acquired(lease) => leases.push(lease),
             Claim::Held { until } => {
-                for lease in &leases {
-                    lease.release(env, &gcs);
-                }
+                lease::release_all(env, &gcs, &leases);
                 return Ok(RunOutcome::Skipped(Skipped {
                     skipped: true,
                     shard: options.shard.to_string(),
@@ -216,9 +214,7 @@ pub fn run_with(
     let runs = previous.runs + 1;
     // Again under the leases: a migration may have changed the layout since the check above.
     if let Err(e) = check_layout(env, &streams, &options.shard) {
-        for lease in &leases {
-            lease.release(env, &gcs);
-        }
+        lease::release_all(env, &gcs, &leases);
         return Err(e);
     }
     let mut result = collect(
@@ -253,9 +249,7 @@ pub fn run_with(
     if let Err(e) = state::save(env.kv, keys::LAST_RUN, &record) {
         eprintln!("warning: could not record the run: {e}");
     }
-    for lease in &leases {
-        lease.release(env, &gcs);
-    }
+    lease::release_all(env, &gcs, &leases);
     result.map(RunOutcome::Ran)
 }
 
@@ -368,9 +362,7 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
             }
         }),
     };
-    for lease in &leases {
-        lease.release(env, &gcs);
-    }
+    lease::release_all(env, &gcs, &leases);
     result
 }
 

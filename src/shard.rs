@@ -55,6 +55,16 @@ impl Shard {
         self.count <= 1 || mix(project_id) % u64::from(self.count) == u64::from(self.index)
     }
 
+    /// The shard whose [`Shard::suffix`] is exactly `suffix`.
+    pub fn from_suffix(suffix: &str) -> Option<Shard> {
+        if suffix.is_empty() {
+            return Some(Shard::WHOLE);
+        }
+        let (i, n) = suffix.strip_prefix(".s")?.split_once("of")?;
+        let shard = Shard::parse(&format!("{i}/{n}")).ok()?;
+        (shard.suffix() == suffix).then_some(shard)
+    }
+
     /// Appended to KV keys and object names: empty for the whole org.
     pub fn suffix(&self) -> String {
         if self.count <= 1 {
@@ -74,6 +84,17 @@ impl fmt::Display for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suffix_names_exactly_one_shard() {
+        for s in ["0/1", "0/4", "3/4", "63/64"] {
+            let shard = Shard::parse(s).unwrap();
+            assert_eq!(Shard::from_suffix(&shard.suffix()), Some(shard));
+        }
+        for bad in [".s0of1", ".s4of4", ".s01of4", ".sxof4", "s1of4", ".s1of4/"] {
+            assert_eq!(Shard::from_suffix(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_only_valid_shards() {
