@@ -1,199 +1,78 @@
 //! A stream's checkpoint: the watermark, the window in progress with the position inside it,
-//! and the ids already delivered that a later read may return again.
+//! and where the ids already delivered (that a later read may return again) are kept.
 //!
-//! It lives in KV and stays compact whatever the org's size: one checkpoint record plus the
-//! delivered-id set split into chunks of at most [`RECORDS_PER_CHUNK`] (under 1 MB each). The
-//! id set is written to the slot the checkpoint does not point at, then the checkpoint is
-//! switched to it, so a crash between two writes leaves the previous state whole.
+//! It lives in KV and what a save writes grows with what changed, not with the org: the ids
+//! an object added go to new append-only segments (one KV value each, by five-minute slab of
+//! the ids' times), named by the checkpoint record. A slab whose segments pass the stream's
+//! key budget is rewritten as one; a slab the overlap has passed is dropped whole. The record
+//! is written last, so a crash between writes leaves the previous state whole, and a segment
+//! is deleted only once no checkpoint that may still be written names it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rsa::sha2::{Digest, Sha256};
 use serde::{Deserialize, Serialize};
 
+use crate::delivered::{pack_time, Record, RECORD_BYTES, SLAB_SECS};
+pub use crate::delivered::{seen_key, SeenSet};
 use crate::ports::KeyValue;
 use crate::sentry::client::Window;
 use crate::state;
 
-/// 16-byte id + 4-byte time + 8-byte project = 28 bytes, about 37 characters of base64:
-/// 25,000 records is 933,336 characters, under the 1 MB value limit with room for the JSON
-/// around it.
-pub const RECORDS_PER_CHUNK: usize = 25_000;
-/// Two slots of this many chunks stay far under the 1,024-key limit (10 million ids).
-pub const MAX_CHUNKS: usize = 400;
-const RECORD: usize = 28;
+/// Ids a segment holds at most: 28 bytes each, under the 1 MB a hosted KV value may be.
+pub const SEGMENT_IDS: usize = 35_000;
+/// Past this many segments a save rewrites the slabs with the most into one each: with the
+/// checkpoint, the rollback's and the dropped ones awaiting deletion, a stream stays within
+/// about 200 keys (Fermyon Cloud allows 1,024 in the whole store).
+pub const MAX_SEGMENTS: usize = 120;
+/// A segment's value starts with this.
+const SEGMENT_MAGIC: &[u8; 4] = b"ids1";
+/// Chunks written before segments (whole-set rewrites): 28-byte records in base64.
+const CHUNK_PREFIX: &str = "r28:";
 /// Chunks written before records carried the project: 16-byte id + 8-byte time, no prefix.
 const LEGACY_RECORD: usize = 24;
-/// Marks a chunk of [`RECORD`]-byte records.
-const CHUNK_PREFIX: &str = "r28:";
-/// Times are kept as seconds since 2000-01-01 in four bytes (until 2136).
-const EPOCH_2000: i64 = 946_684_800;
 
-/// The ids delivered recently, with each item's time (so old ones can be dropped) and the
-/// project it was read from (0 for org-wide streams), so the next window can tell, project
-/// by project, whether its overlap holds anything new.
-/// Sentry event ids are 32 hex digits and are kept exactly; any other id is kept as the first
-/// 16 bytes of its SHA-256.
+/// One KV value of delivered ids: `v1/{stream}/ids/{e}.{n}`, written once by the holder of
+/// lease epoch `e` (its `n`th), holding `ids` ids of one slab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Segment {
+    pub e: u64,
+    pub n: u64,
+    pub slab: u32,
+    pub ids: u32,
+}
+
+/// A segment no checkpoint names any more, kept until every holder that may still write a
+/// checkpoint naming it is gone: deleted once a holder after `by` saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub e: u64,
+    pub n: u64,
+    pub by: u64,
+}
+
+/// Where a delivered-id set is in KV: segments, or (sets saved before segments) `chunks`
+/// whole-set chunks of lease `chunk_epoch` in `slot`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeenSet {
-    ids: HashMap<[u8; 16], Seen>,
+pub struct IdsAt {
+    pub segments: Vec<Segment>,
+    /// Ids older than this (unix seconds) are no longer needed.
+    pub floor: i64,
+    pub chunks: u32,
+    pub slot: u8,
+    pub chunk_epoch: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    /// Seconds since [`EPOCH_2000`].
-    time: u32,
-    project: u64,
-}
-
-fn pack_time(t: i64) -> u32 {
-    (t - EPOCH_2000).clamp(0, i64::from(u32::MAX)) as u32
-}
-
-/// The 16 bytes an id is kept as: a 32-hex-digit Sentry event id exactly, anything else as
-/// the first 16 bytes of its SHA-256.
-pub fn seen_key(id: &str) -> [u8; 16] {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut key = [0u8; 16];
-    let hex = id.as_bytes();
-    let parsed = hex.len() == 32
-        && hex.chunks_exact(2).enumerate().all(|(i, pair)| {
-            match (nibble(pair[0]), nibble(pair[1])) {
-                (Some(h), Some(l)) => {
-                    key[i] = h << 4 | l;
-                    true
-                }
-                _ => false,
-            }
-        });
-    if !parsed {
-        key.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
-    }
-    key
-}
-
-impl SeenSet {
-    /// Records an id; `false` when it was already there.
-    pub fn insert(&mut self, event_id: &str, date_created: i64) -> bool {
-        self.insert_key(seen_key(event_id), date_created, 0)
-    }
-
-    /// Records a key made by [`seen_key`], read from `project`; `false` when it was already
-    /// there.
-    pub fn insert_key(&mut self, key: [u8; 16], time: i64, project: u64) -> bool {
-        self.ids
-            .insert(
-                key,
-                Seen {
-                    time: pack_time(time),
-                    project,
-                },
-            )
-            .is_none()
-    }
-
-    /// How many ids each project has with a time in `[start, end)`.
-    pub fn counts_in(&self, start: i64, end: i64) -> HashMap<u64, u64> {
-        let (start, end) = (pack_time(start), pack_time(end));
-        let mut counts = HashMap::new();
-        for seen in self.ids.values() {
-            if seen.time >= start && seen.time < end {
-                *counts.entry(seen.project).or_default() += 1;
-            }
-        }
-        counts
-    }
-
-    pub fn contains(&self, event_id: &str) -> bool {
-        self.ids.contains_key(&seen_key(event_id))
-    }
-
-    /// Whether a key made by [`seen_key`] is recorded.
-    pub fn contains_key(&self, key: &[u8; 16]) -> bool {
-        self.ids.contains_key(key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Adds the ids of `other` read from a project `keep` accepts.
-    pub fn extend_where(&mut self, other: &SeenSet, keep: impl Fn(u64) -> bool) {
-        self.ids.extend(
-            other
-                .ids
-                .iter()
-                .filter(|(_, s)| keep(s.project))
-                .map(|(k, s)| (*k, *s)),
-        );
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// Forgets ids of events older than `before`: no later window reaches them.
-    pub fn prune(&mut self, before: i64) {
-        let before = pack_time(before);
-        self.ids.retain(|_, s| s.time >= before);
-    }
-
-    fn encode(&self) -> Vec<String> {
-        let mut records: Vec<(&[u8; 16], &Seen)> = self.ids.iter().collect();
-        records.sort_by_key(|(k, _)| *k);
-        records
-            .chunks(RECORDS_PER_CHUNK)
-            .map(|chunk| {
-                let mut bytes = Vec::with_capacity(chunk.len() * RECORD);
-                for (id, seen) in chunk {
-                    bytes.extend_from_slice(&id[..]);
-                    bytes.extend_from_slice(&seen.time.to_be_bytes());
-                    bytes.extend_from_slice(&seen.project.to_be_bytes());
-                }
-                format!("{CHUNK_PREFIX}{}", STANDARD.encode(bytes))
-            })
-            .collect()
-    }
-
-    fn decode_into(&mut self, chunk: &str) -> Result<(), String> {
-        let (data, record) = match chunk.strip_prefix(CHUNK_PREFIX) {
-            Some(data) => (data, RECORD),
-            None => (chunk, LEGACY_RECORD),
-        };
-        let bytes = STANDARD
-            .decode(data)
-            .map_err(|_| "not base64".to_string())?;
-        if bytes.len() % record != 0 {
-            return Err("truncated record".into());
-        }
-        for r in bytes.chunks(record) {
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&r[..16]);
-            let seen = if record == RECORD {
-                Seen {
-                    time: u32::from_be_bytes(r[16..20].try_into().expect("4 bytes")),
-                    project: u64::from_be_bytes(r[20..28].try_into().expect("8 bytes")),
-                }
-            } else {
-                // No project: its overlap counts never match, so it is read again in full.
-                Seen {
-                    time: pack_time(i64::from_be_bytes(r[16..24].try_into().expect("8 bytes"))),
-                    project: 0,
-                }
-            };
-            self.ids.insert(id, seen);
-        }
-        Ok(())
-    }
+/// What a save wrote to KV.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveStats {
+    pub bytes: u64,
+    pub writes: u64,
+    /// Bytes of the ids that were new since the last save (28 each).
+    pub new_id_bytes: u64,
+    /// Keys the stream's state uses after the save.
+    pub keys: u64,
 }
 
 /// Where a run stopped inside a window; the next run resumes exactly there.
@@ -256,12 +135,27 @@ pub struct Checkpoint {
     /// Everything before this was read, in a window that ended here.
     pub watermark: Option<i64>,
     pub in_progress: Option<WindowProgress>,
-    /// The slot (0 or 1) and number of chunks holding the delivered-id set, and the lease
-    /// epoch that wrote them (0: keys from before epochs).
+    /// Checkpoints from before segments: the slot (0 or 1) and number of chunks holding the
+    /// whole delivered-id set, and the lease epoch that wrote them (0: from before epochs).
+    /// The first save converts them to segments.
+    #[serde(default)]
     pub seen_slot: u8,
+    #[serde(default)]
     pub seen_chunks: u32,
     #[serde(default)]
     pub seen_epoch: u64,
+    /// The segments holding the delivered-id set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+    /// Ids older than this (unix seconds) are no longer needed: no later window reaches them.
+    #[serde(default)]
+    pub ids_floor: i64,
+    /// The number the next segment of this stream gets.
+    #[serde(default)]
+    pub next_segment: u64,
+    /// Segments no longer named, awaiting deletion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<Dropped>,
     /// An object whose upload started but was not confirmed: the checkpoint already counts
     /// its events; if the object never landed, the run that finds this rolls back.
     #[serde(default)]
@@ -285,6 +179,26 @@ pub struct ShardFloor {
 }
 
 impl Checkpoint {
+    /// Where its delivered-id set is.
+    pub fn ids_at(&self) -> IdsAt {
+        IdsAt {
+            segments: self.segments.clone(),
+            floor: self.ids_floor,
+            chunks: self.seen_chunks,
+            slot: self.seen_slot,
+            chunk_epoch: self.seen_epoch,
+        }
+    }
+
+    /// Points it at a delivered-id set.
+    pub fn set_ids_at(&mut self, at: IdsAt) {
+        self.segments = at.segments;
+        self.ids_floor = at.floor;
+        self.seen_chunks = at.chunks;
+        self.seen_slot = at.slot;
+        self.seen_epoch = at.chunk_epoch;
+    }
+
     /// How far `project` was delivered by a shard of an earlier layout, beyond the watermark.
     pub fn floor_for(&self, project: u64) -> Option<i64> {
         self.floors
@@ -303,10 +217,44 @@ pub struct PendingObject {
     pub sha256: String,
     /// The state to return to if the object is not in the bucket.
     pub rollback_progress: Option<WindowProgress>,
+    #[serde(default)]
     pub rollback_slot: u8,
+    #[serde(default)]
     pub rollback_chunks: u32,
     #[serde(default)]
     pub rollback_epoch: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_segments: Vec<Segment>,
+    #[serde(default)]
+    pub rollback_floor: i64,
+}
+
+impl PendingObject {
+    /// A pending object whose rollback returns to `cp`'s progress and delivered ids.
+    pub fn new(name: String, sha256: String, cp: &Checkpoint) -> PendingObject {
+        let at = cp.ids_at();
+        PendingObject {
+            name,
+            sha256,
+            rollback_progress: cp.in_progress.clone(),
+            rollback_slot: at.slot,
+            rollback_chunks: at.chunks,
+            rollback_epoch: at.chunk_epoch,
+            rollback_segments: at.segments,
+            rollback_floor: at.floor,
+        }
+    }
+
+    /// Where the delivered ids to return to are.
+    pub fn rollback_ids_at(&self) -> IdsAt {
+        IdsAt {
+            segments: self.rollback_segments.clone(),
+            floor: self.rollback_floor,
+            chunks: self.rollback_chunks,
+            slot: self.rollback_slot,
+            chunk_epoch: self.rollback_epoch,
+        }
+    }
 }
 
 /// Why a checkpoint was not saved.
@@ -352,28 +300,71 @@ impl<'a> CheckpointStore<'a> {
         }
     }
 
-    /// Loads the id set stored by lease `epoch` in `slot`.
-    pub fn load_seen(&self, epoch: u64, slot: u8, chunks: u32) -> Result<SeenSet, String> {
-        let mut seen = SeenSet::default();
-        for n in 0..chunks {
-            let chunk_key = self.chunk_key(epoch, slot, n);
-            let chunk: String = state::load(self.kv, &chunk_key)?
-                .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
-            seen.decode_into(&chunk)
-                .map_err(|e| format!("KV record {chunk_key} is unreadable: {e}"))?;
+    fn segment_key(&self, e: u64, n: u64) -> String {
+        format!("v1/{}/ids/{e}.{n}", self.stream)
+    }
+
+    /// Loads a delivered-id set, slab by slab (each slab's ids sorted once; memory holds the
+    /// set plus one slab).
+    pub fn load_ids(&self, at: &IdsAt) -> Result<SeenSet, String> {
+        if at.chunks > 0 {
+            return self.load_chunks(at);
+        }
+        let mut seen = SeenSet::with_floor(at.floor);
+        let mut slabs: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
+        for seg in &at.segments {
+            slabs.entry(seg.slab).or_default().push(seg);
+        }
+        for segments in slabs.values() {
+            let mut records = Vec::new();
+            let capacity = segments.iter().map(|s| s.ids as usize).sum();
+            for seg in segments {
+                let key = self.segment_key(seg.e, seg.n);
+                let bytes = self
+                    .kv
+                    .get(&key)
+                    .map_err(|e| format!("KV get {key}: {e}"))?
+                    .ok_or_else(|| format!("KV record {key} is missing"))?;
+                let data = bytes
+                    .strip_prefix(SEGMENT_MAGIC)
+                    .filter(|d| d.len() % RECORD_BYTES == 0)
+                    .ok_or_else(|| format!("KV record {key} is unreadable: not a segment"))?;
+                records.push(data.to_vec());
+            }
+            seen.load_records(
+                records
+                    .iter()
+                    .flat_map(|d| d.chunks_exact(RECORD_BYTES).map(Record::decode)),
+                capacity,
+            );
         }
         Ok(seen)
     }
 
+    /// Loads a set saved before segments; all of it is written as segments at the next save.
+    fn load_chunks(&self, at: &IdsAt) -> Result<SeenSet, String> {
+        let mut records = Vec::new();
+        for n in 0..at.chunks {
+            let chunk_key = self.chunk_key(at.chunk_epoch, at.slot, n);
+            let chunk: String = state::load(self.kv, &chunk_key)?
+                .ok_or_else(|| format!("KV record {chunk_key} is missing"))?;
+            decode_chunk(&chunk, &mut records)
+                .map_err(|e| format!("KV record {chunk_key} is unreadable: {e}"))?;
+        }
+        let mut seen = SeenSet::from_records(records, at.floor);
+        seen.mark_all_unsaved();
+        Ok(seen)
+    }
+
     /// Loads the checkpoint and id set. An unreadable record is an error, never a fresh
-    /// start: starting over would deliver everything in the lookback again. A chunk missing
+    /// start: starting over would deliver everything in the lookback again. A segment missing
     /// because the checkpoint moved on while it was read (a run finishing as this one starts)
     /// is read again from the new checkpoint.
     pub fn load(&self) -> Result<(Checkpoint, SeenSet), String> {
         let mut attempt = 0;
         loop {
             let cp = self.load_record()?;
-            match self.load_seen(cp.seen_epoch, cp.seen_slot, cp.seen_chunks) {
+            match self.load_ids(&cp.ids_at()) {
                 Ok(seen) => return Ok((cp, seen)),
                 Err(e) => {
                     attempt += 1;
@@ -390,23 +381,23 @@ impl<'a> CheckpointStore<'a> {
         match state::load(self.kv, &key) {
             Ok(cp) => Ok(cp.unwrap_or_default()),
             Err(e) => Err(format!(
-                "{e}; delete the key {key} (and {}/seen/*) to start again from lookback",
+                "{e}; delete the key {key} (and {0}/ids/*, {0}/seen/*) to start again from lookback",
                 key.trim_end_matches("/checkpoint")
             )),
         }
     }
 
-    /// Saves a new checkpoint as `writer`. `seen_changed` false reuses the stored id set.
-    /// Refused, before anything is written, when the stored checkpoint was saved under a
-    /// later epoch (another run took the shard over), unless the writer confirmed its lease
-    /// is the newest; and between writes as soon as the writer's fence fails.
+    /// Saves a new checkpoint as `writer`, with the ids `seen` added since its last save in
+    /// new segments. Refused, before anything is written, when the stored checkpoint was
+    /// saved under a later epoch (another run took the shard over), unless the writer
+    /// confirmed its lease is the newest; and between writes as soon as the writer's fence
+    /// fails. `cp` and `seen` change only when the save succeeds.
     pub fn save(
         &self,
         cp: &mut Checkpoint,
-        seen: &SeenSet,
-        seen_changed: bool,
+        seen: &mut SeenSet,
         writer: &Writer,
-    ) -> Result<(), SaveError> {
+    ) -> Result<SaveStats, SaveError> {
         let epoch = writer.epoch;
         let stored = self.load_record().map_err(SaveError::Failed)?;
         if stored.epoch > epoch && !writer.over_later {
@@ -416,90 +407,223 @@ impl<'a> CheckpointStore<'a> {
             )));
         }
         let fence = || (writer.fence)().map_err(SaveError::Superseded);
-        let old = (cp.seen_epoch, cp.seen_slot, cp.seen_chunks);
-        // A pending object's rollback state must survive until the object is confirmed.
-        let keep = cp
-            .pending
-            .as_ref()
-            .map(|p| (p.rollback_epoch, p.rollback_slot));
-        cp.epoch = epoch;
-        if seen_changed {
-            let chunks = seen.encode();
-            if chunks.len() > MAX_CHUNKS {
-                return Err(SaveError::Failed(format!(
-                    "{} ids delivered in the overlap and current window exceed what KV can hold ({}); lower overlap or max_window",
-                    seen.len(),
-                    MAX_CHUNKS * RECORDS_PER_CHUNK
-                )));
-            }
-            // This writer's own keys: the slot its last save did not use.
-            let slot = if old.0 == epoch { 1 - old.1.min(1) } else { 0 };
-            for (n, chunk) in chunks.iter().enumerate() {
+        let mut next = cp.clone();
+        next.epoch = epoch;
+        let mut stats = SaveStats::default();
+        if next.seen_chunks > 0 {
+            // Read from whole-set chunks: all of it is unsaved and goes to segments now.
+            next.segments.clear();
+            next.seen_chunks = 0;
+            next.seen_slot = 0;
+            next.seen_epoch = 0;
+        }
+        next.ids_floor = next.ids_floor.max(seen.floor());
+        let floor_slab = pack_time(next.ids_floor) / SLAB_SECS;
+        next.segments.retain(|s| s.slab >= floor_slab);
+
+        let mut unsaved: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for r in seen.unsaved() {
+            unsaved.entry(r.slab()).or_default().push(*r);
+        }
+        stats.new_id_bytes = (seen.unsaved().len() * RECORD_BYTES) as u64;
+        let rewrite = slabs_to_rewrite(&next.segments, &unsaved, seen);
+        next.segments.retain(|s| !rewrite.contains(&s.slab));
+        let mut writes: Vec<(u32, Vec<Record>)> = unsaved
+            .into_iter()
+            .filter(|(slab, _)| !rewrite.contains(slab))
+            .collect();
+        writes.extend(rewrite.iter().map(|&slab| (slab, seen.slab_records(slab))));
+        for (slab, records) in &writes {
+            for part in records.chunks(SEGMENT_IDS) {
+                let mut bytes = Vec::with_capacity(SEGMENT_MAGIC.len() + part.len() * RECORD_BYTES);
+                bytes.extend_from_slice(SEGMENT_MAGIC);
+                for r in part {
+                    r.encode_into(&mut bytes);
+                }
+                let n = next.next_segment;
+                let key = self.segment_key(epoch, n);
                 fence()?;
-                state::save(self.kv, &self.chunk_key(epoch, slot, n as u32), chunk)
-                    .map_err(SaveError::Failed)?;
+                self.kv
+                    .set(&key, &bytes)
+                    .map_err(|e| SaveError::Failed(format!("KV set {key}: {e}")))?;
+                stats.bytes += bytes.len() as u64;
+                stats.writes += 1;
+                next.segments.push(Segment {
+                    e: epoch,
+                    n,
+                    slab: *slab,
+                    ids: part.len() as u32,
+                });
+                next.next_segment += 1;
             }
-            // The slot may hold more chunks from an older, larger set: drop them.
-            let mut n = chunks.len() as u32;
-            while self
-                .kv
-                .get(&self.chunk_key(epoch, slot, n))
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                let _ = self.kv.delete(&self.chunk_key(epoch, slot, n));
-                n += 1;
+        }
+        drop(writes);
+
+        // Segments the stored checkpoint named and this one does not: this writer's own go
+        // now; others' wait until a later holder saves (their writer may have stalled past
+        // its lease and still write a checkpoint naming them).
+        let named_now = named(&next);
+        let bound = epoch.min(stored.epoch);
+        let mut delete: Vec<(u64, u64)> = Vec::new();
+        next.dropped.retain(|d| {
+            let gone = d.by < bound;
+            if gone {
+                delete.push((d.e, d.n));
             }
-            cp.seen_epoch = epoch;
-            cp.seen_slot = slot;
-            cp.seen_chunks = chunks.len() as u32;
+            !gone
+        });
+        for (e, n) in named(&stored) {
+            if named_now.contains(&(e, n)) || next.dropped.iter().any(|d| (d.e, d.n) == (e, n)) {
+                continue;
+            }
+            if e == epoch {
+                delete.push((e, n));
+            } else {
+                next.dropped.push(Dropped { e, n, by: epoch });
+            }
         }
         fence()?;
-        state::save(self.kv, &self.checkpoint_key(), cp).map_err(SaveError::Failed)?;
-        // This writer's previous chunks are garbage now (a failed delete only wastes a key
-        // until the next save overwrites it). Another epoch's are left to a later holder: a
-        // run that stalled past its lease may still write a checkpoint pointing at them.
-        if seen_changed && old.0 == epoch && keep != Some((old.0, old.1)) {
-            for n in 0..old.2 {
-                let _ = self.kv.delete(&self.chunk_key(old.0, old.1, n));
-            }
+        let record = serde_json::to_vec(&next).map_err(|e| SaveError::Failed(e.to_string()))?;
+        state::save(self.kv, &self.checkpoint_key(), &next).map_err(SaveError::Failed)?;
+        stats.bytes += record.len() as u64;
+        stats.writes += 1;
+        for (e, n) in delete {
+            let _ = self.kv.delete(&self.segment_key(e, n));
         }
-        if seen_changed && old.0 != epoch {
-            self.drop_orphans(epoch.min(stored.epoch), cp, keep);
+        if stored.epoch != epoch {
+            self.drop_orphans(bound, &next);
         }
-        Ok(())
+        stats.keys = 1 + (named_now.len() + next.dropped.len()) as u64;
+        *cp = next;
+        seen.mark_saved();
+        Ok(stats)
     }
 
-    /// On a new holder's first save: drops the chunks of epochs before `below` (the previous
-    /// holder's, or this writer's, whichever is earlier), never the checkpoint's or the
-    /// rollback's. The previous holder's chunks stay until the holder after this one: that
-    /// holder may have stalled past its lease and still write a checkpoint pointing at them.
-    fn drop_orphans(&self, below: u64, cp: &Checkpoint, keep: Option<(u64, u8)>) {
-        let prefix = format!("v1/{}/seen/", self.stream);
+    /// On a new holder's first save: drops the segments and chunks of epochs before `below`
+    /// (the previous holder's, or this writer's, whichever is earlier) that nothing names:
+    /// left by a save that died before its checkpoint record. The previous holder's stay
+    /// until the holder after this one: that holder may have stalled past its lease and still
+    /// write a checkpoint naming them.
+    fn drop_orphans(&self, below: u64, cp: &Checkpoint) {
         let Ok(keys) = self.kv.keys() else {
             return;
         };
+        let kept = named(cp);
+        let awaiting: HashSet<(u64, u64)> = cp.dropped.iter().map(|d| (d.e, d.n)).collect();
+        let ids_prefix = format!("v1/{}/ids/", self.stream);
+        let chunks_prefix = format!("v1/{}/seen/", self.stream);
+        let chunk_sets: Vec<(u64, u8)> = [
+            (cp.seen_chunks > 0).then_some((cp.seen_epoch, cp.seen_slot)),
+            cp.pending
+                .as_ref()
+                .filter(|p| p.rollback_chunks > 0)
+                .map(|p| (p.rollback_epoch, p.rollback_slot)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         for key in keys {
-            let Some(rest) = key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Some((place, _)) = rest.split_once('/') else {
-                continue;
-            };
-            let (e, slot) = match place.split_once('.') {
-                Some((e, slot)) => (e.parse::<u64>().ok(), slot.parse::<u8>().ok()),
-                None => (Some(0), place.parse::<u8>().ok()),
-            };
-            let (Some(e), Some(slot)) = (e, slot) else {
-                continue;
-            };
-            let ours = (e, slot) == (cp.seen_epoch, cp.seen_slot) || Some((e, slot)) == keep;
-            if e < below && !ours {
-                let _ = self.kv.delete(&key);
+            if let Some(rest) = key.strip_prefix(&ids_prefix) {
+                let Some((e, n)) = rest
+                    .split_once('.')
+                    .and_then(|(e, n)| Some((e.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+                else {
+                    continue;
+                };
+                if e < below && !kept.contains(&(e, n)) && !awaiting.contains(&(e, n)) {
+                    let _ = self.kv.delete(&key);
+                }
+            } else if let Some(rest) = key.strip_prefix(&chunks_prefix) {
+                let Some((place, _)) = rest.split_once('/') else {
+                    continue;
+                };
+                let (e, slot) = match place.split_once('.') {
+                    Some((e, slot)) => (e.parse::<u64>().ok(), slot.parse::<u8>().ok()),
+                    None => (Some(0), place.parse::<u8>().ok()),
+                };
+                let (Some(e), Some(slot)) = (e, slot) else {
+                    continue;
+                };
+                if e < below && !chunk_sets.contains(&(e, slot)) {
+                    let _ = self.kv.delete(&key);
+                }
             }
         }
     }
+}
+
+/// The segments a checkpoint names, its pending rollback's included.
+fn named(cp: &Checkpoint) -> HashSet<(u64, u64)> {
+    cp.segments
+        .iter()
+        .chain(cp.pending.iter().flat_map(|p| p.rollback_segments.iter()))
+        .map(|s| (s.e, s.n))
+        .collect()
+}
+
+/// The slabs to rewrite as one segment each (the ones with the most segments first) so that
+/// the stream stays within [`MAX_SEGMENTS`] after writing `unsaved`.
+fn slabs_to_rewrite(
+    segments: &[Segment],
+    unsaved: &BTreeMap<u32, Vec<Record>>,
+    seen: &SeenSet,
+) -> BTreeSet<u32> {
+    let parts = |n: usize| n.div_ceil(SEGMENT_IDS);
+    let mut per_slab: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+    for s in segments {
+        let e = per_slab.entry(s.slab).or_default();
+        e.0 += 1;
+        e.1 += s.ids as usize;
+    }
+    let mut total = segments.len() + unsaved.values().map(|r| parts(r.len())).sum::<usize>();
+    let mut rewrite = BTreeSet::new();
+    while total > MAX_SEGMENTS {
+        let Some((&slab, &(count, _))) = per_slab
+            .iter()
+            .filter(|(slab, _)| !rewrite.contains(*slab))
+            .max_by_key(|(slab, (count, _))| (*count, std::cmp::Reverse(**slab)))
+        else {
+            break;
+        };
+        let adding = unsaved.get(&slab).map_or(0, |r| parts(r.len()));
+        let whole = parts(seen.slab_records(slab).len());
+        if count + adding <= whole {
+            break;
+        }
+        total = total - count - adding + whole;
+        rewrite.insert(slab);
+    }
+    rewrite
+}
+
+/// Decodes a chunk of a whole-set save into records.
+fn decode_chunk(chunk: &str, out: &mut Vec<Record>) -> Result<(), String> {
+    let (data, record) = match chunk.strip_prefix(CHUNK_PREFIX) {
+        Some(data) => (data, RECORD_BYTES),
+        None => (chunk, LEGACY_RECORD),
+    };
+    let bytes = STANDARD
+        .decode(data)
+        .map_err(|_| "not base64".to_string())?;
+    if bytes.len() % record != 0 {
+        return Err("truncated record".into());
+    }
+    for r in bytes.chunks(record) {
+        if record == RECORD_BYTES {
+            out.push(Record::decode(r));
+        } else {
+            // No project: its overlap counts never match, so it is read again in full.
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&r[..16]);
+            let time = i64::from_be_bytes(r[16..24].try_into().expect("8 bytes"));
+            out.push(Record {
+                key,
+                time: pack_time(time),
+                project: 0,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Who saves a checkpoint, and the check before each of its KV writes.
@@ -534,74 +658,230 @@ mod tests {
         format!("{n:032x}")
     }
 
+    fn keys(kv: &MemKv, part: &str) -> Vec<String> {
+        kv.0.borrow()
+            .keys()
+            .filter(|k| k.contains(part))
+            .cloned()
+            .collect()
+    }
+
+    const T: i64 = 1_790_000_000;
+
     #[test]
-    fn ids_round_trip_through_kv_in_chunks_under_the_limits() {
+    fn ids_round_trip_through_kv_in_segments_under_the_limits() {
         let kv = MemKv::default();
         let store = CheckpointStore::new(&kv, "events");
         let mut seen = SeenSet::default();
-        for n in 0..(RECORDS_PER_CHUNK as u64 * 2 + 17) {
-            assert!(seen.insert(&hex_id(n), 1_000 + n as i64));
+        for n in 0..(SEGMENT_IDS as u64 * 2 + 17) {
+            assert!(seen.insert(&hex_id(n), T + (n % 200) as i64));
         }
-        assert!(seen.insert("not-a-uuid", 5));
-        assert!(!seen.insert(&hex_id(3), 1_003));
+        assert!(seen.insert("not-a-uuid", T + 5));
+        assert!(!seen.insert(&hex_id(3), T + 3));
         let mut cp = Checkpoint {
             watermark: Some(99),
             ..Checkpoint::default()
         };
-        store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+        let before = seen.clone();
+        let stats = store
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
-        assert_eq!(cp.seen_chunks, 3);
+        assert!(seen.unsaved().is_empty());
+        assert_eq!(
+            cp.segments.iter().map(|s| s.ids as usize).sum::<usize>(),
+            before.len()
+        );
+        assert!(cp.segments.iter().all(|s| s.ids as usize <= SEGMENT_IDS));
+        for key in keys(&kv, "/ids/") {
+            assert!(kv.0.borrow()[&key].len() < 1_000_000, "{key}");
+        }
+        assert_eq!(stats.new_id_bytes, (before.len() * RECORD_BYTES) as u64);
         let (loaded_cp, loaded) = store.load().unwrap();
         assert_eq!(loaded_cp, cp);
-        assert_eq!(loaded, seen);
-        assert!(loaded.contains("not-a-uuid") && loaded.contains(&hex_id(0)));
-        assert!(kv.0.borrow().len() <= 4);
+        assert_eq!(loaded, before);
+        assert!(loaded.contains("not-a-uuid", T + 5) && loaded.contains(&hex_id(0), T));
     }
 
     #[test]
-    fn saving_switches_slots_and_drops_the_old_one() {
+    fn a_save_writes_what_changed_not_the_whole_set() {
         let kv = MemKv::default();
         let store = CheckpointStore::new(&kv, "events");
         let mut seen = SeenSet::default();
-        seen.insert(&hex_id(1), 10);
+        for n in 0..100_000u64 {
+            seen.insert_key(seen_key(&hex_id(n)), T + (n % 3600) as i64, 1 + n % 7);
+        }
         let mut cp = Checkpoint::default();
         store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
-        let first_slot = cp.seen_slot;
-        seen.insert(&hex_id(2), 20);
-        store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+        // An object's worth of new ids, in the newest minutes.
+        for n in 0..1_000u64 {
+            seen.insert_key(
+                seen_key(&hex_id(1_000_000 + n)),
+                T + 3600 + (n % 60) as i64,
+                2,
+            );
+        }
+        let stats = store
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
-        assert_ne!(cp.seen_slot, first_slot);
-        let keys: Vec<String> = kv.0.borrow().keys().cloned().collect();
-        assert_eq!(
-            keys,
-            vec![
-                "v1/events/checkpoint".to_string(),
-                format!("v1/events/seen/1.{}/0", cp.seen_slot)
-            ]
+        let record = kv.0.borrow()["v1/events/checkpoint"].len() as u64;
+        assert_eq!(stats.new_id_bytes, 28_000);
+        assert!(
+            stats.bytes <= 2 * stats.new_id_bytes + record,
+            "{stats:?}, record {record}"
         );
-        assert_eq!(store.load().unwrap().1.len(), 2);
+        assert_eq!(stats.keys as usize, kv.0.borrow().len());
+        assert_eq!(store.load().unwrap().1, seen);
     }
 
     #[test]
-    fn a_crash_before_the_checkpoint_switch_keeps_the_previous_state() {
+    fn many_small_saves_stay_within_the_key_budget() {
         let kv = MemKv::default();
         let store = CheckpointStore::new(&kv, "events");
         let mut seen = SeenSet::default();
-        seen.insert(&hex_id(1), 10);
+        let mut cp = Checkpoint::default();
+        let overlap = 3600;
+        let mut most_keys = 0;
+        // Two hours of runs a minute apart, each adding ids over its last ten minutes (late
+        // ones included) and pruning what the overlap passed.
+        for run in 0..120i64 {
+            let now = T + run * 60;
+            for n in 0..50u64 {
+                let id = (run as u64) << 32 | n;
+                seen.insert_key(seen_key(&hex_id(id)), now - (n as i64 * 13) % 600, 3);
+            }
+            seen.prune(now - overlap);
+            store
+                .save(&mut cp, &mut seen, &Writer::unfenced(1))
+                .unwrap();
+            most_keys = most_keys.max(kv.0.borrow().len());
+        }
+        assert!(cp.segments.len() <= MAX_SEGMENTS, "{}", cp.segments.len());
+        assert!(most_keys <= 200, "{most_keys} keys");
+        let (_, loaded) = store.load().unwrap();
+        assert_eq!(loaded, seen);
+        // Nothing older than the overlap is kept, in memory or in KV.
+        let floor_slab = crate::delivered::pack_time(T + 119 * 60 - overlap) / SLAB_SECS;
+        assert!(cp.segments.iter().all(|s| s.slab >= floor_slab));
+    }
+
+    #[test]
+    fn slabs_with_too_many_segments_are_rewritten_as_one() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        let mut cp = Checkpoint::default();
+        for save in 0..(MAX_SEGMENTS as u64 + 30) {
+            seen.insert_key(seen_key(&hex_id(save)), T + (save % 10) as i64, 1);
+            store
+                .save(&mut cp, &mut seen, &Writer::unfenced(1))
+                .unwrap();
+            assert!(cp.segments.len() <= MAX_SEGMENTS);
+        }
+        assert_eq!(store.load().unwrap().1, seen);
+        assert_eq!(keys(&kv, "/ids/").len(), cp.segments.len());
+    }
+
+    #[test]
+    fn a_crash_before_the_checkpoint_record_keeps_the_previous_state() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), T);
         let mut cp = Checkpoint::default();
         store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
-        // A later save wrote its chunk into the other slot, then died before the checkpoint.
-        let other = 1 - cp.seen_slot;
-        kv.set(&format!("v1/events/seen/{other}/0"), b"\"garbage\"")
-            .unwrap();
+        // A later save wrote its segment, then died before the checkpoint record.
+        seen.insert(&hex_id(2), T);
+        let died = || Err::<(), _>("the instance was stopped".to_string());
+        let mut next = cp.clone();
+        let writer = Writer {
+            epoch: 1,
+            over_later: false,
+            fence: &died,
+        };
+        kv.set("v1/events/ids/1.1", b"ids1garbage").unwrap();
+        assert!(store.save(&mut next, &mut seen, &writer).is_err());
+        assert_eq!(next, cp, "a failed save changes nothing");
+        assert_eq!(seen.unsaved().len(), 1, "and its ids stay unsaved");
         let (_, loaded) = store.load().unwrap();
-        assert!(loaded.contains(&hex_id(1)) && loaded.len() == 1);
+        assert!(loaded.contains(&hex_id(1), T) && loaded.len() == 1);
+        // The leftover stays one holder longer (its writer might still be running), and the
+        // holder after that drops it.
+        for (epoch, expected) in [(3, true), (5, false)] {
+            let (mut cp2, mut seen2) = store.load().unwrap();
+            seen2.insert(&hex_id(epoch), T);
+            store
+                .save(&mut cp2, &mut seen2, &Writer::unfenced(epoch))
+                .unwrap();
+            assert_eq!(kv.0.borrow().contains_key("v1/events/ids/1.1"), expected);
+        }
+        assert_eq!(store.load().unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn a_rollback_returns_to_the_ids_before_the_pending_object() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut seen = SeenSet::default();
+        seen.insert(&hex_id(1), T);
+        let mut cp = Checkpoint::default();
+        store
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
+            .unwrap();
+        let before = seen.clone();
+        cp.pending = Some(PendingObject::new("o".into(), "h".into(), &cp));
+        seen.insert(&hex_id(2), T + 1);
+        seen.prune(T + 1);
+        store
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
+            .unwrap();
+        let pending = cp.pending.take().unwrap();
+        let back = store.load_ids(&pending.rollback_ids_at()).unwrap();
+        assert_eq!(back, before, "the rollback's segments were kept");
+    }
+
+    #[test]
+    fn sets_saved_as_whole_chunks_load_and_move_to_segments() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let mut bytes = Vec::new();
+        for n in 0..10u64 {
+            Record {
+                key: seen_key(&hex_id(n)),
+                time: crate::delivered::pack_time(T + n as i64),
+                project: 7,
+            }
+            .encode_into(&mut bytes);
+        }
+        let chunk = format!("{CHUNK_PREFIX}{}", STANDARD.encode(&bytes));
+        state::save(&kv, "v1/events/seen/4.1/0", &chunk).unwrap();
+        let old = Checkpoint {
+            watermark: Some(T + 100),
+            seen_slot: 1,
+            seen_chunks: 1,
+            seen_epoch: 4,
+            epoch: 4,
+            ..Checkpoint::default()
+        };
+        state::save(&kv, "v1/events/checkpoint", &old).unwrap();
+        let (mut cp, mut seen) = store.load().unwrap();
+        assert_eq!(seen.len(), 10);
+        assert_eq!(seen.counts_in(T, T + 10).get(&7), Some(&10));
+        store
+            .save(&mut cp, &mut seen, &Writer::unfenced(5))
+            .unwrap();
+        assert_eq!((cp.seen_chunks, cp.segments.len()), (0, 1));
+        assert_eq!(store.load().unwrap().1.len(), 10);
+        // The chunks stay one holder longer, then go.
+        assert_eq!(keys(&kv, "/seen/").len(), 1);
+        let (mut cp, mut seen) = store.load().unwrap();
+        store
+            .save(&mut cp, &mut seen, &Writer::unfenced(6))
+            .unwrap();
+        assert!(keys(&kv, "/seen/").is_empty());
     }
 
     #[test]
@@ -612,17 +892,17 @@ mod tests {
         seen.insert(&hex_id(1), 10);
         let mut old_holder = Checkpoint::default();
         store
-            .save(&mut old_holder, &seen, true, &Writer::unfenced(4))
+            .save(&mut old_holder, &mut seen, &Writer::unfenced(4))
             .unwrap();
         let mut new_holder = store.load().unwrap().0;
         new_holder.watermark = Some(500);
         store
-            .save(&mut new_holder, &seen, false, &Writer::unfenced(5))
+            .save(&mut new_holder, &mut seen, &Writer::unfenced(5))
             .unwrap();
         let before = kv.0.borrow().clone();
         old_holder.watermark = Some(100);
         seen.insert(&hex_id(2), 20);
-        let refused = store.save(&mut old_holder, &seen, true, &Writer::unfenced(4));
+        let refused = store.save(&mut old_holder, &mut seen, &Writer::unfenced(4));
         assert!(
             matches!(&refused, Err(SaveError::Superseded(m)) if m.contains("another run")),
             "{refused:?}"
@@ -632,7 +912,7 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_that_lost_its_lease_mid_save_never_touches_the_new_holders_chunks() {
+    fn a_writer_that_lost_its_lease_mid_save_never_touches_the_new_holders_segments() {
         let kv = MemKv::default();
         let store = CheckpointStore::new(&kv, "events");
         let mut seen = SeenSet::default();
@@ -640,9 +920,7 @@ mod tests {
             seen.insert(&hex_id(n), 10 + n as i64);
         }
         let mut a = Checkpoint::default();
-        store
-            .save(&mut a, &seen, true, &Writer::unfenced(4))
-            .unwrap();
+        store.save(&mut a, &mut seen, &Writer::unfenced(4)).unwrap();
         // A goes on; before its next write, B takes over: loads, adds an id, saves.
         let took_over = std::cell::Cell::new(false);
         let b_state = RefCell::new(None);
@@ -651,7 +929,7 @@ mod tests {
                 let (mut b, mut b_seen) = store.load().unwrap();
                 b_seen.insert(&hex_id(99), 99);
                 store
-                    .save(&mut b, &b_seen, true, &Writer::unfenced(5))
+                    .save(&mut b, &mut b_seen, &Writer::unfenced(5))
                     .unwrap();
                 *b_state.borrow_mut() = Some((b, b_seen));
                 return Ok(());
@@ -664,7 +942,7 @@ mod tests {
             over_later: false,
             fence: &fence,
         };
-        let refused = store.save(&mut a, &seen, true, &writer);
+        let refused = store.save(&mut a, &mut seen, &writer);
         assert!(
             matches!(refused, Err(SaveError::Superseded(_))),
             "{refused:?}"
@@ -673,28 +951,26 @@ mod tests {
         let (loaded, loaded_seen) = store.load().unwrap();
         assert_eq!(loaded, b, "B's checkpoint stands");
         assert_eq!(loaded_seen, b_seen, "B's ids are whole");
-        // A left a chunk of its own behind; the next holder's first save drops it.
+        // A left a segment of its own behind that nothing names; the next holder's first
+        // save drops it.
+        let named: Vec<String> = b
+            .segments
+            .iter()
+            .map(|s| format!("v1/events/ids/{}.{}", s.e, s.n))
+            .collect();
         let leftovers = |kv: &MemKv| {
-            kv.0.borrow()
-                .keys()
-                .filter(|k| k.starts_with("v1/events/seen/4."))
+            keys(kv, "/ids/4.")
+                .into_iter()
+                .filter(|k| !named.contains(k))
                 .count()
         };
         assert!(leftovers(&kv) > 0);
         let (mut c, mut c_seen) = store.load().unwrap();
         c_seen.insert(&hex_id(77), 77);
         store
-            .save(&mut c, &c_seen, true, &Writer::unfenced(6))
+            .save(&mut c, &mut c_seen, &Writer::unfenced(6))
             .unwrap();
         assert_eq!(leftovers(&kv), 0);
-        // B's chunks stay one holder longer (B could have stalled); the next one drops them.
-        let of = |kv: &MemKv, e: &str| kv.0.borrow().keys().filter(|k| k.contains(e)).count();
-        assert!(of(&kv, "/seen/5.") > 0);
-        let (mut d, d_seen) = store.load().unwrap();
-        store
-            .save(&mut d, &d_seen, true, &Writer::unfenced(7))
-            .unwrap();
-        assert_eq!(of(&kv, "/seen/5."), 0);
         assert_eq!(store.load().unwrap().1.len(), 12);
     }
 
@@ -705,9 +981,7 @@ mod tests {
         let mut seen = SeenSet::default();
         seen.insert(&hex_id(1), 10);
         let mut a = Checkpoint::default();
-        store
-            .save(&mut a, &seen, true, &Writer::unfenced(4))
-            .unwrap();
+        store.save(&mut a, &mut seen, &Writer::unfenced(4)).unwrap();
         // A passes its checks, then freezes; meanwhile B takes over and saves twice.
         let took_over = std::cell::Cell::new(false);
         let fence = || {
@@ -716,7 +990,7 @@ mod tests {
                 for n in 2..4 {
                     b_seen.insert(&hex_id(n), 10 + n as i64);
                     store
-                        .save(&mut b, &b_seen, true, &Writer::unfenced(5))
+                        .save(&mut b, &mut b_seen, &Writer::unfenced(5))
                         .unwrap();
                 }
             }
@@ -729,7 +1003,7 @@ mod tests {
             fence: &fence,
         };
         // A's writes land late: its checkpoint is stale, but every chunk it names is there.
-        store.save(&mut a, &seen, true, &frozen).unwrap();
+        store.save(&mut a, &mut seen, &frozen).unwrap();
         let (loaded, ids) = store.load().expect("the checkpoint loads");
         assert_eq!((loaded.epoch, ids.len()), (4, 2));
     }
@@ -768,63 +1042,37 @@ mod tests {
         };
         let store = CheckpointStore::new(&kv, "events");
         let mut seen = SeenSet::default();
-        seen.insert(&hex_id(1), 10);
+        seen.insert(&hex_id(1), T);
         let mut cp = Checkpoint::default();
         store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
         let old_record = kv.kv.get("v1/events/checkpoint").unwrap();
-        seen.insert(&hex_id(2), 20);
+        seen.insert(&hex_id(2), T + 400);
+        // The first segment's slab passed out of the overlap: it is dropped and deleted.
+        seen.prune(T + 400);
         store
-            .save(&mut cp, &seen, true, &Writer::unfenced(1))
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
             .unwrap();
-        // The old slot's chunks are gone; the stale record still points at them.
+        // The old segment is gone; the stale record still points at it.
+        assert_eq!(cp.segments.len(), 1);
         *kv.stale.borrow_mut() = old_record;
         let (loaded_cp, loaded) = store.load().unwrap();
         assert_eq!(loaded_cp, cp);
-        assert_eq!(loaded.len(), 2);
-    }
-
-    #[test]
-    fn pruning_forgets_only_events_before_the_bound() {
-        let mut seen = SeenSet::default();
-        let t = 1_790_000_000;
-        seen.insert(&hex_id(1), t + 100);
-        seen.insert(&hex_id(2), t + 200);
-        seen.prune(t + 150);
-        assert!(!seen.contains(&hex_id(1)) && seen.contains(&hex_id(2)));
-    }
-
-    #[test]
-    fn counts_per_project_cover_exactly_the_range() {
-        let mut seen = SeenSet::default();
-        let t = 1_790_000_000;
-        for i in 0..10u64 {
-            seen.insert_key(seen_key(&hex_id(i)), t + i as i64 * 10, 1 + i % 2);
-        }
-        let counts = seen.counts_in(t + 10, t + 60);
-        assert_eq!(counts.get(&1), Some(&2), "{counts:?}");
-        assert_eq!(counts.get(&2), Some(&3), "{counts:?}");
-        // Projects and times survive the KV encoding.
-        let mut back = SeenSet::default();
-        for chunk in seen.encode() {
-            assert!(chunk.starts_with(CHUNK_PREFIX));
-            back.decode_into(&chunk).unwrap();
-        }
-        assert_eq!(back, seen);
+        assert_eq!(loaded.len(), 1);
     }
 
     #[test]
     fn chunks_written_before_projects_were_kept_still_load() {
-        let t: i64 = 1_790_000_000;
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&seen_key(&hex_id(7)));
-        bytes.extend_from_slice(&t.to_be_bytes());
-        let mut seen = SeenSet::default();
-        seen.decode_into(&STANDARD.encode(&bytes)).unwrap();
-        assert!(seen.contains(&hex_id(7)));
+        bytes.extend_from_slice(&T.to_be_bytes());
+        let mut records = Vec::new();
+        decode_chunk(&STANDARD.encode(&bytes), &mut records).unwrap();
+        let seen = SeenSet::from_records(records, 0);
+        assert!(seen.contains(&hex_id(7), T));
         // No project is known, so no project's overlap count can match it.
-        assert_eq!(seen.counts_in(t, t + 1).get(&0), Some(&1));
+        assert_eq!(seen.counts_in(T, T + 1).get(&0), Some(&1));
     }
 
     #[test]

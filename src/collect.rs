@@ -47,7 +47,7 @@ pub const BAD_ITEM_TRIES: u32 = 3;
 /// The "project" a quarantined item is recorded under in the delivered-id set: it keeps the
 /// item from being set apart twice, and stays out of every project's overlap count (the item's
 /// own time may be unreadable, so it cannot be counted where Sentry counts it).
-pub(crate) const QUARANTINED: u64 = u64::MAX;
+pub(crate) const QUARANTINED: u64 = crate::delivered::SET_APART;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ObjectSummary {
@@ -93,6 +93,9 @@ pub struct StreamSummary {
     /// Items without a readable id or time, set apart in the stream's quarantine prefix after
     /// [`BAD_ITEM_TRIES`] reads of their page.
     pub quarantined: u64,
+    /// What saving the checkpoint wrote to KV: values, bytes, and of those the bytes of ids
+    /// new since the save before (28 each); and the keys the stream's state used at the end.
+    pub state: StateWrites,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
@@ -101,6 +104,31 @@ pub struct StreamSummary {
     /// writing, and the run ends.
     #[serde(skip)]
     pub lease_lost: Option<String>,
+}
+
+/// What a stream's checkpoint saves wrote to KV in a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateWrites {
+    pub saves: u64,
+    pub writes: u64,
+    pub bytes: u64,
+    pub new_id_bytes: u64,
+    /// The most any one save wrote.
+    pub max_save_bytes: u64,
+    pub keys: u64,
+    /// Delivered ids held at the end of the run.
+    pub ids: u64,
+}
+
+impl StateWrites {
+    fn add(&mut self, s: crate::checkpoint::SaveStats) {
+        self.saves += 1;
+        self.writes += s.writes;
+        self.bytes += s.bytes;
+        self.new_id_bytes += s.new_id_bytes;
+        self.max_save_bytes = self.max_save_bytes.max(s.bytes);
+        self.keys = s.keys;
+    }
 }
 
 /// Events read but not yet written.
@@ -121,7 +149,6 @@ struct Collector<'a, 'e> {
     store: CheckpointStore<'a>,
     checkpoint: Checkpoint,
     seen: SeenSet,
-    seen_changed: bool,
     buffer: Buffer,
     summary: StreamSummary,
     /// A sampled-results warning was given in this run.
@@ -194,7 +221,6 @@ pub fn collect_stream(
         store,
         checkpoint,
         seen,
-        seen_changed: false,
         buffer: Buffer::default(),
         summary,
         warned_partial: false,
@@ -315,7 +341,7 @@ pub(crate) fn settle_pending(
     gcs: &GcsClient,
     lease: &Lease,
     env: Env,
-    (mut cp, seen): (Checkpoint, SeenSet),
+    (mut cp, mut seen): (Checkpoint, SeenSet),
     summary: &mut StreamSummary,
 ) -> Result<(Checkpoint, SeenSet), Stop> {
     let Some(pending) = cp.pending.take() else {
@@ -333,17 +359,24 @@ pub(crate) fn settle_pending(
             "an interrupted run had written {}; it is kept and its events are not read again",
             pending.name
         ));
-        save_fenced(store, lease, env, gcs, &mut cp, &seen, false)?;
+        summary
+            .state
+            .add(save_fenced(store, lease, env, gcs, &mut cp, &mut seen)?);
         seen
     } else {
-        cp.in_progress = pending.rollback_progress;
-        cp.seen_slot = pending.rollback_slot;
-        cp.seen_chunks = pending.rollback_chunks;
-        cp.seen_epoch = pending.rollback_epoch;
-        let rolled_back = store
-            .load_seen(cp.seen_epoch, cp.seen_slot, cp.seen_chunks)
+        cp.in_progress = pending.rollback_progress.clone();
+        cp.set_ids_at(pending.rollback_ids_at());
+        let mut rolled_back = store
+            .load_ids(&cp.ids_at())
             .map_err(|e| Stop::Failed(Failure::unreadable(e)))?;
-        save_fenced(store, lease, env, gcs, &mut cp, &rolled_back, false)?;
+        summary.state.add(save_fenced(
+            store,
+            lease,
+            env,
+            gcs,
+            &mut cp,
+            &mut rolled_back,
+        )?);
         rolled_back
     };
     Ok((cp, seen))
@@ -369,9 +402,8 @@ fn save_fenced(
     env: Env,
     gcs: &GcsClient,
     cp: &mut Checkpoint,
-    seen: &SeenSet,
-    seen_changed: bool,
-) -> Result<(), Stop> {
+    seen: &mut SeenSet,
+) -> Result<crate::checkpoint::SaveStats, Stop> {
     lease.check_time(env.clock.now()).map_err(fenced)?;
     let failed = |e: String| {
         Stop::WriteFailed(Failure {
@@ -386,18 +418,16 @@ fn save_fenced(
         over_later: false,
         fence: &fence,
     };
-    match store.save(cp, seen, seen_changed, &writer) {
-        Ok(()) => Ok(()),
+    match store.save(cp, seen, &writer) {
+        Ok(stats) => Ok(stats),
         Err(SaveError::Failed(e)) => Err(failed(e)),
         Err(SaveError::Superseded(_)) => {
             lease.check(&env, gcs).map_err(fenced)?;
             writer.over_later = true;
-            store
-                .save(cp, seen, seen_changed, &writer)
-                .map_err(|e| match e {
-                    SaveError::Superseded(why) => Stop::Lost(why),
-                    SaveError::Failed(e) => failed(e),
-                })
+            store.save(cp, seen, &writer).map_err(|e| match e {
+                SaveError::Superseded(why) => Stop::Lost(why),
+                SaveError::Failed(e) => failed(e),
+            })
         }
     }
 }
@@ -742,7 +772,7 @@ impl Collector<'_, '_> {
             // Items set apart by an earlier read (of an overlap) are not retried.
             let set_apart = |r: &crate::sentry::pages::Rejected| {
                 self.seen
-                    .contains_key(&rejected_key(page.parsed.rejected_json(r)))
+                    .set_apart_contains(&rejected_key(page.parsed.rejected_json(r)))
             };
             if !page.parsed.rejected.iter().all(set_apart) {
                 self.bad_reads += 1;
@@ -780,6 +810,12 @@ impl Collector<'_, '_> {
                     OBJECT_TARGET_BYTES.max(page.parsed.body_len()) + MULTIPART_SLACK,
                 );
             }
+            if self.seen.len() + page.parsed.items.len() > crate::delivered::MAX_IDS {
+                return Err(Stop::Failed(Failure {
+                    message: too_many_ids(self.def.name, self.config),
+                    transient: false,
+                }));
+            }
             let took = absorb(
                 &page.parsed,
                 window,
@@ -787,7 +823,6 @@ impl Collector<'_, '_> {
                 &mut self.seen,
                 &mut self.buffer.ndjson,
             );
-            self.seen_changed |= took.written > 0;
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
             self.summary.duplicates_dropped += took.duplicates;
@@ -926,7 +961,6 @@ impl Collector<'_, '_> {
         if n == 0 {
             return Ok(());
         }
-        self.seen_changed = true;
         let sha256 = gcs::sha256_hex(&body);
         let name = gcs::object_name(
             &self.config.gcs,
@@ -1066,17 +1100,13 @@ impl Collector<'_, '_> {
         let events = data.events;
         let mut after = progress.clone();
         after.objects += 1;
-        self.checkpoint.pending = Some(PendingObject {
-            name: name.clone(),
-            sha256: sha256.clone(),
-            rollback_progress: self.checkpoint.in_progress.clone(),
-            rollback_slot: self.checkpoint.seen_slot,
-            rollback_chunks: self.checkpoint.seen_chunks,
-            rollback_epoch: self.checkpoint.seen_epoch,
-        });
+        self.checkpoint.pending = Some(PendingObject::new(
+            name.clone(),
+            sha256.clone(),
+            &self.checkpoint,
+        ));
         self.checkpoint.in_progress = Some(after);
         // The pending mark must reach KV before the object may exist.
-        self.seen_changed = true;
         self.save()?;
         self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
@@ -1095,16 +1125,16 @@ impl Collector<'_, '_> {
     }
 
     fn save(&mut self) -> Result<(), Stop> {
-        save_fenced(
+        let stats = save_fenced(
             &self.store,
             self.lease,
             self.env,
             self.gcs,
             &mut self.checkpoint,
-            &self.seen,
-            self.seen_changed,
+            &mut self.seen,
         )?;
-        self.seen_changed = false;
+        self.summary.state.add(stats);
+        self.summary.state.ids = self.seen.len() as u64;
         Ok(())
     }
 
@@ -1114,14 +1144,23 @@ impl Collector<'_, '_> {
         self.checkpoint.floors.retain(|f| f.at > window.end);
         self.checkpoint.in_progress = None;
         self.checkpoint.pending = None;
-        let before = self.seen.len();
         self.seen
             .prune(window.end - self.config.timing.overlap.as_secs() as i64);
-        self.seen_changed |= self.seen.len() != before;
         self.save()?;
         self.summary.window_finished = true;
         Ok(())
     }
+}
+
+/// Why a window cannot be read within the memory a run may use, and what to change.
+fn too_many_ids(stream: &str, config: &Config) -> String {
+    let t = &config.timing;
+    format!(
+        "{stream}: the window holds more than {} ids to remember (the overlap's and the window's), the most a run keeps in memory: lower `max_window` (now {}s; the window in progress keeps its end, so also delete the stream's checkpoint or wait for a smaller one) or `overlap` (now {}s), or split the org with `shard`",
+        crate::delivered::MAX_IDS,
+        t.max_window.as_secs(),
+        t.overlap.as_secs()
+    )
 }
 
 /// What [`absorb`] did with a page.

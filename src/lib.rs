@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod collect;
 pub mod config;
+pub mod delivered;
 pub mod gcs;
 pub mod hex;
 pub mod http_api;

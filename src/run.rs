@@ -431,7 +431,7 @@ fn migrate_held(
     for to in new {
         let name = layout::state_name(to);
         let store = CheckpointStore::new(env.kv, &name);
-        let (mut cp, seen) = layout::merge(&loaded, *to, overlap, unowned).unwrap_or_default();
+        let (mut cp, mut seen) = layout::merge(&loaded, *to, overlap, unowned).unwrap_or_default();
         let writer = Writer {
             epoch: lease_of(to)?.epoch,
             // Every lease involved is held: an epoch from before a lease folder was emptied
@@ -440,7 +440,7 @@ fn migrate_held(
             fence: &fence,
         };
         store
-            .save(&mut cp, &seen, true, &writer)
+            .save(&mut cp, &mut seen, &writer)
             .map_err(|e| match e {
                 SaveError::Superseded(why) => RunError::Busy(why),
                 SaveError::Failed(why) => RunError::State(why),

@@ -1,0 +1,557 @@
+//! The delivered-id set in memory: the ids a later read of an overlap may return again, each
+//! with its time and project, kept by minute of their time in 24 bytes an id, and capped.
+//!
+//! How it is kept in KV (segments by five-minute slab) is `checkpoint`'s business; this module
+//! only says which ids were added since the last save and which slab each belongs to.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rsa::sha2::{Digest, Sha256};
+
+/// The most ids a set holds: 24 bytes each (36 MB at the cap, within the 64 MiB an instance
+/// needs in all). A window that would pass it stops the stream with a message naming
+/// `overlap` and `max_window`, instead of growing until the host's 128 MiB traps it.
+pub const MAX_IDS: usize = 1_500_000;
+/// The project under which items set apart (no readable id or time) are recorded.
+pub const SET_APART: u64 = u64::MAX;
+/// Times are kept as seconds since 2000-01-01 in four bytes (until 2136).
+const EPOCH_2000: i64 = 946_684_800;
+/// Ids are looked up in the minute of their time (an item's time never changes: it is part of
+/// what Sentry returns for the same id, and part of the key where it could move).
+const BUCKET_SECS: u32 = 60;
+/// Ids are written to KV by slab of this many seconds: a slab's segments are rewritten as one
+/// when there are too many, and dropped whole once the overlap has passed them.
+pub const SLAB_SECS: u32 = 300;
+/// New ids of a bucket are kept sorted apart from its bulk, and merged in past this many.
+const RECENT_MAX: usize = 64;
+/// One record in KV: 16-byte id, 4-byte time, 8-byte project.
+pub const RECORD_BYTES: usize = 28;
+
+/// Seconds since [`EPOCH_2000`], clamped to four bytes.
+pub fn pack_time(t: i64) -> u32 {
+    (t - EPOCH_2000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Unix seconds of a packed time.
+pub fn unpack_time(t: u32) -> i64 {
+    i64::from(t) + EPOCH_2000
+}
+
+/// The 16 bytes an id is kept as: a 32-hex-digit Sentry event id exactly, anything else as
+/// the first 16 bytes of its SHA-256.
+pub fn seen_key(id: &str) -> [u8; 16] {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut key = [0u8; 16];
+    let hex = id.as_bytes();
+    let parsed = hex.len() == 32
+        && hex.chunks_exact(2).enumerate().all(|(i, pair)| {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(h), Some(l)) => {
+                    key[i] = h << 4 | l;
+                    true
+                }
+                _ => false,
+            }
+        });
+    if !parsed {
+        key.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+    }
+    key
+}
+
+/// One delivered id as KV keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Record {
+    pub key: [u8; 16],
+    /// Packed (see [`pack_time`]).
+    pub time: u32,
+    pub project: u64,
+}
+
+impl Record {
+    pub fn slab(&self) -> u32 {
+        self.time / SLAB_SECS
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.time.to_be_bytes());
+        out.extend_from_slice(&self.project.to_be_bytes());
+    }
+
+    pub fn decode(r: &[u8]) -> Record {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&r[..16]);
+        Record {
+            key,
+            time: u32::from_be_bytes(r[16..20].try_into().expect("4 bytes")),
+            project: u64::from_be_bytes(r[20..28].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// An id in memory: the project is an index into the set's project table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    key: [u8; 16],
+    time: u32,
+    project: u32,
+}
+
+/// The ids of one minute: a sorted bulk and a short sorted list of the newest, merged into
+/// the bulk when it passes [`RECENT_MAX`] (so an insert moves at most that many entries).
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    bulk: Vec<Entry>,
+    recent: Vec<Entry>,
+}
+
+impl Bucket {
+    fn find(&self, key: &[u8; 16]) -> bool {
+        let by_key = |e: &Entry| e.key.cmp(key);
+        self.recent.binary_search_by(by_key).is_ok() || self.bulk.binary_search_by(by_key).is_ok()
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let at = self
+            .recent
+            .binary_search_by(|e| e.key.cmp(&entry.key))
+            .unwrap_or_else(|i| i);
+        self.recent.insert(at, entry);
+        if self.recent.len() > RECENT_MAX {
+            self.merge_recent();
+        }
+    }
+
+    /// Merges the recent list into the bulk in place, from the back. The bulk grows by a
+    /// quarter at a time, so a growing minute wastes at most a fifth of its allocation.
+    fn merge_recent(&mut self) {
+        let add = self.recent.len();
+        let have = self.bulk.len();
+        if self.bulk.capacity() < have + add {
+            self.bulk.reserve_exact(add.max(have / 4));
+        }
+        let filler = self.recent[0];
+        self.bulk.resize(have + add, filler);
+        let (mut i, mut j, mut k) = (have, add, have + add);
+        while j > 0 {
+            if i > 0 && self.bulk[i - 1].key > self.recent[j - 1].key {
+                self.bulk[k - 1] = self.bulk[i - 1];
+                i -= 1;
+            } else {
+                self.bulk[k - 1] = self.recent[j - 1];
+                j -= 1;
+            }
+            k -= 1;
+        }
+        self.recent.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.bulk.iter().chain(self.recent.iter())
+    }
+
+    fn len(&self) -> usize {
+        self.bulk.len() + self.recent.len()
+    }
+}
+
+/// The ids delivered recently, with each item's time (so old ones can be dropped) and the
+/// project it was read from (0 for org-wide streams), so the next window can tell, project
+/// by project, whether its overlap holds anything new.
+#[derive(Debug, Clone, Default)]
+pub struct SeenSet {
+    buckets: BTreeMap<u32, Bucket>,
+    /// Items set apart (recorded under [`SET_APART`]): looked up by key alone, since their
+    /// time is the window's, not theirs.
+    set_apart: HashMap<[u8; 16], u32>,
+    projects: Vec<u64>,
+    project_index: HashMap<u64, u32>,
+    len: usize,
+    /// Ids added since the last save, in the order added: what the next save writes.
+    unsaved: Vec<Record>,
+    /// Nothing older than this (packed) is kept.
+    floor: u32,
+}
+
+impl PartialEq for SeenSet {
+    /// The same ids with the same times and projects (what is unsaved does not matter).
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.records() == other.records()
+    }
+}
+
+impl Eq for SeenSet {}
+
+impl SeenSet {
+    /// Records an id; `false` when it was already there.
+    pub fn insert(&mut self, event_id: &str, date_created: i64) -> bool {
+        self.insert_key(seen_key(event_id), date_created, 0)
+    }
+
+    /// Records a key made by [`seen_key`], read from `project`; `false` when it was already
+    /// there.
+    pub fn insert_key(&mut self, key: [u8; 16], time: i64, project: u64) -> bool {
+        let record = Record {
+            key,
+            time: pack_time(time),
+            project,
+        };
+        if !self.add(record) {
+            return false;
+        }
+        self.unsaved.push(record);
+        true
+    }
+
+    fn add(&mut self, r: Record) -> bool {
+        if project_is_set_apart(r.project) {
+            if self.set_apart.contains_key(&r.key) {
+                return false;
+            }
+            self.set_apart.insert(r.key, r.time);
+            self.len += 1;
+            return true;
+        }
+        let project = self.project_slot(r.project);
+        let bucket = self.buckets.entry(r.time / BUCKET_SECS).or_default();
+        if bucket.find(&r.key) {
+            return false;
+        }
+        bucket.insert(Entry {
+            key: r.key,
+            time: r.time,
+            project,
+        });
+        self.len += 1;
+        true
+    }
+
+    fn project_slot(&mut self, project: u64) -> u32 {
+        if let Some(&i) = self.project_index.get(&project) {
+            return i;
+        }
+        let i = self.projects.len() as u32;
+        self.projects.push(project);
+        self.project_index.insert(project, i);
+        i
+    }
+
+    /// Whether `key` was recorded with a time of `time`.
+    pub fn contains_at(&self, key: &[u8; 16], time: i64) -> bool {
+        self.buckets
+            .get(&(pack_time(time) / BUCKET_SECS))
+            .is_some_and(|b| b.find(key))
+    }
+
+    /// Whether an event id with its time is recorded.
+    pub fn contains(&self, event_id: &str, time: i64) -> bool {
+        self.contains_at(&seen_key(event_id), time)
+    }
+
+    /// Whether an item set apart (by the key of its text) is recorded.
+    pub fn set_apart_contains(&self, key: &[u8; 16]) -> bool {
+        self.set_apart.contains_key(key)
+    }
+
+    /// How many ids each project has with a time in `[start, end)`.
+    pub fn counts_in(&self, start: i64, end: i64) -> HashMap<u64, u64> {
+        let (start, end) = (pack_time(start), pack_time(end));
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let mut per_slot = vec![0u64; self.projects.len()];
+        for (_, bucket) in self.buckets.range(start / BUCKET_SECS..=end / BUCKET_SECS) {
+            for e in bucket.iter() {
+                if e.time >= start && e.time < end {
+                    per_slot[e.project as usize] += 1;
+                }
+            }
+        }
+        for (slot, n) in per_slot.into_iter().enumerate() {
+            if n > 0 {
+                counts.insert(self.projects[slot], n);
+            }
+        }
+        let apart = self
+            .set_apart
+            .values()
+            .filter(|&&t| t >= start && t < end)
+            .count() as u64;
+        if apart > 0 {
+            counts.insert(SET_APART, apart);
+        }
+        counts
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds the ids of `other` read from a project `keep` accepts (as unsaved ids).
+    pub fn extend_where(&mut self, other: &SeenSet, keep: impl Fn(u64) -> bool) {
+        for r in other.records() {
+            if keep(r.project) && self.add(r) {
+                self.unsaved.push(r);
+            }
+        }
+    }
+
+    /// Forgets ids of events older than `before`: no later window reaches them.
+    pub fn prune(&mut self, before: i64) {
+        let before = pack_time(before);
+        if before <= self.floor {
+            return;
+        }
+        self.floor = before;
+        let keep = self.buckets.split_off(&(before / BUCKET_SECS));
+        let dropped: usize = self.buckets.values().map(Bucket::len).sum();
+        self.buckets = keep;
+        self.len -= dropped;
+        if let Some(first) = self.buckets.values_mut().next() {
+            let n = first.len();
+            first.bulk.retain(|e| e.time >= before);
+            first.recent.retain(|e| e.time >= before);
+            self.len -= n - first.len();
+        }
+        let n = self.set_apart.len();
+        self.set_apart.retain(|_, t| *t >= before);
+        self.len -= n - self.set_apart.len();
+        self.unsaved.retain(|r| r.time >= before);
+    }
+
+    /// Nothing older than this (unix seconds) is kept.
+    pub fn floor(&self) -> i64 {
+        unpack_time(self.floor)
+    }
+
+    /// Every id, sorted by time, then key.
+    pub fn records(&self) -> Vec<Record> {
+        let mut all: Vec<Record> = self
+            .buckets
+            .values()
+            .flat_map(Bucket::iter)
+            .map(|e| self.record(e))
+            .chain(self.set_apart.iter().map(|(k, &t)| Record {
+                key: *k,
+                time: t,
+                project: SET_APART,
+            }))
+            .collect();
+        all.sort_unstable_by_key(|r| (r.time, r.key));
+        all
+    }
+
+    fn record(&self, e: &Entry) -> Record {
+        Record {
+            key: e.key,
+            time: e.time,
+            project: self.projects[e.project as usize],
+        }
+    }
+
+    /// The ids of a slab (see [`Record::slab`]).
+    pub fn slab_records(&self, slab: u32) -> Vec<Record> {
+        let (start, end) = (slab * SLAB_SECS, (slab + 1) * SLAB_SECS);
+        let mut out: Vec<Record> = self
+            .buckets
+            .range(start / BUCKET_SECS..end / BUCKET_SECS)
+            .flat_map(|(_, b)| b.iter())
+            .map(|e| self.record(e))
+            .collect();
+        out.extend(
+            self.set_apart
+                .iter()
+                .filter(|(_, &t)| t >= start && t < end)
+                .map(|(k, &t)| Record {
+                    key: *k,
+                    time: t,
+                    project: SET_APART,
+                }),
+        );
+        out
+    }
+
+    /// The ids added since the last save.
+    pub fn unsaved(&self) -> &[Record] {
+        &self.unsaved
+    }
+
+    /// The last save wrote every unsaved id.
+    pub fn mark_saved(&mut self) {
+        self.unsaved = Vec::new();
+    }
+
+    /// Every id is to be written again (a set read from another layout's keys).
+    pub fn mark_all_unsaved(&mut self) {
+        self.unsaved = self.records();
+    }
+
+    /// An empty set that keeps nothing older than `floor` (unix seconds).
+    pub fn with_floor(floor: i64) -> SeenSet {
+        SeenSet {
+            floor: pack_time(floor),
+            ..SeenSet::default()
+        }
+    }
+
+    /// Builds a set from records (not unsaved), dropping those older than `floor`.
+    pub fn from_records(records: impl IntoIterator<Item = Record>, floor: i64) -> SeenSet {
+        let mut set = SeenSet::with_floor(floor);
+        set.load_records(records, 0);
+        set
+    }
+
+    /// Adds ids read back from KV (not unsaved), sorted once rather than inserted one by
+    /// one; `capacity` is how many there are at most (one allocation). Ids older than the
+    /// floor and repeats are dropped.
+    pub fn load_records(&mut self, records: impl IntoIterator<Item = Record>, capacity: usize) {
+        let mut entries: Vec<Entry> = Vec::with_capacity(capacity);
+        for r in records {
+            if r.time < self.floor {
+                continue;
+            }
+            if project_is_set_apart(r.project) {
+                if self.set_apart.insert(r.key, r.time).is_none() {
+                    self.len += 1;
+                }
+                continue;
+            }
+            let project = self.project_slot(r.project);
+            entries.push(Entry {
+                key: r.key,
+                time: r.time,
+                project,
+            });
+        }
+        let minute_key = |e: &Entry| (e.time / BUCKET_SECS, e.key);
+        entries.sort_unstable_by_key(minute_key);
+        entries.dedup_by(|a, b| minute_key(a) == minute_key(b));
+        for run in entries.chunk_by(|a, b| a.time / BUCKET_SECS == b.time / BUCKET_SECS) {
+            let bucket = self.buckets.entry(run[0].time / BUCKET_SECS).or_default();
+            if bucket.len() == 0 {
+                bucket.bulk = run.to_vec();
+                self.len += run.len();
+                continue;
+            }
+            for e in run {
+                if !bucket.find(&e.key) {
+                    bucket.insert(*e);
+                    self.len += 1;
+                }
+            }
+        }
+    }
+}
+
+fn project_is_set_apart(project: u64) -> bool {
+    project == SET_APART
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex_id(n: u64) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn ids_are_found_in_their_minute_whatever_the_order_they_came_in() {
+        let mut seen = SeenSet::default();
+        let t = 1_790_000_000;
+        // Many ids in a few minutes, inserted out of order: recent lists merge many times.
+        for i in (0..5_000u64).rev() {
+            assert!(seen.insert_key(seen_key(&hex_id(i * 7919)), t + (i % 180) as i64, i % 3));
+        }
+        for i in 0..5_000u64 {
+            let key = seen_key(&hex_id(i * 7919));
+            assert!(seen.contains_at(&key, t + (i % 180) as i64), "{i}");
+            assert!(!seen.insert_key(key, t + (i % 180) as i64, i % 3));
+        }
+        assert!(!seen.contains_at(&seen_key(&hex_id(1)), t));
+        assert_eq!(seen.len(), 5_000);
+        assert_eq!(seen.unsaved().len(), 5_000);
+        // Read back from its records, the set is the same.
+        let back = SeenSet::from_records(seen.records(), 0);
+        assert_eq!(back, seen);
+        assert!(back.unsaved().is_empty());
+    }
+
+    #[test]
+    fn pruning_forgets_only_ids_before_the_bound() {
+        let mut seen = SeenSet::default();
+        let t = 1_790_000_000;
+        for i in 0..300u64 {
+            seen.insert_key(seen_key(&hex_id(i)), t + i as i64, 1);
+        }
+        seen.insert_key(seen_key("apart"), t + 10, SET_APART);
+        seen.prune(t + 150);
+        assert_eq!(seen.len(), 150);
+        assert!(!seen.contains_at(&seen_key(&hex_id(149)), t + 149));
+        assert!(seen.contains_at(&seen_key(&hex_id(150)), t + 150));
+        assert!(!seen.set_apart_contains(&seen_key("apart")));
+        assert!(seen
+            .unsaved()
+            .iter()
+            .all(|r| unpack_time(r.time) >= t + 150));
+        // Ids older than the floor are not recorded again.
+        assert_eq!(seen.floor(), t + 150);
+    }
+
+    #[test]
+    fn counts_per_project_cover_exactly_the_range() {
+        let mut seen = SeenSet::default();
+        let t = 1_790_000_000;
+        for i in 0..10u64 {
+            seen.insert_key(seen_key(&hex_id(i)), t + i as i64 * 10, 1 + i % 2);
+        }
+        seen.insert_key(seen_key("x"), t + 20, SET_APART);
+        let counts = seen.counts_in(t + 10, t + 60);
+        assert_eq!(counts.get(&1), Some(&2), "{counts:?}");
+        assert_eq!(counts.get(&2), Some(&3), "{counts:?}");
+        assert_eq!(counts.get(&SET_APART), Some(&1), "{counts:?}");
+    }
+
+    #[test]
+    fn a_slab_holds_exactly_the_ids_of_its_five_minutes() {
+        let mut seen = SeenSet::default();
+        let t = unpack_time(1_000 * SLAB_SECS);
+        for i in 0..900u64 {
+            seen.insert_key(seen_key(&hex_id(i)), t + i as i64, 4);
+        }
+        let slab = seen.slab_records(1_001);
+        assert_eq!(slab.len(), SLAB_SECS as usize);
+        assert!(slab.iter().all(|r| r.slab() == 1_001));
+        let mut bytes = Vec::new();
+        slab[0].encode_into(&mut bytes);
+        assert_eq!(bytes.len(), RECORD_BYTES);
+        assert_eq!(Record::decode(&bytes), slab[0]);
+    }
+
+    #[test]
+    fn memory_per_id_stays_near_24_bytes_as_minutes_grow() {
+        let mut seen = SeenSet::default();
+        let t = 1_790_000_000;
+        for i in 0..200_000u64 {
+            seen.insert_key(seen_key(&hex_id(i * 31)), t + (i % 600) as i64, 1);
+        }
+        let allocated: usize = seen
+            .buckets
+            .values()
+            .map(|b| (b.bulk.capacity() + b.recent.capacity()) * std::mem::size_of::<Entry>())
+            .sum();
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        let per_id = allocated as f64 / seen.len() as f64;
+        assert!(per_id < 24.0 * 1.35, "{per_id} bytes an id");
+    }
+}
