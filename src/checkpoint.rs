@@ -325,16 +325,21 @@ impl<'a> CheckpointStore<'a> {
                     .get(&key)
                     .map_err(|e| format!("KV get {key}: {e}"))?
                     .ok_or_else(|| format!("KV record {key} is missing"))?;
-                let data = bytes
-                    .strip_prefix(SEGMENT_MAGIC)
-                    .filter(|d| d.len() % RECORD_BYTES == 0)
-                    .ok_or_else(|| format!("KV record {key} is unreadable: not a segment"))?;
-                records.push(data.to_vec());
+                let whole = bytes.len() - SEGMENT_MAGIC.len();
+                if !bytes.starts_with(SEGMENT_MAGIC) || whole != seg.ids as usize * RECORD_BYTES {
+                    return Err(format!(
+                        "KV record {key} is unreadable: not a segment of {} ids",
+                        seg.ids
+                    ));
+                }
+                records.push(bytes);
             }
             seen.load_records(
-                records
-                    .iter()
-                    .flat_map(|d| d.chunks_exact(RECORD_BYTES).map(Record::decode)),
+                records.iter().flat_map(|d| {
+                    d[SEGMENT_MAGIC.len()..]
+                        .chunks_exact(RECORD_BYTES)
+                        .map(Record::decode)
+                }),
                 capacity,
             );
         }
@@ -483,9 +488,8 @@ impl<'a> CheckpointStore<'a> {
             }
         }
         fence()?;
-        let record = serde_json::to_vec(&next).map_err(|e| SaveError::Failed(e.to_string()))?;
-        state::save(self.kv, &self.checkpoint_key(), &next).map_err(SaveError::Failed)?;
-        stats.bytes += record.len() as u64;
+        stats.bytes +=
+            state::save(self.kv, &self.checkpoint_key(), &next).map_err(SaveError::Failed)? as u64;
         stats.writes += 1;
         for (e, n) in delete {
             let _ = self.kv.delete(&self.segment_key(e, n));

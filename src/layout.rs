@@ -40,7 +40,7 @@ pub fn recorded(kv: &dyn KeyValue) -> Result<Option<u32>, String> {
 
 /// Records the number of shards.
 pub fn record(kv: &dyn KeyValue, shards: u32) -> Result<(), String> {
-    state::save(kv, KEY, &LayoutRecord { shards })
+    state::save(kv, KEY, &LayoutRecord { shards }).map(drop)
 }
 
 /// The name `events` state goes by for `shard`: `events`, or `events.s{i}of{n}`.

@@ -32,8 +32,8 @@ pub fn load<T: DeserializeOwned>(kv: &dyn KeyValue, key: &str) -> Result<Option<
     }
 }
 
-/// Writes a JSON record, refusing anything over the platform limits.
-pub fn save<T: Serialize>(kv: &dyn KeyValue, key: &str, value: &T) -> Result<(), String> {
+/// Writes a JSON record, refusing anything over the platform limits; returns its size.
+pub fn save<T: Serialize>(kv: &dyn KeyValue, key: &str, value: &T) -> Result<usize, String> {
     if key.len() > MAX_KEY_BYTES {
         return Err(format!("KV key {key} is longer than {MAX_KEY_BYTES} bytes"));
     }
@@ -45,7 +45,8 @@ pub fn save<T: Serialize>(kv: &dyn KeyValue, key: &str, value: &T) -> Result<(),
         ));
     }
     kv.set(key, &bytes)
-        .map_err(|e| format!("KV set {key}: {e}"))
+        .map_err(|e| format!("KV set {key}: {e}"))?;
+    Ok(bytes.len())
 }
 
 /// The cached result of region discovery.

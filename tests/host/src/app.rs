@@ -68,6 +68,10 @@ pub struct HostOptions {
     pub clock_offset: Option<Arc<AtomicI64>>,
     /// When set, `serve` also appends everything the guest prints here (tests scan it).
     pub output_sink: Option<Arc<std::sync::Mutex<String>>>,
+    /// `--max-memory`: the most linear memory, in bytes, one instance may have (cron and HTTP
+    /// alike), like the hosted platforms' 128 MiB. An instance that would grow past it traps
+    /// with a message naming the limit. `None`: no limit, as under `spin up`.
+    pub max_memory: Option<usize>,
 }
 
 /// The real wall clock plus an offset.
@@ -120,6 +124,8 @@ pub struct App {
     outbound_limit: Option<Arc<tokio::sync::Semaphore>>,
     clock_offset: Option<Arc<AtomicI64>>,
     pub(crate) output_sink: Option<Arc<std::sync::Mutex<String>>>,
+    /// [`HostOptions::max_memory`], given to every instance's [`MemoryMeter`].
+    max_memory: Option<usize>,
 }
 
 /// What one guest invocation printed, and how it ended.
@@ -128,27 +134,114 @@ pub struct Invocation {
     pub outcome: Outcome,
     pub stdout: String,
     pub stderr: String,
-    /// The most linear memory the instance asked for, in bytes (wasm memory never shrinks, so
-    /// this is its size at the end).
+    /// The most linear memory the instance asked for, in bytes, granted or not (wasm memory
+    /// never shrinks, so without a limit this is its size at the end). When `--max-memory`
+    /// refused a growth, this is the size the refused growth asked for.
     pub peak_memory_bytes: usize,
+    /// The linear memory the instance was granted, in bytes: its size at the end. Equal to
+    /// `peak_memory_bytes` unless a growth was refused.
+    pub granted_memory_bytes: usize,
 }
 
-/// Records how far the instance's linear memory grew. Nothing is refused: Spin sets no limit
-/// of its own (hosted platforms cap an instance at 128 MiB), this only measures.
+/// Records how far the instance's linear memory grew and, with a limit (`--max-memory`),
+/// refuses growth past it. Spin sets no limit of its own; hosted platforms (Akamai Functions,
+/// Fermyon Cloud) cap an instance at 128 MiB.
+///
+/// Sizes are the sum over the instance's linear memories (a component built for wasm32-wasip2
+/// has one), as the platforms count an instance's memory, not one memory's.
 #[derive(Debug, Default)]
 pub struct MemoryMeter {
+    /// The most memory asked for, in bytes, granted or not: a refused growth records the size
+    /// it would have reached (so a benchmark can report what the instance attempted).
     pub peak_bytes: usize,
+    /// The memory granted so far, in bytes (never above `limit`).
+    pub granted_bytes: usize,
+    /// The limit in bytes; `None` grants everything.
+    pub limit: Option<usize>,
+    /// The bytes of the last granted growth, taken back if wasmtime then fails to grow.
+    last_growth: usize,
+}
+
+impl MemoryMeter {
+    /// A meter that refuses growth past `limit` bytes (`None`: no limit).
+    pub fn with_limit(limit: Option<usize>) -> MemoryMeter {
+        MemoryMeter {
+            limit,
+            ..MemoryMeter::default()
+        }
+    }
+}
+
+/// The platforms' limit on an instance's memory, for the message of a refused growth.
+pub const PLATFORM_MEMORY_LIMIT: usize = 128 * 1024 * 1024;
+
+/// The error an instance traps with when its linear memory would grow past `--max-memory`
+/// (at instantiation or on `memory.grow`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimitExceeded {
+    /// The instance's linear memory, in bytes, had the growth been granted.
+    pub desired: usize,
+    /// `--max-memory`, in bytes.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for MemoryLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "linear memory would grow to {} bytes ({}), past the host's --max-memory limit of {} (Akamai Functions and Fermyon Cloud allow {})",
+            self.desired,
+            format_size(self.desired),
+            format_size(self.limit),
+            format_size(PLATFORM_MEMORY_LIMIT),
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimitExceeded {}
+
+/// How a trap is reported: wasmtime's error with its chain (and wasm backtrace), led by the
+/// `--max-memory` message when that is what stopped the instance (it is otherwise found only
+/// under "Caused by", after the backtrace).
+pub(crate) fn trap_message(trap: &wasmtime::Error) -> String {
+    match trap.downcast_ref::<MemoryLimitExceeded>() {
+        Some(limit) => format!("{limit}\n\n{trap:?}"),
+        None => format!("{trap:?}"),
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryMeter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.peak_bytes = self.peak_bytes.max(desired);
+        // `current` is 0 when a memory is created at instantiation, so the first call counts
+        // its initial size.
+        let growth = desired.saturating_sub(current);
+        let total = self.granted_bytes.saturating_add(growth);
+        self.peak_bytes = self.peak_bytes.max(total);
+        if let Some(limit) = self.limit {
+            if total > limit {
+                // An error, not `Ok(false)`: `memory.grow` would return -1 and Rust's allocator
+                // abort with no word of why; an error traps at once with this message.
+                return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                    desired: total,
+                    limit,
+                }));
+            }
+        }
+        self.granted_bytes = total;
+        self.last_growth = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Granted by us, but wasmtime could not grow (the memory's own maximum, or the OS).
+        self.granted_bytes = self.granted_bytes.saturating_sub(self.last_growth);
+        self.last_growth = 0;
+        Ok(())
     }
 
     fn table_growing(
@@ -422,6 +515,7 @@ impl App {
             outbound_limit,
             clock_offset: options.clock_offset.clone(),
             output_sink: options.output_sink.clone(),
+            max_memory: options.max_memory,
         })
     }
 
@@ -455,7 +549,7 @@ impl App {
                 variables: Arc::new(self.component.variables.clone()),
                 kv_allowed: Arc::new(self.component.key_value_stores.clone()),
                 stores: self.stores.clone(),
-                memory: MemoryMeter::default(),
+                memory: MemoryMeter::with_limit(self.max_memory),
             },
         );
         store.limiter(|s| &mut s.memory);
@@ -474,27 +568,92 @@ impl App {
     pub async fn run_cron(&self, timestamp: u64) -> Result<Invocation> {
         let (stdout, stderr) = output_pipes();
         let mut store = self.new_store(stdout.clone(), stderr.clone());
-        let cron =
+        let instantiated =
             cron_bindings::SpinCron::instantiate_async(&mut store, &self.compiled, &self.linker)
-                .await
-                .map_err(anyhow::Error::from)
-                .context("instantiating the component for the cron trigger")?;
-        let metadata = cron_bindings::fermyon::spin_cron::cron_types::Metadata { timestamp };
-        let outcome = match cron.call_handle_cron_event(&mut store, metadata).await {
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(cron_bindings::fermyon::spin_cron::cron_types::Error::Other(m))) => {
-                Outcome::GuestError(m)
+                .await;
+        let outcome = match instantiated {
+            // An instance whose initial memory is already past `--max-memory` traps like one
+            // that grows past it later.
+            Err(e) if e.downcast_ref::<MemoryLimitExceeded>().is_some() => {
+                Outcome::Trap(trap_message(&e))
             }
-            Err(trap) => Outcome::Trap(format!("{trap:?}")),
+            Err(e) => {
+                return Err(anyhow::Error::from(e))
+                    .context("instantiating the component for the cron trigger")
+            }
+            Ok(cron) => {
+                let metadata =
+                    cron_bindings::fermyon::spin_cron::cron_types::Metadata { timestamp };
+                match cron.call_handle_cron_event(&mut store, metadata).await {
+                    Ok(Ok(())) => Outcome::Ok,
+                    Ok(Err(cron_bindings::fermyon::spin_cron::cron_types::Error::Other(m))) => {
+                        Outcome::GuestError(m)
+                    }
+                    Err(trap) => Outcome::Trap(trap_message(&trap)),
+                }
+            }
         };
         let peak_memory_bytes = store.data().memory.peak_bytes;
+        let granted_memory_bytes = store.data().memory.granted_bytes;
         drop(store);
         Ok(Invocation {
             outcome,
             stdout: pipe_text(&stdout),
             stderr: pipe_text(&stderr),
             peak_memory_bytes,
+            granted_memory_bytes,
         })
+    }
+}
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
+
+/// Reads a memory size the way `--max-memory` takes it: a whole number of bytes, or a whole
+/// number followed by `KiB`, `MiB` or `GiB` (powers of 1024), such as `128MiB`. Zero, decimal
+/// units (`MB`), fractions and anything else are refused.
+pub fn parse_memory_size(text: &str) -> Result<usize> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let expected = "expected a whole number of bytes or of KiB, MiB or GiB, such as 128MiB";
+    if number.is_empty() {
+        return Err(anyhow!("{text:?} is not a size: {expected}"));
+    }
+    let scale = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" => KIB,
+        "MiB" => MIB,
+        "GiB" => GIB,
+        other => return Err(anyhow!("unknown unit {other:?} in {text:?}: {expected}")),
+    };
+    let bytes = number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| anyhow!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err(anyhow!("{text:?}: the limit must be more than 0 bytes"));
+    }
+    Ok(bytes)
+}
+
+/// A size for messages: whole GiB or MiB when it is one (`128 MiB`), else MiB with two
+/// decimals (`128.06 MiB`); below 1 MiB, KiB or bytes.
+pub fn format_size(bytes: usize) -> String {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{:.2} MiB", bytes as f64 / MIB as f64)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -576,4 +735,53 @@ pub async fn run_command(path: &Path, args: &[&str]) -> Result<(bool, String)> {
         .context("running the command")?
         .is_ok();
     Ok((ok, pipe_text(&stdout)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn the_meter_refuses_growth_past_its_limit_and_records_the_attempt() {
+        let mut meter = MemoryMeter::with_limit(Some(2 * MIB));
+        assert!(meter.memory_growing(0, 20 * 64 * KIB, None).unwrap());
+        assert!(meter.memory_growing(20 * 64 * KIB, 2 * MIB, None).unwrap());
+        let e = meter
+            .memory_growing(2 * MIB, 2 * MIB + 64 * KIB, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("would grow to 2162688 bytes (2.06 MiB)")
+                && e.contains("--max-memory limit of 2 MiB")
+                && e.contains("allow 128 MiB"),
+            "{e}"
+        );
+        assert_eq!(meter.peak_bytes, 2 * MIB + 64 * KIB);
+        assert_eq!(meter.granted_bytes, 2 * MIB);
+
+        let mut unlimited = MemoryMeter::default();
+        assert!(unlimited.memory_growing(0, GIB, None).unwrap());
+        assert_eq!((unlimited.peak_bytes, unlimited.granted_bytes), (GIB, GIB));
+    }
+
+    #[test]
+    fn a_failed_growth_is_not_counted_as_granted() {
+        let mut meter = MemoryMeter::with_limit(None);
+        meter.memory_growing(0, MIB, None).unwrap();
+        meter.memory_growing(MIB, 3 * MIB, Some(2 * MIB)).unwrap();
+        meter
+            .memory_grow_failed(wasmtime::format_err!("Memory maximum size exceeded"))
+            .unwrap();
+        assert_eq!((meter.peak_bytes, meter.granted_bytes), (3 * MIB, MIB));
+    }
+
+    #[test]
+    fn sizes_read_as_written() {
+        assert_eq!(format_size(128 * MIB), "128 MiB");
+        assert_eq!(format_size(GIB), "1 GiB");
+        assert_eq!(format_size(512 * KIB), "512 KiB");
+        assert_eq!(format_size(1000), "1000 bytes");
+        assert_eq!(format_size(128 * MIB + 64 * KIB), "128.06 MiB");
+    }
 }

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::app::{output_pipes, pipe_text, App, InstanceState};
+use crate::app::{output_pipes, pipe_text, trap_message, App, InstanceState};
 
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, anyhow::Error>;
 
@@ -152,7 +152,7 @@ async fn handle(
             }
             Ok(Err(e)) => Err(anyhow::anyhow!("guest error: {e:?}")),
             Err(_) => match task.await {
-                Ok(Err(e)) => Err(anyhow::anyhow!("guest trapped: {e:?}")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("guest trapped: {}", trap_message(&e))),
                 _ => Err(anyhow::anyhow!("guest never set a response")),
             },
         }

@@ -79,6 +79,7 @@ fn options(manifest: PathBuf, state: &Path, vars: ProvidedVariables) -> HostOpti
         variables: vars,
         clock_offset: None,
         output_sink: None,
+        max_memory: None,
     }
 }
 

@@ -12,7 +12,9 @@
 //! - events with an event time and a later ingestion time, visible only once ingested;
 //! - issues, audit logs and the Discover / Explore datasets of the other streams, each with
 //!   its own paginator (see `streams.rs`);
-//! - a ground-truth listing, request counters, and forced faults.
+//! - a ground-truth listing, request counters, and forced faults;
+//! - pages that stay cheap with a million events or rows stored: the lists are kept sorted
+//!   as each endpoint pages them, rebuilt after any change (see `index.rs`).
 //!
 //! Time is a [`SimClock`]: real time plus an offset the test can move forward, shared with the
 //! component's wall clock through the host.
@@ -33,6 +35,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use index::Table;
+
+mod index;
 mod streams;
 pub mod time;
 
@@ -198,6 +203,8 @@ pub struct SimOptions {
     pub global_views: bool,
     /// Enforce sentry.io's rate limits.
     pub rate_limits: bool,
+    /// Endpoint classes (such as `project-events`) exempt from the rate limits.
+    pub unlimited: Vec<&'static str>,
     /// The host `Link` URLs are built on (not the one called).
     pub link_base: String,
     /// What `links.regionUrl` says; `None`: the simulator's own URL.
@@ -214,6 +221,7 @@ impl Default for SimOptions {
             legacy_no_date_filter: false,
             global_views: true,
             rate_limits: true,
+            unlimited: Vec::new(),
             link_base: "https://acme.sentry.example".into(),
             region_url: None,
             latency: Duration::ZERO,
@@ -261,9 +269,11 @@ struct Bucket {
 #[derive(Debug, Default)]
 struct State {
     projects: Vec<Project>,
-    events: Vec<Event>,
+    /// Indexed by project, newest first (see `index.rs`).
+    events: Table<Event>,
     audit: Vec<AuditEntry>,
-    rows: Vec<ExploreRow>,
+    /// Indexed by dataset and project, oldest first.
+    rows: Table<ExploreRow>,
     /// Discover answers say `dataScanned: "partial"`.
     sampled: bool,
     counters: Counters,
@@ -425,8 +435,47 @@ impl Sim {
             .collect()
     }
 
+    /// How many events [`Sim::truth`] lists, without copying them.
+    pub fn truth_count(&self, start: i64, end: i64, visible_at: i64) -> u64 {
+        self.truth_count_by_project(start, end, visible_at)
+            .values()
+            .sum()
+    }
+
+    /// [`Sim::truth_count`] per project (the projects with any).
+    pub fn truth_count_by_project(
+        &self,
+        start: i64,
+        end: i64,
+        visible_at: i64,
+    ) -> BTreeMap<u64, u64> {
+        let st = self.state.lock().unwrap();
+        let received = |p: u32| st.events[p as usize].received_at;
+        let mut counts = BTreeMap::new();
+        for (project, order) in &st.events.index().by_project {
+            let range = event_range(&st.events, order, Some(start), Some(end));
+            let n = order.count_visible(range, visible_at, received);
+            if n > 0 {
+                counts.insert(*project, n as u64);
+            }
+        }
+        counts
+    }
+
+    /// The ids of the events [`Sim::truth`] lists, in the same order.
+    pub fn truth_ids(&self, start: i64, end: i64, visible_at: i64) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.events
+            .iter()
+            .filter(|e| {
+                e.date_created >= start && e.date_created < end && e.received_at <= visible_at
+            })
+            .map(|e| e.event_id.clone())
+            .collect()
+    }
+
     pub fn all_events(&self) -> Vec<Event> {
-        self.state.lock().unwrap().events.clone()
+        self.state.lock().unwrap().events.to_vec()
     }
 
     pub fn counters(&self) -> Counters {
@@ -683,7 +732,7 @@ impl Sim {
                 return too_many(limit, now + reset_in);
             }
         }
-        if self.options.rate_limits {
+        if self.options.rate_limits && !self.options.unlimited.contains(&class) {
             let bucket = st.buckets.entry(class).or_default();
             let window_start = now - now.rem_euclid(limit.window_secs);
             if window_start > bucket.window_start {
@@ -863,13 +912,15 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
+        // Visible events with an event time in the range, per project (the ones with any).
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-        for e in &st.events {
-            let in_range =
-                start.is_none_or(|s| e.date_created >= s) && end.is_none_or(|x| e.date_created < x);
-            let in_projects = multi || wanted.contains(&e.project_id);
-            if e.received_at <= now && in_range && in_projects {
-                *counts.entry(e.project_id).or_default() += 1;
+        for (project, order) in &st.events.index().by_project {
+            if multi || wanted.contains(project) {
+                let range = event_range(&st.events, order, start, end);
+                let n = order.count_visible(range, now, |p| st.events[p as usize].received_at);
+                if n > 0 {
+                    counts.insert(*project, n as u64);
+                }
             }
         }
         let offset = params.offset();
@@ -909,27 +960,30 @@ impl Sim {
                 Err(r) => return r,
             }
         };
-        let mut events: Vec<&Event> = st
-            .events
-            .iter()
-            .filter(|e| {
-                e.project_id == project.id
-                    && e.received_at <= now
-                    && start.is_none_or(|s| e.date_created >= s)
-                    && end.is_none_or(|x| e.date_created < x)
-            })
-            .collect();
-        // DESC_ORDERING: -timestamp, -event_id.
-        events.sort_by(|a, b| {
-            b.date_created
-                .cmp(&a.date_created)
-                .then_with(|| b.event_id.cmp(&a.event_id))
-        });
+        // DESC_ORDERING: -timestamp, -event_id; the project's events in that order, the range
+        // a slice of it, and the page the visible events `offset..` of the slice.
+        let received = |p: u32| st.events[p as usize].received_at;
         let offset = params.offset();
-        let page: Vec<Value> = events
+        let (hits, page) = match st.events.index().by_project.get(&project.id) {
+            None => (0, Vec::new()),
+            Some(order) => {
+                let range = event_range(&st.events, order, start, end);
+                let hits = order.count_visible(range.clone(), now, received);
+                let page: Vec<&Event> =
+                    match order.nth_visible(range.clone(), offset, now, received) {
+                        None => Vec::new(),
+                        Some(first) => order.positions()[first..range.end]
+                            .iter()
+                            .map(|&p| &st.events[p as usize])
+                            .filter(|e| e.received_at <= now)
+                            .take(per_page)
+                            .collect(),
+                    };
+                (hits, page)
+            }
+        };
+        let page: Vec<Value> = page
             .iter()
-            .skip(offset)
-            .take(per_page)
             .map(|e| {
                 let mut v = if full {
                     e.full_json(&project.slug)
@@ -945,10 +999,9 @@ impl Sim {
                 v
             })
             .collect();
-        let more = events.len() > offset + per_page;
+        let more = hits > offset + per_page;
         let mut resp = self.paged(json!(page), path, params, offset, per_page, more);
-        resp.headers
-            .push(("x-hits".into(), events.len().to_string()));
+        resp.headers.push(("x-hits".into(), hits.to_string()));
         resp
     }
 
@@ -1159,6 +1212,20 @@ fn remove_project(st: &mut State, id: u64) {
     st.projects.retain(|p| p.id != id);
     st.events.retain(|e| e.project_id != id);
     st.rows.retain(|r| r.project_id != id);
+}
+
+/// The slice of a project's events (newest first) with an event time in `[start, end)`.
+fn event_range(
+    events: &[Event],
+    order: &index::Order,
+    start: Option<i64>,
+    end: Option<i64>,
+) -> std::ops::Range<usize> {
+    let pos = order.positions();
+    let date = |p: &u32| events[*p as usize].date_created;
+    let lo = end.map_or(0, |x| pos.partition_point(|p| date(p) >= x));
+    let hi = start.map_or(pos.len(), |s| pos.partition_point(|p| date(p) >= s));
+    lo..hi.max(lo)
 }
 
 /// Uses one of the `n` faults left in `slot`: its value, clearing the slot after the last.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::index::{Order, EMPTY_ORDER};
 use crate::{time, Event, Params, Rng, Sim, SimResponse, State};
 
 /// Rows one Discover query can page through by offset.
@@ -310,6 +311,45 @@ impl Sim {
             .collect()
     }
 
+    /// How many rows [`Sim::rows_truth`] lists, without copying them.
+    pub fn rows_truth_count(&self, dataset: &str, start: i64, end: i64, visible_at: i64) -> u64 {
+        let st = self.state.lock().unwrap();
+        let index = &st.rows.index().by_dataset;
+        let Some(order) = DATASETS
+            .iter()
+            .find(|d| **d == dataset)
+            .and_then(|d| index.get(&(*d, None)))
+        else {
+            return 0;
+        };
+        let pos = order.positions();
+        let timestamp = |p: &u32| st.rows[*p as usize].timestamp;
+        let lo = pos.partition_point(|p| timestamp(p) < start);
+        let hi = pos.partition_point(|p| timestamp(p) < end).max(lo);
+        order.count_visible(lo..hi, visible_at, |p| st.rows[p as usize].received_at) as u64
+    }
+
+    /// The ids of the rows [`Sim::rows_truth`] lists, in the same order.
+    pub fn rows_truth_ids(
+        &self,
+        dataset: &str,
+        start: i64,
+        end: i64,
+        visible_at: i64,
+    ) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.rows
+            .iter()
+            .filter(|r| {
+                r.dataset == dataset
+                    && r.timestamp >= start
+                    && r.timestamp < end
+                    && r.received_at <= visible_at
+            })
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     /// Every issue as it is at `now`: its id and current `lastSeen`.
     pub fn issue_versions(&self, now: i64) -> Vec<IssueVersion> {
         let st = self.state.lock().unwrap();
@@ -553,7 +593,7 @@ impl Sim {
     pub(crate) fn explore(
         &self,
         st: &State,
-        dataset: &str,
+        dataset: &'static str,
         params: &Params,
         path: &str,
         now: i64,
@@ -591,21 +631,41 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
-        let rows: Vec<&ExploreRow> = st
-            .rows
-            .iter()
-            .filter(|r| {
-                r.dataset == dataset
-                    && r.received_at <= now
-                    && start.is_none_or(|s| r.timestamp >= s)
-                    && end.is_none_or(|e| r.timestamp < e)
-                    && projects.as_ref().is_none_or(|p| p.contains(&r.project_id))
-            })
-            .collect();
+        // What the query selects, by a plain filter.
+        let selected = |r: &ExploreRow| {
+            r.dataset == dataset
+                && r.received_at <= now
+                && start.is_none_or(|s| r.timestamp >= s)
+                && end.is_none_or(|e| r.timestamp < e)
+                && projects.as_ref().is_none_or(|p| p.contains(&r.project_id))
+        };
+        // The same from the index: the rows of the dataset (of all projects, or of the one
+        // named) in timestamp order, the date range a slice of them, the rows not yet
+        // visible skipped. Several projects named (`discover` never asks that): the filter.
+        let index = &st.rows.index().by_dataset;
+        let order = |key: (&'static str, Option<u64>)| index.get(&key).unwrap_or(&EMPTY_ORDER);
+        let indexed: Option<&Order> = match projects.as_deref() {
+            None => Some(order((dataset, None))),
+            Some([p]) => Some(order((dataset, Some(*p)))),
+            Some([]) => Some(&EMPTY_ORDER),
+            Some(_) => None,
+        };
+        let received = |p: u32| st.rows[p as usize].received_at;
+        let timestamp = |p: &u32| st.rows[*p as usize].timestamp;
+        let in_range = |order: &Order| {
+            let pos = order.positions();
+            let lo = start.map_or(0, |s| pos.partition_point(|p| timestamp(p) < s));
+            let hi = end.map_or(pos.len(), |e| pos.partition_point(|p| timestamp(p) < e));
+            lo..hi.max(lo)
+        };
         if fields == ["count()"] {
+            let count = match indexed {
+                Some(order) => order.count_visible(in_range(order), now, received),
+                None => st.rows.iter().filter(|r| selected(r)).count(),
+            };
             // An aggregate without other fields: one row for the whole range.
             let body = json!({
-                "data": [{"count()": rows.len()}],
+                "data": [{"count()": count}],
                 "meta": {"fields": {"count()": "integer"}, "units": {"count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if st.sampled { "partial" } else { "full" }},
             });
             return self.paged(body, path, params, 0, 1, false);
@@ -616,21 +676,20 @@ impl Sim {
                 .find(|p| p.id == r.project_id)
                 .map_or("unknown".to_string(), |p| p.slug.clone())
         };
-        let key = |r: &ExploreRow, field: &str| -> SortKey {
-            match field {
-                "timestamp" => SortKey::Int(r.timestamp),
-                "id" => SortKey::Text(r.id.clone()),
-                f => match row_field(r, &slug_of(r), f) {
-                    Value::Number(n) => SortKey::Float(n.as_f64().unwrap_or(0.0)),
-                    Value::String(s) => SortKey::Text(s),
-                    other => SortKey::Text(other.to_string()),
-                },
-            }
+        let key = |r: &ExploreRow| -> Vec<SortKey> {
+            sorts
+                .iter()
+                .map(|(field, _)| match field.as_str() {
+                    "timestamp" => SortKey::Int(r.timestamp),
+                    "id" => SortKey::Text(r.id.clone()),
+                    f => match row_field(r, &slug_of(r), f) {
+                        Value::Number(n) => SortKey::Float(n.as_f64().unwrap_or(0.0)),
+                        Value::String(s) => SortKey::Text(s),
+                        other => SortKey::Text(other.to_string()),
+                    },
+                })
+                .collect()
         };
-        let mut keyed: Vec<(Vec<SortKey>, &ExploreRow)> = rows
-            .into_iter()
-            .map(|r| (sorts.iter().map(|(f, _)| key(r, f)).collect(), r))
-            .collect();
         let compare = |a: &[SortKey], b: &[SortKey]| -> std::cmp::Ordering {
             a.iter()
                 .zip(b)
@@ -647,30 +706,75 @@ impl Sim {
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal)
         };
-        keyed.sort_by(|a, b| compare(&a.0, &b.0));
-        // Each run of ties in a fresh order.
+        // Ties in a fresh order on every query.
         let mut rng = Rng::new(self.next_query_seed());
-        let mut i = 0;
-        while i < keyed.len() {
-            let mut j = i + 1;
-            while j < keyed.len() && compare(&keyed[i].0, &keyed[j].0).is_eq() {
-                j += 1;
-            }
-            for k in (i + 1..j).rev() {
-                let m = i + rng.below((k - i + 1) as u64) as usize;
-                keyed.swap(k, m);
-            }
-            i = j;
-        }
-        let rows: Vec<&ExploreRow> = keyed.into_iter().map(|(_, r)| r).collect();
         let offset = params.offset();
-        // Offset paging stops at the cap, saying there is nothing more.
-        let reachable = rows.len().min(OFFSET_CAP);
-        let page: Vec<Value> = rows
+        let (reachable, page) = match (indexed, sorts.first()) {
+            (Some(order), Some((first, descending))) if first == "timestamp" => {
+                // Sorted by time first: rows of different seconds are in the index's order
+                // (or its reverse), so only the seconds of the page are sorted and shuffled.
+                let range = in_range(order);
+                let total = order.count_visible(range.clone(), now, received);
+                // Offset paging stops at the cap, saying there is nothing more.
+                let reachable = total.min(OFFSET_CAP);
+                let page_end = reachable.min(offset.saturating_add(per_page));
+                let page = if offset >= page_end {
+                    Vec::new()
+                } else {
+                    // The page's first and last rows, counted oldest first.
+                    let (first, last) = if *descending {
+                        (total - page_end, total - 1 - offset)
+                    } else {
+                        (offset, page_end - 1)
+                    };
+                    let found = "a row the count includes";
+                    let lo = order
+                        .nth_visible(range.clone(), first, now, received)
+                        .expect(found);
+                    let hi = order
+                        .nth_visible(lo..range.end, last - first, now, received)
+                        .expect(found);
+                    // Every row of those seconds, whose order the sort leaves open.
+                    let pos = order.positions();
+                    let (t_lo, t_hi) = (timestamp(&pos[lo]), timestamp(&pos[hi]));
+                    let slice = &pos[range.clone()];
+                    let w_lo = range.start + slice.partition_point(|p| timestamp(p) < t_lo);
+                    let w_hi = range.start + slice.partition_point(|p| timestamp(p) <= t_hi);
+                    let window: Vec<&ExploreRow> = pos[w_lo..w_hi]
+                        .iter()
+                        .map(|&p| &st.rows[p as usize])
+                        .filter(|r| r.received_at <= now)
+                        .collect();
+                    // Where the window starts in the query's order.
+                    let before = if *descending {
+                        order.count_visible(w_hi..range.end, now, received)
+                    } else {
+                        order.count_visible(range.start..w_lo, now, received)
+                    };
+                    sort_shuffled(window, key, compare, &mut rng)
+                        .into_iter()
+                        .skip(offset - before)
+                        .take(page_end - offset)
+                        .collect()
+                };
+                (reachable, page)
+            }
+            _ => {
+                let rows: Vec<&ExploreRow> = st.rows.iter().filter(|r| selected(r)).collect();
+                let rows = sort_shuffled(rows, key, compare, &mut rng);
+                // Offset paging stops at the cap, saying there is nothing more.
+                let reachable = rows.len().min(OFFSET_CAP);
+                let page: Vec<&ExploreRow> = rows
+                    .into_iter()
+                    .take(reachable)
+                    .skip(offset)
+                    .take(per_page)
+                    .collect();
+                (reachable, page)
+            }
+        };
+        let page: Vec<Value> = page
             .iter()
-            .take(reachable)
-            .skip(offset)
-            .take(per_page)
             .map(|r| {
                 let slug = st
                     .projects
@@ -764,6 +868,31 @@ fn issues_in(st: &State, now: i64, start: Option<i64>, end: Option<i64>) -> Vec<
         }
     }
     by_issue.into_values().collect()
+}
+
+/// Rows sorted by their keys (a stable sort), each run of rows that tie in a random order.
+fn sort_shuffled<'a>(
+    rows: Vec<&'a ExploreRow>,
+    key: impl Fn(&ExploreRow) -> Vec<SortKey>,
+    compare: impl Fn(&[SortKey], &[SortKey]) -> std::cmp::Ordering,
+    rng: &mut Rng,
+) -> Vec<&'a ExploreRow> {
+    let mut keyed: Vec<(Vec<SortKey>, &ExploreRow)> =
+        rows.into_iter().map(|r| (key(r), r)).collect();
+    keyed.sort_by(|a, b| compare(&a.0, &b.0));
+    let mut i = 0;
+    while i < keyed.len() {
+        let mut j = i + 1;
+        while j < keyed.len() && compare(&keyed[i].0, &keyed[j].0).is_eq() {
+            j += 1;
+        }
+        for k in (i + 1..j).rev() {
+            let m = i + rng.below((k - i + 1) as u64) as usize;
+            keyed.swap(k, m);
+        }
+        i = j;
+    }
+    keyed.into_iter().map(|(_, r)| r).collect()
 }
 
 fn row_field(r: &ExploreRow, slug: &str, field: &str) -> Value {

@@ -29,6 +29,10 @@ pub struct Rig {
     pub output: std::sync::Arc<std::sync::Mutex<String>>,
     /// `--runtime-config-file`, if any.
     pub runtime_config: Option<PathBuf>,
+    /// `--max-memory` in bytes, if any: the most linear memory an instance may have. Starts
+    /// from `COLLECTOR_MAX_MEMORY` (such as `128MiB`, to run every test or the benchmark
+    /// under the hosted platforms' limit); a test may set or clear it.
+    pub max_memory: Option<usize>,
 }
 
 impl Rig {
@@ -66,6 +70,7 @@ impl Rig {
             generations: BTreeMap::new(),
             output: Default::default(),
             runtime_config: None,
+            max_memory: max_memory_from_env(),
         }
     }
 
@@ -137,6 +142,7 @@ impl Rig {
             },
             clock_offset: Some(self.clock.offset()),
             output_sink: Some(self.output.clone()),
+            max_memory: self.max_memory,
         }
     }
 
@@ -327,6 +333,15 @@ impl Rig {
                 (id, v, name)
             })
             .collect()
+    }
+}
+
+/// `COLLECTOR_MAX_MEMORY` (a `--max-memory` size such as `128MiB`), if set.
+pub fn max_memory_from_env() -> Option<usize> {
+    let text = std::env::var("COLLECTOR_MAX_MEMORY").ok()?;
+    match collector_host::app::parse_memory_size(&text) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => panic!("COLLECTOR_MAX_MEMORY={text:?} is not a --max-memory size: {e:#}"),
     }
 }
 
