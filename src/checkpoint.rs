@@ -2,8 +2,8 @@
 //! and where the ids already delivered (that a later read may return again) are kept.
 //!
 //! It lives in KV and what a save writes grows with what changed, not with the org: the ids
-//! an object added go to new append-only segments (one KV value each, by five-minute slab of
-//! the ids' times), named by the checkpoint record. A slab whose segments pass the stream's
+//! an object added go to new append-only segments (one KV value each, by quarter-hour slab
+//! of the ids' times), named by the checkpoint record. A slab whose segments pass the stream's
 //! key budget is rewritten as one; a slab the overlap has passed is dropped whole. The record
 //! is written last, so a crash between writes leaves the previous state whole, and a segment
 //! is deleted only once no checkpoint that may still be written names it.
@@ -25,7 +25,7 @@ pub const SEGMENT_IDS: usize = 35_000;
 /// Past this many segments a save rewrites the slabs with the most into one each: with the
 /// checkpoint, the rollback's and the dropped ones awaiting deletion, a stream stays within
 /// about 200 keys (Fermyon Cloud allows 1,024 in the whole store).
-pub const MAX_SEGMENTS: usize = 120;
+pub const MAX_SEGMENTS: usize = 150;
 /// A segment's value starts with this.
 const SEGMENT_MAGIC: &[u8; 4] = b"ids1";
 /// Chunks written before segments (whole-set rewrites): 28-byte records in base64.
@@ -431,7 +431,7 @@ impl<'a> CheckpointStore<'a> {
             unsaved.entry(r.slab()).or_default().push(*r);
         }
         stats.new_id_bytes = (seen.unsaved().len() * RECORD_BYTES) as u64;
-        let rewrite = slabs_to_rewrite(&next.segments, &unsaved, seen);
+        let rewrite = slabs_to_rewrite(&next.segments, &unsaved);
         next.segments.retain(|s| !rewrite.contains(&s.slab));
         let mut writes: Vec<(u32, Vec<Record>)> = unsaved
             .into_iter()
@@ -570,7 +570,6 @@ fn named(cp: &Checkpoint) -> HashSet<(u64, u64)> {
 fn slabs_to_rewrite(
     segments: &[Segment],
     unsaved: &BTreeMap<u32, Vec<Record>>,
-    seen: &SeenSet,
 ) -> BTreeSet<u32> {
     let parts = |n: usize| n.div_ceil(SEGMENT_IDS);
     let mut per_slab: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
@@ -589,8 +588,10 @@ fn slabs_to_rewrite(
         else {
             break;
         };
-        let adding = unsaved.get(&slab).map_or(0, |r| parts(r.len()));
-        let whole = parts(seen.slab_records(slab).len());
+        let new_ids = unsaved.get(&slab).map_or(0, Vec::len);
+        let adding = parts(new_ids);
+        // At most: some of its ids may be older than the floor by now.
+        let whole = parts(per_slab[&slab].1 + new_ids);
         if count + adding <= whole {
             break;
         }

@@ -96,6 +96,8 @@ pub struct StreamSummary {
     /// What saving the checkpoint wrote to KV: values, bytes, and of those the bytes of ids
     /// new since the save before (28 each); and the keys the stream's state used at the end.
     pub state: StateWrites,
+    /// Where the stream's time went, by the component's clock (host calls included).
+    pub timing: Timing,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
@@ -129,6 +131,19 @@ impl StateWrites {
         self.max_save_bytes = self.max_save_bytes.max(s.bytes);
         self.keys = s.keys;
     }
+}
+
+/// Milliseconds spent, by part of the pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    /// Reading the checkpoint and delivered ids, and settling a pending object.
+    pub load_ms: f64,
+    /// Saving checkpoints (KV writes included).
+    pub save_ms: f64,
+    /// Window checks, de-duplication and NDJSON lines, page by page.
+    pub absorb_ms: f64,
+    /// Hashing (and gzipping) objects before their upload.
+    pub hash_ms: f64,
 }
 
 /// Events read but not yet written.
@@ -191,12 +206,14 @@ pub fn collect_stream(
     };
     let state_name = format!("{}{}", def.name, shard.suffix());
     let store = CheckpointStore::new(env.kv, &state_name);
+    let started = env.clock.now();
     let loaded = store
         .load()
         .map_err(|e| Stop::Failed(Failure::unreadable(e)));
-    let (checkpoint, seen) = match loaded
-        .and_then(|state| settle_pending(&store, gcs, lease, env, state, &mut summary))
-    {
+    let settled =
+        loaded.and_then(|state| settle_pending(&store, gcs, lease, env, state, &mut summary));
+    summary.timing.load_ms = ms_since(env, started);
+    let (checkpoint, seen) = match settled {
         Ok(state) => state,
         Err(Stop::Lost(why)) => {
             summary.lease_lost = Some(why.clone());
@@ -816,6 +833,7 @@ impl Collector<'_, '_> {
                     transient: false,
                 }));
             }
+            let started = self.env.clock.now();
             let took = absorb(
                 &page.parsed,
                 window,
@@ -823,6 +841,7 @@ impl Collector<'_, '_> {
                 &mut self.seen,
                 &mut self.buffer.ndjson,
             );
+            self.summary.timing.absorb_ms += ms_since(self.env, started);
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
             self.summary.duplicates_dropped += took.duplicates;
@@ -1081,12 +1100,14 @@ impl Collector<'_, '_> {
         // After a failure from here on nothing more is checkpointed in this run (WriteFailed),
         // so the buffer may go.
         let data = std::mem::take(&mut self.buffer);
+        let started = self.env.clock.now();
         let body = if self.config.gcs.gzip {
             gcs::gzip(&data.ndjson)
         } else {
             data.ndjson
         };
         let sha256 = gcs::sha256_hex(&body);
+        self.summary.timing.hash_ms += ms_since(self.env, started);
         let name = gcs::object_name(
             &self.config.gcs,
             self.def.name,
@@ -1125,6 +1146,7 @@ impl Collector<'_, '_> {
     }
 
     fn save(&mut self) -> Result<(), Stop> {
+        let started = self.env.clock.now();
         let stats = save_fenced(
             &self.store,
             self.lease,
@@ -1135,6 +1157,7 @@ impl Collector<'_, '_> {
         )?;
         self.summary.state.add(stats);
         self.summary.state.ids = self.seen.len() as u64;
+        self.summary.timing.save_ms += ms_since(self.env, started);
         Ok(())
     }
 
@@ -1150,6 +1173,10 @@ impl Collector<'_, '_> {
         self.summary.window_finished = true;
         Ok(())
     }
+}
+
+fn ms_since(env: Env, start: f64) -> f64 {
+    ((env.clock.now() - start) * 1000.0 * 10.0).round() / 10.0
 }
 
 /// Why a window cannot be read within the memory a run may use, and what to change.

@@ -1,7 +1,7 @@
 //! The delivered-id set in memory: the ids a later read of an overlap may return again, each
 //! with its time and project, kept by minute of their time in 24 bytes an id, and capped.
 //!
-//! How it is kept in KV (segments by five-minute slab) is `checkpoint`'s business; this module
+//! How it is kept in KV (segments by slab of a quarter of an hour) is `checkpoint`'s business; this module
 //! only says which ids were added since the last save and which slab each belongs to.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,8 +20,10 @@ const EPOCH_2000: i64 = 946_684_800;
 /// what Sentry returns for the same id, and part of the key where it could move).
 const BUCKET_SECS: u32 = 60;
 /// Ids are written to KV by slab of this many seconds: a slab's segments are rewritten as one
-/// when there are too many, and dropped whole once the overlap has passed them.
-pub const SLAB_SECS: u32 = 300;
+/// when there are too many, and dropped whole once the overlap has passed them. An object of
+/// a backlog (a project's whole window) touches every slab of the window: a quarter of an
+/// hour keeps that to five segments for the default hour.
+pub const SLAB_SECS: u32 = 900;
 /// New ids of a bucket are kept sorted apart from its bulk, and merged in past this many.
 const RECENT_MAX: usize = 64;
 /// One record in KV: 16-byte id, 4-byte time, 8-byte project.
@@ -526,7 +528,7 @@ mod tests {
     fn a_slab_holds_exactly_the_ids_of_its_five_minutes() {
         let mut seen = SeenSet::default();
         let t = unpack_time(1_000 * SLAB_SECS);
-        for i in 0..900u64 {
+        for i in 0..u64::from(3 * SLAB_SECS) {
             seen.insert_key(seen_key(&hex_id(i)), t + i as i64, 4);
         }
         let slab = seen.slab_records(1_001);

@@ -166,26 +166,59 @@ pub struct Env<'a> {
     pub clock: &'a dyn Clock,
 }
 
-/// Wraps the HTTP client and the clock to measure how long the run waited on the network and
-/// on rate-limit sleeps, so the summary can report the component's own compute time.
+/// Wraps the HTTP client, KV and the clock to measure how long the run waited on the network,
+/// on rate-limit sleeps and on the KV store, so the summary can report the component's own
+/// compute time.
 pub struct WaitMeter<'a> {
     http: &'a dyn HttpClient,
+    kv: &'a dyn KeyValue,
     clock: &'a dyn Clock,
     waited: std::cell::Cell<f64>,
+    kv_waited: std::cell::Cell<f64>,
 }
 
 impl<'a> WaitMeter<'a> {
-    pub fn new(http: &'a dyn HttpClient, clock: &'a dyn Clock) -> Self {
+    pub fn new(http: &'a dyn HttpClient, kv: &'a dyn KeyValue, clock: &'a dyn Clock) -> Self {
         WaitMeter {
             http,
+            kv,
             clock,
             waited: std::cell::Cell::new(0.0),
+            kv_waited: std::cell::Cell::new(0.0),
         }
     }
 
     /// Seconds spent in HTTP requests and sleeps so far.
     pub fn waited_secs(&self) -> f64 {
         self.waited.get()
+    }
+
+    /// Seconds spent in KV calls so far.
+    pub fn kv_secs(&self) -> f64 {
+        self.kv_waited.get()
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = self.clock.now();
+        let out = f();
+        self.kv_waited
+            .set(self.kv_waited.get() + (self.clock.now() - start).max(0.0));
+        out
+    }
+}
+
+impl KeyValue for WaitMeter<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.timed(|| self.kv.get(key))
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.timed(|| self.kv.set(key, value))
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.timed(|| self.kv.delete(key))
+    }
+    fn keys(&self) -> Result<Vec<String>, String> {
+        self.timed(|| self.kv.keys())
     }
 }
 

@@ -126,8 +126,10 @@ pub struct RunSummary {
     pub streams: Vec<StreamSummary>,
     /// Runs recorded in this state store so far, this one included.
     pub runs: u64,
-    /// Milliseconds the run spent computing rather than waiting on HTTP or rate limits.
+    /// Milliseconds the run spent computing rather than waiting on HTTP, rate limits or KV.
     pub busy_ms: f64,
+    /// Milliseconds the run spent in KV calls.
+    pub kv_ms: f64,
     /// The run's wall time in milliseconds, as the component measured it.
     pub elapsed_ms: f64,
 }
@@ -161,9 +163,10 @@ pub fn run_with(
     trigger: Trigger,
     options: &RunOptions,
 ) -> Result<RunOutcome, RunError> {
-    let meter = WaitMeter::new(env.http, env.clock);
+    let meter = WaitMeter::new(env.http, env.kv, env.clock);
     let env = &Env {
         http: &meter,
+        kv: &meter,
         clock: &meter,
         ..*env
     };
@@ -228,14 +231,17 @@ pub fn run_with(
         started,
         runs,
     );
-    // What the run spent computing (parsing, de-duplicating, encoding, hashing, KV calls):
-    // its wall time less the time it waited on the network and on rate limits.
+    // What the run spent computing (parsing, de-duplicating, encoding, hashing): its wall
+    // time less the time it waited on the network, on rate limits and on KV.
     let elapsed = env.clock.now() - started;
-    let busy_ms = ((elapsed - meter.waited_secs()).max(0.0) * 1000.0).round();
+    let kv_ms = (meter.kv_secs() * 1000.0).round();
+    let busy_ms = ((elapsed - meter.waited_secs()).max(0.0) * 1000.0 - kv_ms)
+        .max(0.0)
+        .round();
     let elapsed_ms = (elapsed * 1000.0).round();
     match &mut result {
-        Ok(s) => (s.busy_ms, s.elapsed_ms) = (busy_ms, elapsed_ms),
-        Err(RunError::Streams(s)) => (s.busy_ms, s.elapsed_ms) = (busy_ms, elapsed_ms),
+        Ok(s) => (s.busy_ms, s.kv_ms, s.elapsed_ms) = (busy_ms, kv_ms, elapsed_ms),
+        Err(RunError::Streams(s)) => (s.busy_ms, s.kv_ms, s.elapsed_ms) = (busy_ms, kv_ms, elapsed_ms),
         Err(_) => {}
     }
     let record = LastRun {
@@ -635,6 +641,7 @@ fn collect(
         streams: summaries,
         runs,
         busy_ms: 0.0,
+        kv_ms: 0.0,
         elapsed_ms: 0.0,
     };
     if summary.streams.iter().any(|s| s.error.is_some()) {

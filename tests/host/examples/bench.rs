@@ -3,7 +3,7 @@
 //! table row per scenario.
 //!
 //! ```text
-//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full]
+//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full] [scale]
 //! ```
 //!
 //! Figures: Sentry requests against the lower bound (1 pre-scan + the sum over active projects
@@ -244,6 +244,275 @@ async fn full() -> Row {
     measure(&mut rig, "(d) full=true, 20 KB events", None, 10).await
 }
 
+/// (e) Scale: `events` and `spans` each at `BENCH_SCALE_ROWS` rows an hour (1,000,000 by
+/// default) in ten projects, the default 1 h overlap and 25 s budget. A first run collects the
+/// hour before it, then runs `BENCH_SCALE_RUNS` (2) ten minutes apart each collect the ten
+/// minutes since, carrying the whole hour's ids. A run is as many 25-second invocations
+/// ("slices") as it takes; each is one row. The Explore limits are sentry.io's; the project
+/// events limit (60 requests a minute, so at most 360,000 events an hour for one token) is
+/// lifted, since no client could keep up with this rate under it.
+async fn scale() {
+    let rate: u64 = env_or("BENCH_SCALE_ROWS", 1_000_000);
+    let runs: u64 = env_or("BENCH_SCALE_RUNS", 2);
+    let mut rig = Rig::start(SimOptions {
+        latency: Duration::ZERO,
+        unlimited: vec!["project-events"],
+        ..SimOptions::default()
+    })
+    .await;
+    if rig.max_memory.is_none() {
+        rig.max_memory = Some(128 * 1024 * 1024);
+    }
+    add_projects(&rig.sim, 10);
+    rig.set("streams", "events,spans");
+    rig.set("lookback", "1h");
+    rig.set("lag", "1m");
+    rig.set("time_budget", "25s");
+    let mut rng = Rng::new(15);
+    let per_project = rate / 10;
+    let t0 = rig.clock.now();
+    let generate = |rig: &Rig, rng: &mut Rng, from: i64, to: i64| {
+        let share = (to - from) as f64 / HOUR as f64;
+        let n = (per_project as f64 * share) as u64;
+        for p in 1..=10u64 {
+            // Two projects are mobile apps whose events arrive up to 20 minutes late.
+            let late = if p <= 2 { 0.02 } else { 0.0 };
+            rig.sim.generate(rng, p, n, from, to, late, 1200);
+            rig.sim
+                .generate_rows(rng, "spans", p, n, from, to, late, 1200);
+        }
+    };
+    generate(&rig, &mut rng, t0 - HOUR, t0);
+    println!(
+        "\n(e) scale: events and spans at {rate} rows an hour each, 10 projects, overlap 1h, time_budget 25s, --max-memory {} MiB",
+        rig.max_memory.unwrap() / 1024 / 1024
+    );
+    println!("| run | slice | wall s | within 25 s | peak wasm MiB | compute ms | events rows | spans rows | objects | KV bytes written | of which new ids | KV writes | largest save | keys in use (events, spans) | ids held (events, spans) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut totals: Vec<ScaleRun> = Vec::new();
+    let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut last_slice_at = 0;
+    for run in 0..=runs {
+        if run > 0 {
+            let from = rig.clock.now();
+            generate(&rig, &mut rng, from, from + 600);
+            rig.clock.advance(600);
+        }
+        let mut total = ScaleRun::default();
+        for slice in 1..=200 {
+            let app = collector_host::App::load(&rig.options(), collector_host::Trigger::Cron)
+                .expect("the app loads");
+            let t = Instant::now();
+            last_slice_at = rig.clock.now();
+            let inv = app
+                .run_cron(rig.clock.now() as u64)
+                .await
+                .expect("the host runs the component");
+            let wall = t.elapsed().as_secs_f64();
+            assert_eq!(
+                inv.outcome,
+                collector_host::Outcome::Ok,
+                "run {run} slice {slice}: {}",
+                inv.stderr
+            );
+            let s = summary(&inv);
+            let ev = stream_summary(&s, "events");
+            let sp = stream_summary(&s, "spans");
+            let state = |v: &Value, k: &str| v["state"][k].as_u64().unwrap_or(0);
+            let both = |k: &str| state(ev, k) + state(sp, k);
+            let rows = |v: &Value| v["events"].as_u64().unwrap_or(0);
+            let objects = ev["objects"].as_array().map_or(0, Vec::len)
+                + sp["objects"].as_array().map_or(0, Vec::len);
+            let busy = s["busy_ms"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {run} | {slice} | {wall:.1} | {} | {} | {busy:.0} | {} | {} | {objects} | {} | {} | {} | {} | {}, {} | {}, {} |",
+                if wall <= 25.0 { "yes" } else { "no" },
+                mib(inv.peak_memory_bytes as f64),
+                rows(ev),
+                rows(sp),
+                both("bytes"),
+                both("new_id_bytes"),
+                both("writes"),
+                state(ev, "max_save_bytes").max(state(sp, "max_save_bytes")),
+                state(ev, "keys"),
+                state(sp, "keys"),
+                state(ev, "ids"),
+                state(sp, "ids"),
+            );
+            total.slices += 1;
+            total.rows += rows(ev) + rows(sp);
+            let read = |v: &Value| {
+                rows(v)
+                    + v["duplicates_dropped"].as_u64().unwrap_or(0)
+                    + v["outside_window_dropped"].as_u64().unwrap_or(0)
+            };
+            total.read += read(ev) + read(sp);
+            total.objects += objects as u64;
+            total.busy_ms += busy;
+            total.kv_ms += s["kv_ms"].as_f64().unwrap_or(0.0);
+            total.kv_bytes += both("bytes");
+            total.new_id_bytes += both("new_id_bytes");
+            total.kv_writes += both("writes");
+            total.peak = total.peak.max(inv.peak_memory_bytes);
+            total.over_budget += u64::from(wall > 25.0);
+            total.keys = total.keys.max(state(ev, "keys")).max(state(sp, "keys"));
+            for (stream, v) in [("events", ev), ("spans", sp)] {
+                if let Some(w) = v["watermark"].as_str().and_then(parse_rfc3339) {
+                    watermarks.insert(stream, w);
+                }
+                for part in ["load_ms", "save_ms", "absorb_ms", "hash_ms"] {
+                    *total.timing.entry(part).or_default() +=
+                        v["timing"][part].as_f64().unwrap_or(0.0);
+                }
+            }
+            let done = |v: &Value| v["window_finished"] == true || v["up_to_date"] == true;
+            assert!(
+                ev["error"].is_null() && sp["error"].is_null(),
+                "run {run} slice {slice}: {ev}\n{sp}"
+            );
+            if done(ev) && done(sp) {
+                break;
+            }
+        }
+        totals.push(total);
+    }
+    let kv_keys = rig.kv_entries();
+    let key_count = |stream: &str| {
+        kv_keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("v1/{stream}/")))
+            .count()
+    };
+    println!("\n| run | slices | over 25 s | rows | objects | peak wasm MiB | compute ms per 1,000 rows (per 1,000 read) | KV ms per 1,000 rows | KV bytes per object | KV bytes / new id bytes | KV writes per object | most keys of a stream |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (run, t) in totals.iter().enumerate() {
+        println!(
+            "| {run} | {} | {} | {} | {} | {} | {:.2} ({:.2} of {} read) | {:.2} | {:.0} | {:.2} | {:.2} | {} |",
+            t.slices,
+            t.over_budget,
+            t.rows,
+            t.objects,
+            mib(t.peak as f64),
+            t.busy_ms / (t.rows.max(1) as f64 / 1000.0),
+            t.busy_ms / (t.read.max(1) as f64 / 1000.0),
+            t.read,
+            t.kv_ms / (t.rows.max(1) as f64 / 1000.0),
+            t.kv_bytes as f64 / t.objects.max(1) as f64,
+            t.kv_bytes as f64 / t.new_id_bytes.max(1) as f64,
+            t.kv_writes as f64 / t.objects.max(1) as f64,
+            t.keys,
+        );
+    }
+    for (run, t) in totals.iter().enumerate() {
+        let parts: Vec<String> = t
+            .timing
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}", v / (t.rows.max(1) as f64 / 1000.0)))
+            .collect();
+        println!(
+            "run {run}: of the compute, ms per 1,000 rows: {}",
+            parts.join(", ")
+        );
+    }
+    println!(
+        "KV keys at the end: events {}, spans {}, all {}",
+        key_count("events"),
+        key_count("spans"),
+        kv_keys.len()
+    );
+    // Exactly once: every row Sentry held up to each stream's watermark when the last slice
+    // started, once (later ones are the next run's).
+    let now = last_slice_at;
+    let want_events: Vec<(String, i64, i64)> = rig
+        .sim
+        .truth(t0 - HOUR, watermarks["events"], now)
+        .into_iter()
+        .map(|e| (e.event_id, e.date_created - t0, e.received_at - t0))
+        .collect();
+    let want_spans: Vec<(String, i64, i64)> = rig
+        .sim
+        .rows_truth("spans", t0 - HOUR, watermarks["spans"], now)
+        .into_iter()
+        .map(|r| (r.id, r.timestamp - t0, r.received_at - t0))
+        .collect();
+    for (stream, field, want) in [
+        ("events", "eventID", want_events),
+        ("spans", "id", want_spans),
+    ] {
+        let got = ids_in_bucket(&mut rig, stream, field).await;
+        let (lost, duplicated) = compare(&want, &got);
+        println!(
+            "{stream}: {} rows in Sentry's range, {} lines in the bucket: {lost} lost, {duplicated} duplicated",
+            want.len(),
+            got.len()
+        );
+    }
+}
+
+#[derive(Default)]
+struct ScaleRun {
+    slices: u64,
+    rows: u64,
+    /// Rows read, duplicates and rows outside the window included.
+    read: u64,
+    objects: u64,
+    busy_ms: f64,
+    kv_ms: f64,
+    kv_bytes: u64,
+    new_id_bytes: u64,
+    kv_writes: u64,
+    peak: usize,
+    over_budget: u64,
+    keys: u64,
+    timing: BTreeMap<&'static str, f64>,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The value of `field` of every line of the stream's objects (lines are read one by one,
+/// never all parsed at once).
+async fn ids_in_bucket(rig: &mut Rig, stream: &str, field: &str) -> Vec<String> {
+    let prefix = format!("{PREFIX}{stream}/");
+    let mut ids = Vec::new();
+    for o in rig.objects().await {
+        if !o.name.starts_with(&prefix) {
+            continue;
+        }
+        let bytes = rig.gcs.download(&o.name).await.expect("download");
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Map<String, Value> =
+                serde_json::from_slice(line).expect("a JSON line");
+            ids.push(v[field].as_str().expect("an id").to_string());
+        }
+    }
+    ids
+}
+
+/// (lost, duplicated) of `got` against `want` (id, time and ingestion time from the start).
+fn compare(want: &[(String, i64, i64)], got: &[String]) -> (usize, usize) {
+    let mut counts: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for id in got {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let lost: Vec<_> = want
+        .iter()
+        .filter(|(id, _, _)| !counts.contains_key(id.as_str()))
+        .collect();
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        for (id, t, r) in lost.iter().take(20) {
+            eprintln!("lost {id}: time {t}, ingested {r}");
+        }
+    }
+    let lost = lost.len();
+    let duplicated = counts.values().filter(|&&n| n > 1).count();
+    (lost, duplicated)
+}
+
 fn mib(bytes: f64) -> String {
     format!("{:.1}", bytes / 1024.0 / 1024.0)
 }
@@ -294,6 +563,9 @@ async fn main() {
     if want("backlog") {
         rows.push(backlog().await);
     }
+    if want("scale") {
+        scale().await;
+    }
     let mut hot_path = None;
     if want("hot-path") {
         // Built by scripts/bench.sh with
@@ -307,7 +579,10 @@ async fn main() {
         hot_path = Some(out);
     }
     if rows.is_empty() && hot_path.is_none() {
-        eprintln!("usage: bench [steady] [backlog] [wide] [full] [hot-path]");
+        if want("scale") {
+            return;
+        }
+        eprintln!("usage: bench [steady] [backlog] [wide] [full] [scale] [hot-path]");
         std::process::exit(2);
     }
     if let Some(out) = hot_path {

@@ -13,6 +13,8 @@
 //! deleted in the middle of a run; items Sentry serves without an id.
 //!
 //! `CHAOS_SEQUENCES` (default 200) sets how many sequences run; `CHAOS_SEED` the first seed.
+//! `CHAOS_SCALE=1000000` runs them at that many events and as many spans an hour (with a
+//! 1 h overlap and lookback, two sequences at a time): the benchmark's scale, with faults.
 
 mod common;
 
@@ -34,15 +36,27 @@ const STEP: i64 = 30 * 60;
 const MAX_LATE: i64 = 3600;
 const STREAMS_UNDER_TEST: [&str; 3] = ["events", "audit_logs", "spans"];
 
+/// Rows an hour per stream at scale 1 (three busy projects, 25 a half hour each).
+const BASE_RATE: u64 = 150;
+
+/// `CHAOS_SCALE`: events (and spans) an hour, or `None` for the ordinary suite.
+fn scale() -> Option<u64> {
+    std::env::var("CHAOS_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// New data in `[from, to)`: events of the busy projects, spans (sometimes a burst of them
 /// in one second), audit entries.
 fn add_data(rig: &Rig, rng: &mut Rng, busy: &[u64], from: i64, to: i64) -> bool {
+    let factor = scale().map_or(1, |rate| (rate / BASE_RATE).max(1));
+    let late = if factor > 1 { 0.02 } else { 0.2 };
     for &p in busy {
-        let count = 15 + rng.below(20);
-        rig.sim.generate(rng, p, count, from, to, 0.2, MAX_LATE);
-        let count = 15 + rng.below(20);
+        let count = (15 + rng.below(20)) * factor;
+        rig.sim.generate(rng, p, count, from, to, late, MAX_LATE);
+        let count = (15 + rng.below(20)) * factor;
         rig.sim
-            .generate_rows(rng, "spans", p, count, from, to, 0.2, MAX_LATE);
+            .generate_rows(rng, "spans", p, count, from, to, late, MAX_LATE);
     }
     let burst = !busy.is_empty() && rng.chance(0.3);
     if burst {
@@ -136,8 +150,10 @@ async fn sequence(seed: u64) -> Tally {
     let proxy = rig
         .behind_proxy(Accept::Static("ya29.test-static-token".into()))
         .await;
-    rig.set("lookback", "3h");
-    rig.set("overlap", "2h");
+    let scaled = scale().is_some();
+    // At scale the defaults: an hour of overlap (two would hold two million ids).
+    rig.set("lookback", if scaled { "1h" } else { "3h" });
+    rig.set("overlap", if scaled { "1h" } else { "2h" });
     rig.set("lag", "1m");
     rig.set("streams", &STREAMS_UNDER_TEST.join(","));
     let mut busy = vec![1u64, 3, 4];
@@ -146,7 +162,7 @@ async fn sequence(seed: u64) -> Tally {
     let mut gone: BTreeSet<String> = BTreeSet::new();
     let mut poisoned: BTreeSet<String> = BTreeSet::new();
     let now = rig.clock.now();
-    for h in (1..=3).rev() {
+    for h in (1..=if scaled { 1 } else { 3 }).rev() {
         add_data(&rig, &mut rng, &busy, now - h * 3600, now - (h - 1) * 3600);
     }
     // Each stream's first window starts at now - lookback as of the first run that saved its
@@ -340,7 +356,7 @@ async fn sequence(seed: u64) -> Tally {
     rig.clock.advance(MAX_LATE + 120);
     rig.set("time_budget", "60s");
     let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
-    for _ in 0..4 {
+    for _ in 0..if scaled { 40 } else { 4 } {
         let s = rig.run_ok().await;
         t.runs += 1;
         note_starts(&s, &mut first_start);
@@ -434,7 +450,7 @@ async fn chaos_sequences_lose_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let parallel = 10;
+    let parallel = if scale().is_some() { 2 } else { 10 };
     let mut total = Tally::default();
     let started = std::time::Instant::now();
     // At most `parallel` at a time, a new one as soon as any ends (a slow sequence holds up
