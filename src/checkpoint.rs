@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::delivered::{pack_time, Record, RECORD_BYTES, SLAB_SECS};
+use crate::delivered::{pack_time, sort_for_segment, Record, RECORD_BYTES, SLAB_SECS};
 pub use crate::delivered::{seen_key, SeenSet};
 use crate::ports::KeyValue;
 use crate::sentry::client::Window;
@@ -316,32 +316,43 @@ impl<'a> CheckpointStore<'a> {
             slabs.entry(seg.slab).or_default().push(seg);
         }
         for segments in slabs.values() {
-            let mut records = Vec::new();
             let capacity = segments.iter().map(|s| s.ids as usize).sum();
-            for seg in segments {
+            // Each value is read, decoded and dropped in turn: memory holds one at a time.
+            let mut failed = None;
+            let records = segments.iter().map_while(|seg| {
                 let key = self.segment_key(seg.e, seg.n);
-                let bytes = self
-                    .kv
-                    .get(&key)
-                    .map_err(|e| format!("KV get {key}: {e}"))?
-                    .ok_or_else(|| format!("KV record {key} is missing"))?;
-                let whole = bytes.len() - SEGMENT_MAGIC.len();
-                if !bytes.starts_with(SEGMENT_MAGIC) || whole != seg.ids as usize * RECORD_BYTES {
-                    return Err(format!(
-                        "KV record {key} is unreadable: not a segment of {} ids",
-                        seg.ids
-                    ));
+                let read = match self.kv.get(&key) {
+                    Err(e) => Err(format!("KV get {key}: {e}")),
+                    Ok(None) => Err(format!("KV record {key} is missing")),
+                    Ok(Some(bytes)) => {
+                        let size = SEGMENT_MAGIC.len() + seg.ids as usize * RECORD_BYTES;
+                        if bytes.starts_with(SEGMENT_MAGIC) && bytes.len() == size {
+                            Ok(bytes)
+                        } else {
+                            Err(format!(
+                                "KV record {key} is unreadable: not a segment of {} ids",
+                                seg.ids
+                            ))
+                        }
+                    }
+                };
+                match read {
+                    Ok(bytes) => Some(
+                        bytes[SEGMENT_MAGIC.len()..]
+                            .chunks_exact(RECORD_BYTES)
+                            .map(Record::decode)
+                            .collect::<Vec<_>>(),
+                    ),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
                 }
-                records.push(bytes);
+            });
+            seen.load_records(records.flatten(), capacity);
+            if let Some(e) = failed {
+                return Err(e);
             }
-            seen.load_records(
-                records.iter().flat_map(|d| {
-                    d[SEGMENT_MAGIC.len()..]
-                        .chunks_exact(RECORD_BYTES)
-                        .map(Record::decode)
-                }),
-                capacity,
-            );
         }
         Ok(seen)
     }
@@ -426,19 +437,16 @@ impl<'a> CheckpointStore<'a> {
         let floor_slab = pack_time(next.ids_floor) / SLAB_SECS;
         next.segments.retain(|s| s.slab >= floor_slab);
 
-        let mut unsaved: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        // The new ids in segment order (which groups them by slab), sorted in place.
+        seen.sort_unsaved();
+        let mut unsaved: BTreeMap<u32, usize> = BTreeMap::new();
         for r in seen.unsaved() {
-            unsaved.entry(r.slab()).or_default().push(*r);
+            *unsaved.entry(r.slab()).or_default() += 1;
         }
         stats.new_id_bytes = (seen.unsaved().len() * RECORD_BYTES) as u64;
         let rewrite = slabs_to_rewrite(&next.segments, &unsaved);
         next.segments.retain(|s| !rewrite.contains(&s.slab));
-        let mut writes: Vec<(u32, Vec<Record>)> = unsaved
-            .into_iter()
-            .filter(|(slab, _)| !rewrite.contains(slab))
-            .collect();
-        writes.extend(rewrite.iter().map(|&slab| (slab, seen.slab_records(slab))));
-        for (slab, records) in &writes {
+        let mut write = |slab: u32, records: &[Record]| -> Result<(), SaveError> {
             for part in records.chunks(SEGMENT_IDS) {
                 let mut bytes = Vec::with_capacity(SEGMENT_MAGIC.len() + part.len() * RECORD_BYTES);
                 bytes.extend_from_slice(SEGMENT_MAGIC);
@@ -456,13 +464,23 @@ impl<'a> CheckpointStore<'a> {
                 next.segments.push(Segment {
                     e: epoch,
                     n,
-                    slab: *slab,
+                    slab,
                     ids: part.len() as u32,
                 });
                 next.next_segment += 1;
             }
+            Ok(())
+        };
+        for group in seen.unsaved().chunk_by(|a, b| a.slab() == b.slab()) {
+            if !rewrite.contains(&group[0].slab()) {
+                write(group[0].slab(), group)?;
+            }
         }
-        drop(writes);
+        for &slab in &rewrite {
+            let mut records = seen.slab_records(slab);
+            sort_for_segment(&mut records);
+            write(slab, &records)?;
+        }
 
         // Segments the stored checkpoint named and this one does not: this writer's own go
         // now; others' wait until a later holder saves (their writer may have stalled past
@@ -565,37 +583,37 @@ fn named(cp: &Checkpoint) -> HashSet<(u64, u64)> {
         .collect()
 }
 
-/// The slabs to rewrite as one segment each (the ones with the most segments first) so that
-/// the stream stays within [`MAX_SEGMENTS`] after writing `unsaved`.
-fn slabs_to_rewrite(
-    segments: &[Segment],
-    unsaved: &BTreeMap<u32, Vec<Record>>,
-) -> BTreeSet<u32> {
+/// The slabs to rewrite as one segment each so that the stream stays within
+/// [`MAX_SEGMENTS`] after writing the new ids (`unsaved`: how many, by slab). Each time the
+/// slab that saves the most keys, and of those the one with the fewest ids.
+fn slabs_to_rewrite(segments: &[Segment], unsaved: &BTreeMap<u32, usize>) -> BTreeSet<u32> {
     let parts = |n: usize| n.div_ceil(SEGMENT_IDS);
+    // Per slab: (segments after this save, ids).
     let mut per_slab: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
     for s in segments {
         let e = per_slab.entry(s.slab).or_default();
         e.0 += 1;
         e.1 += s.ids as usize;
     }
-    let mut total = segments.len() + unsaved.values().map(|r| parts(r.len())).sum::<usize>();
+    for (&slab, &n) in unsaved {
+        let e = per_slab.entry(slab).or_default();
+        e.0 += parts(n);
+        e.1 += n;
+    }
+    let mut total: usize = per_slab.values().map(|(count, _)| count).sum();
     let mut rewrite = BTreeSet::new();
     while total > MAX_SEGMENTS {
-        let Some((&slab, &(count, _))) = per_slab
+        // At most its ids: some may be older than the floor by now.
+        let best = per_slab
             .iter()
             .filter(|(slab, _)| !rewrite.contains(*slab))
-            .max_by_key(|(slab, (count, _))| (*count, std::cmp::Reverse(**slab)))
-        else {
+            .map(|(&slab, &(count, ids))| (count.saturating_sub(parts(ids)), ids, slab))
+            .filter(|(saved, _, _)| *saved > 0)
+            .max_by_key(|&(saved, ids, _)| (saved, std::cmp::Reverse(ids)));
+        let Some((saved, _, slab)) = best else {
             break;
         };
-        let new_ids = unsaved.get(&slab).map_or(0, Vec::len);
-        let adding = parts(new_ids);
-        // At most: some of its ids may be older than the floor by now.
-        let whole = parts(per_slab[&slab].1 + new_ids);
-        if count + adding <= whole {
-            break;
-        }
-        total = total - count - adding + whole;
+        total -= saved;
         rewrite.insert(slab);
     }
     rewrite

@@ -189,6 +189,35 @@ pub fn plan_window(config: &Config, watermark: Option<i64>, now: i64) -> Option<
     (end > base).then_some(Window { start, end })
 }
 
+/// Shortens a window whose new part would, at the rate the overlap shows (with half again for
+/// bursts), hold more ids than the set may keep beside the overlap's: after an outage at a
+/// high rate the backlog is read in windows that fit, instead of one that stops the stream.
+/// The first window (no rate known) and windows that fit stay as planned.
+pub fn fit_to_memory(
+    window: Window,
+    watermark: Option<i64>,
+    seen: &SeenSet,
+    overlap: i64,
+) -> Window {
+    let Some(wm) = watermark else {
+        return window;
+    };
+    if overlap <= 0 || window.end <= wm {
+        return window;
+    }
+    let recent: u64 = seen.counts_in(wm - overlap, wm).values().sum();
+    let room = (crate::delivered::MAX_IDS / 10 * 9).saturating_sub(seen.len()) as f64;
+    let per_sec = recent as f64 / overlap as f64 * 1.5;
+    if per_sec * ((window.end - wm) as f64) <= room {
+        return window;
+    }
+    let fits = (room / per_sec) as i64;
+    Window {
+        start: window.start,
+        end: (wm + fits.max(60)).min(window.end),
+    }
+}
+
 /// Runs the stream until its window is done, the budget runs out, or something fails.
 pub fn collect_stream(
     env: Env,
@@ -227,6 +256,15 @@ pub fn collect_stream(
         }
         Err(Stop::OutOfTime) => return summary,
     };
+    if seen.len() > crate::delivered::MAX_IDS / 5 * 4 {
+        summary.warnings.push(format!(
+            "{} holds {} delivered ids, near the {} a run keeps in memory: {}",
+            def.name,
+            seen.len(),
+            crate::delivered::MAX_IDS,
+            "lower `overlap` or split the org with `shard` before the stream stops"
+        ));
+    }
     let mut c = Collector {
         def,
         env,
@@ -381,6 +419,8 @@ pub(crate) fn settle_pending(
             .add(save_fenced(store, lease, env, gcs, &mut cp, &mut seen)?);
         seen
     } else {
+        // The set the object would have left is not needed: never hold two at once.
+        drop(seen);
         cp.in_progress = pending.rollback_progress.clone();
         cp.set_ids_at(pending.rollback_ids_at());
         let mut rolled_back = store
@@ -502,6 +542,12 @@ impl Collector<'_, '_> {
                         self.summary.up_to_date = true;
                         return Ok(());
                     };
+                    let window = fit_to_memory(
+                        window,
+                        self.checkpoint.watermark,
+                        &self.seen,
+                        self.config.timing.overlap.as_secs() as i64,
+                    );
                     let mut plan = self.plan(window)?;
                     // The plan is saved before anything is read: a run that dies before its
                     // first checkpoint is retried on the same window, so it rebuilds the same
@@ -827,7 +873,10 @@ impl Collector<'_, '_> {
                     OBJECT_TARGET_BYTES.max(page.parsed.body_len()) + MULTIPART_SLACK,
                 );
             }
-            if self.seen.len() + page.parsed.items.len() > crate::delivered::MAX_IDS {
+            if self.seen.len() + page.parsed.items.len() > crate::delivered::MAX_IDS
+                && self.seen.len() + self.new_items(&page.parsed, window)
+                    > crate::delivered::MAX_IDS
+            {
                 return Err(Stop::Failed(Failure {
                     message: too_many_ids(self.def.name, self.config),
                     transient: false,
@@ -1190,6 +1239,16 @@ fn too_many_ids(stream: &str, config: &Config) -> String {
     )
 }
 
+impl Collector<'_, '_> {
+    /// How many of a page's items [`absorb`] would add to the delivered set.
+    fn new_items(&self, page: &Parsed, window: Window) -> usize {
+        page.items
+            .iter()
+            .filter(|i| window.contains(i.time) && !self.seen.contains_at(&i.key, i.time))
+            .count()
+    }
+}
+
 /// What [`absorb`] did with a page.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Absorbed {
@@ -1319,6 +1378,40 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, rows: &[Option<&Item>]) -> Key
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_at_a_high_rate_is_read_in_windows_that_fit_in_memory() {
+        let wm = 1_790_000_000;
+        let mut seen = SeenSet::default();
+        // The last hour held 800,000 ids: 222 a second.
+        for n in 0..800_000u64 {
+            seen.insert_key(
+                crate::checkpoint::seen_key(&format!("{n:032x}")),
+                wm - 3600 + (n % 3600) as i64,
+                1,
+            );
+        }
+        // Two hours behind (an outage): 1.6M more ids would not fit beside them.
+        let behind = Window {
+            start: wm - 3600,
+            end: wm + 7200,
+        };
+        let fitted = fit_to_memory(behind, Some(wm), &seen, 3600);
+        assert_eq!(fitted.start, behind.start);
+        let new = (fitted.end - wm) as f64 * 800_000.0 / 3600.0;
+        assert!(fitted.end < behind.end, "{fitted:?}");
+        assert!(
+            seen.len() as f64 + new * 1.5 <= crate::delivered::MAX_IDS as f64,
+            "{fitted:?}"
+        );
+        // A run a few minutes behind is left alone, and so is a first window.
+        let normal = Window {
+            start: wm - 3600,
+            end: wm + 300,
+        };
+        assert_eq!(fit_to_memory(normal, Some(wm), &seen, 3600), normal);
+        assert_eq!(fit_to_memory(behind, None, &seen, 3600), behind);
+    }
 
     /// A project-events page of (eventID, seconds after 2026-01-01T00:00:00Z) rows; `None`
     /// for the id makes a row without one.

@@ -301,7 +301,7 @@ impl SeenSet {
 
     /// Adds the ids of `other` read from a project `keep` accepts (as unsaved ids).
     pub fn extend_where(&mut self, other: &SeenSet, keep: impl Fn(u64) -> bool) {
-        for r in other.records() {
+        for r in other.iter_records() {
             if keep(r.project) && self.add(r) {
                 self.unsaved.push(r);
             }
@@ -334,6 +334,19 @@ impl SeenSet {
     /// Nothing older than this (unix seconds) is kept.
     pub fn floor(&self) -> i64 {
         unpack_time(self.floor)
+    }
+
+    /// Every id, in no particular order, without copying the set.
+    pub fn iter_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.buckets
+            .values()
+            .flat_map(Bucket::iter)
+            .map(|e| self.record(e))
+            .chain(self.set_apart.iter().map(|(k, &t)| Record {
+                key: *k,
+                time: t,
+                project: SET_APART,
+            }))
     }
 
     /// Every id, sorted by time, then key.
@@ -388,6 +401,12 @@ impl SeenSet {
         &self.unsaved
     }
 
+    /// Puts the unsaved ids in segment order (see [`sort_for_segment`]), which groups them by
+    /// slab.
+    pub fn sort_unsaved(&mut self) {
+        sort_for_segment(&mut self.unsaved);
+    }
+
     /// The last save wrote every unsaved id.
     pub fn mark_saved(&mut self) {
         self.unsaved = Vec::new();
@@ -395,7 +414,9 @@ impl SeenSet {
 
     /// Every id is to be written again (a set read from another layout's keys).
     pub fn mark_all_unsaved(&mut self) {
-        self.unsaved = self.records();
+        let mut all = Vec::with_capacity(self.len);
+        all.extend(self.iter_records());
+        self.unsaved = all;
     }
 
     /// An empty set that keeps nothing older than `floor` (unix seconds).
@@ -418,6 +439,8 @@ impl SeenSet {
     /// floor and repeats are dropped.
     pub fn load_records(&mut self, records: impl IntoIterator<Item = Record>, capacity: usize) {
         let mut entries: Vec<Entry> = Vec::with_capacity(capacity);
+        // Ids come in runs of one project: look the project up once a run.
+        let mut last: Option<(u64, u32)> = None;
         for r in records {
             if r.time < self.floor {
                 continue;
@@ -428,15 +451,26 @@ impl SeenSet {
                 }
                 continue;
             }
-            let project = self.project_slot(r.project);
+            let project = match last {
+                Some((p, slot)) if p == r.project => slot,
+                _ => {
+                    let slot = self.project_slot(r.project);
+                    last = Some((r.project, slot));
+                    slot
+                }
+            };
             entries.push(Entry {
                 key: r.key,
                 time: r.time,
                 project,
             });
         }
+        // Segments are written in this order (see [`sort_for_segment`]): one segment is
+        // sorted already, several are sorted runs, which a merge sort takes in one pass each.
         let minute_key = |e: &Entry| (e.time / BUCKET_SECS, e.key);
-        entries.sort_unstable_by_key(minute_key);
+        if !entries.is_sorted_by_key(minute_key) {
+            entries.sort_by_key(minute_key);
+        }
         entries.dedup_by(|a, b| minute_key(a) == minute_key(b));
         for run in entries.chunk_by(|a, b| a.time / BUCKET_SECS == b.time / BUCKET_SECS) {
             let bucket = self.buckets.entry(run[0].time / BUCKET_SECS).or_default();
@@ -453,6 +487,11 @@ impl SeenSet {
             }
         }
     }
+}
+
+/// Puts records in the order a set reads them back fastest: by minute, then id.
+pub fn sort_for_segment(records: &mut [Record]) {
+    records.sort_unstable_by_key(|r| (r.time / BUCKET_SECS, r.key));
 }
 
 fn project_is_set_apart(project: u64) -> bool {

@@ -241,7 +241,9 @@ pub fn run_with(
     let elapsed_ms = (elapsed * 1000.0).round();
     match &mut result {
         Ok(s) => (s.busy_ms, s.kv_ms, s.elapsed_ms) = (busy_ms, kv_ms, elapsed_ms),
-        Err(RunError::Streams(s)) => (s.busy_ms, s.kv_ms, s.elapsed_ms) = (busy_ms, kv_ms, elapsed_ms),
+        Err(RunError::Streams(s)) => {
+            (s.busy_ms, s.kv_ms, s.elapsed_ms) = (busy_ms, kv_ms, elapsed_ms)
+        }
         Err(_) => {}
     }
     let record = LastRun {

@@ -264,7 +264,9 @@ async fn scale() {
         rig.max_memory = Some(128 * 1024 * 1024);
     }
     add_projects(&rig.sim, 10);
-    rig.set("streams", "events,spans");
+    // `BENCH_SCALE_STREAMS=spans` (or `events`) measures one of the two alone.
+    let streams = std::env::var("BENCH_SCALE_STREAMS").unwrap_or_else(|_| "events,spans".into());
+    rig.set("streams", &streams);
     rig.set("lookback", "1h");
     rig.set("lag", "1m");
     rig.set("time_budget", "25s");
@@ -316,8 +318,14 @@ async fn scale() {
                 inv.stderr
             );
             let s = summary(&inv);
-            let ev = stream_summary(&s, "events");
-            let sp = stream_summary(&s, "spans");
+            let none = serde_json::json!({"window_finished": true});
+            let find = |name: &str| {
+                s["streams"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["stream"] == name))
+                    .unwrap_or(&none)
+            };
+            let (ev, sp) = (find("events"), find("spans"));
             let state = |v: &Value, k: &str| v["state"][k].as_u64().unwrap_or(0);
             let both = |k: &str| state(ev, k) + state(sp, k);
             let rows = |v: &Value| v["events"].as_u64().unwrap_or(0);
@@ -364,6 +372,11 @@ async fn scale() {
                     *total.timing.entry(part).or_default() +=
                         v["timing"][part].as_f64().unwrap_or(0.0);
                 }
+            }
+            if std::env::var("BENCH_VERBOSE").is_ok() {
+                let mut brief = sp.clone();
+                brief["objects"] = Value::Null;
+                eprintln!("run {run} slice {slice} spans: {brief}");
             }
             let done = |v: &Value| v["window_finished"] == true || v["up_to_date"] == true;
             assert!(
@@ -425,13 +438,22 @@ async fn scale() {
     let now = last_slice_at;
     let want_events: Vec<(String, i64, i64)> = rig
         .sim
-        .truth(t0 - HOUR, watermarks["events"], now)
+        .truth(
+            t0 - HOUR,
+            watermarks.get("events").copied().unwrap_or(0),
+            now,
+        )
         .into_iter()
         .map(|e| (e.event_id, e.date_created - t0, e.received_at - t0))
         .collect();
     let want_spans: Vec<(String, i64, i64)> = rig
         .sim
-        .rows_truth("spans", t0 - HOUR, watermarks["spans"], now)
+        .rows_truth(
+            "spans",
+            t0 - HOUR,
+            watermarks.get("spans").copied().unwrap_or(0),
+            now,
+        )
         .into_iter()
         .map(|r| (r.id, r.timestamp - t0, r.received_at - t0))
         .collect();
@@ -439,7 +461,10 @@ async fn scale() {
         ("events", "eventID", want_events),
         ("spans", "id", want_spans),
     ] {
-        let got = ids_in_bucket(&mut rig, stream, field).await;
+        if !streams.contains(stream) {
+            continue;
+        }
+        let got = rig.stream_ids(stream, field).await;
         let (lost, duplicated) = compare(&want, &got);
         println!(
             "{stream}: {} rows in Sentry's range, {} lines in the bucket: {lost} lost, {duplicated} duplicated",
@@ -472,25 +497,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The value of `field` of every line of the stream's objects (lines are read one by one,
-/// never all parsed at once).
-async fn ids_in_bucket(rig: &mut Rig, stream: &str, field: &str) -> Vec<String> {
-    let prefix = format!("{PREFIX}{stream}/");
-    let mut ids = Vec::new();
-    for o in rig.objects().await {
-        if !o.name.starts_with(&prefix) {
-            continue;
-        }
-        let bytes = rig.gcs.download(&o.name).await.expect("download");
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let v: serde_json::Map<String, Value> =
-                serde_json::from_slice(line).expect("a JSON line");
-            ids.push(v[field].as_str().expect("an id").to_string());
-        }
-    }
-    ids
 }
 
 /// (lost, duplicated) of `got` against `want` (id, time and ingestion time from the start).

@@ -308,6 +308,30 @@ impl Rig {
         lines
     }
 
+    /// The `field` of every line of the stream's objects, each line parsed and dropped in turn
+    /// (millions of lines never held as JSON values at once). Panics on a line without it.
+    pub async fn stream_ids(&mut self, stream: &str, field: &str) -> Vec<String> {
+        let prefix = format!("{PREFIX}{stream}/");
+        let mut ids = Vec::new();
+        for o in self.objects().await {
+            if !o.name.starts_with(&prefix) {
+                continue;
+            }
+            let bytes = self.gcs.download(&o.name).await.expect("download");
+            assert!(!o.name.ends_with(".gz"), "stream_ids reads plain NDJSON");
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let v: serde_json::Map<String, Value> = serde_json::from_slice(line)
+                    .unwrap_or_else(|e| panic!("{}: a line is not a JSON object: {e}", o.name));
+                let id = v
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{}: a line without {field}", o.name));
+                ids.push(id.to_string());
+            }
+        }
+        ids
+    }
+
     /// Every events line: (eventID, the parsed line, object name). Asserts each line has an
     /// eventID, and that the bucket holds no object outside the streams' prefixes (and their
     /// quarantine prefixes).
