@@ -673,9 +673,11 @@ impl Collector<'_, '_> {
             .filter(|&w| w > window.start && w < window.end)
     }
 
-    /// For an Explore dataset: the watermark, when Sentry counts in the overlap exactly the
-    /// rows already delivered from it (so the query can start there), else `None` (read the
-    /// window from its start).
+    /// For an Explore dataset: where the query can start. The watermark, when Sentry counts in
+    /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
+    /// to which the counts still agree, found by halving (six count queries for an hour: late
+    /// rows are mostly recent, so a busy org does not read its whole overlap again for a few);
+    /// `None` when they differ from the start (read the window from its start).
     fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
         let Some(wm) = self.overlap_end(window) else {
             return Ok(None);
@@ -695,10 +697,35 @@ impl Collector<'_, '_> {
             .unwrap_or(0);
         if count == delivered {
             self.summary.overlap_skipped += 1;
-            Ok(Some(wm))
-        } else {
-            Ok(None)
+            return Ok(Some(wm));
         }
+        // [start, agree) holds what was delivered; [start, differ) does not.
+        let (mut agree, mut differ) = (window.start, wm);
+        while differ - agree > 60 {
+            let mid = agree + ((differ - agree) / 120 * 60).max(60);
+            if mid >= differ {
+                break;
+            }
+            let probe = Window {
+                start: window.start,
+                end: mid,
+            };
+            let Some(count) = self.sentry.dataset_count(dataset, probe)? else {
+                break;
+            };
+            let delivered = self
+                .seen
+                .counts_in(probe.start, probe.end)
+                .get(&ORG_WIDE)
+                .copied()
+                .unwrap_or(0);
+            if count == delivered {
+                agree = mid;
+            } else {
+                differ = mid;
+            }
+        }
+        Ok((agree > window.start).then_some(agree))
     }
 
     /// For a window that re-reads an overlap: two pre-scans, one of the new part

@@ -448,10 +448,10 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
                 .set_faults(collector_host::kv::KvFaults {
                     fail_get: false,
                     fail_set: true,
-                    key_prefix: "v1/events/".into(),
-                    // The window's plan and the pending mark (id chunk, checkpoint) are saved;
-                    // the checkpoint after the upload is not.
-                    fail_set_after: 3,
+                    // The window's plan and the pending mark (with the ids' segments) are
+                    // saved; the checkpoint after the upload is not.
+                    key_prefix: "v1/events/checkpoint".into(),
+                    fail_set_after: 2,
                     kill_at_set: None,
                 })
         })
@@ -498,8 +498,8 @@ async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success()
             .set_faults(collector_host::kv::KvFaults {
                 fail_get: false,
                 fail_set: true,
-                key_prefix: "v1/events/".into(),
-                fail_set_after: 3,
+                key_prefix: "v1/events/checkpoint".into(),
+                fail_set_after: 2,
                 kill_at_set: None,
             })
     })
