@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The performance benchmark (README "Performance"): builds the component and the hot-path
 # micro-benchmark for wasm32-wasip2, runs the micro-benchmark natively and in wasm, then the
-# four end-to-end scenarios against the Sentry simulator with sentry.io's rate limits and
-# 50 ms per request. Takes about 15 minutes, most of it waiting for rate-limit windows.
-# Arguments pick scenarios: steady backlog wide full hot-path (default: all).
+# end-to-end scenarios against the Sentry simulator with sentry.io's rate limits and 50 ms per
+# request, and the scale scenario (a million events and spans an hour, in 25-second slices
+# under --max-memory 128MiB). Takes about 35 minutes, most of it waiting for rate limits.
+# Arguments pick scenarios: steady backlog wide full scale hot-path (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The build goes to the repository's own target/, whatever CARGO_TARGET_DIR or a cargo config
