@@ -677,7 +677,9 @@ impl Collector<'_, '_> {
     /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
     /// to which the counts still agree, found by halving (six count queries for an hour: late
     /// rows are mostly recent, so a busy org does not read its whole overlap again for a few);
-    /// `None` when they differ from the start (read the window from its start).
+    /// `None` when they differ from the start, or a count shows deleted rows (read the window
+    /// from its start). Like the whole-overlap check, it trusts an equal count: a deletion and
+    /// a late row in the same counted range cancel out.
     fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
         let Some(wm) = self.overlap_end(window) else {
             return Ok(None);
@@ -710,7 +712,8 @@ impl Collector<'_, '_> {
                 start: window.start,
                 end: mid,
             };
-            let Some(count) = self.sentry.dataset_count(dataset, probe)? else {
+            // A probe that fails only ends the search: the read starts where it agreed.
+            let Ok(Some(count)) = self.sentry.dataset_count(dataset, probe) else {
                 break;
             };
             let delivered = self
@@ -719,6 +722,11 @@ impl Collector<'_, '_> {
                 .get(&ORG_WIDE)
                 .copied()
                 .unwrap_or(0);
+            if count < delivered {
+                // Rows were deleted: a deletion can hide a late row in an equal count, so
+                // nothing short of the whole overlap is trusted.
+                return Ok(None);
+            }
             if count == delivered {
                 agree = mid;
             } else {

@@ -296,8 +296,13 @@ async fn scale() {
     let mut totals: Vec<ScaleRun> = Vec::new();
     let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
     let mut last_slice_at = 0;
-    for run in 0..=runs {
-        if run > 0 {
+    // The measured runs, then one more (not measured, "settle") after the late rows have all
+    // arrived, so the check below covers rows that arrived after a run had read past them.
+    for run in 0..=runs + 1 {
+        let settle = run == runs + 1;
+        if settle {
+            rig.clock.advance(1200 + 120);
+        } else if run > 0 {
             let from = rig.clock.now();
             generate(&rig, &mut rng, from, from + 600);
             rig.clock.advance(600);
@@ -335,7 +340,12 @@ async fn scale() {
                 + sp["objects"].as_array().map_or(0, Vec::len);
             let busy = s["busy_ms"].as_f64().unwrap_or(f64::NAN);
             println!(
-                "| {run} | {slice} | {wall:.1} | {} | {} | {busy:.0} | {} | {} | {objects} | {} | {} | {} | {} | {}, {} | {}, {} |",
+                "| {} | {slice} | {wall:.1} | {} | {} | {busy:.0} | {} | {} | {objects} | {} | {} | {} | {} | {}, {} | {}, {} |",
+                if settle {
+                    "settle".to_string()
+                } else {
+                    run.to_string()
+                },
                 if wall <= 25.0 { "yes" } else { "no" },
                 mib(inv.peak_memory_bytes as f64),
                 rows(ev),
@@ -389,7 +399,9 @@ async fn scale() {
                 break;
             }
         }
-        totals.push(total);
+        if !settle {
+            totals.push(total);
+        }
     }
     let kv_keys = rig.kv_entries();
     let key_count = |stream: &str| {
