@@ -564,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slab_holds_exactly_the_ids_of_its_five_minutes() {
+    fn a_slab_holds_exactly_the_ids_of_its_quarter_hour() {
         let mut seen = SeenSet::default();
         let t = unpack_time(1_000 * SLAB_SECS);
         for i in 0..u64::from(3 * SLAB_SECS) {
