@@ -673,6 +673,15 @@ impl Collector<'_, '_> {
             .filter(|&w| w > window.start && w < window.end)
     }
 
+    /// Ids delivered from an org-wide stream with a time in `range`.
+    fn delivered_org_wide(&self, range: Window) -> u64 {
+        self.seen
+            .counts_in(range.start, range.end)
+            .get(&ORG_WIDE)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// For an Explore dataset: where the query can start. The watermark, when Sentry counts in
     /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
     /// to which the counts still agree, found by halving (six count queries for an hour: late
@@ -691,13 +700,7 @@ impl Collector<'_, '_> {
         let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
             return Ok(None);
         };
-        let delivered = self
-            .seen
-            .counts_in(overlap.start, overlap.end)
-            .get(&ORG_WIDE)
-            .copied()
-            .unwrap_or(0);
-        if count == delivered {
+        if count == self.delivered_org_wide(overlap) {
             self.summary.overlap_skipped += 1;
             return Ok(Some(wm));
         }
@@ -716,12 +719,7 @@ impl Collector<'_, '_> {
             let Ok(Some(count)) = self.sentry.dataset_count(dataset, probe) else {
                 break;
             };
-            let delivered = self
-                .seen
-                .counts_in(probe.start, probe.end)
-                .get(&ORG_WIDE)
-                .copied()
-                .unwrap_or(0);
+            let delivered = self.delivered_org_wide(probe);
             if count < delivered {
                 // Rows were deleted: a deletion can hide a late row in an equal count, so
                 // nothing short of the whole overlap is trusted.

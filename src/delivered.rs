@@ -351,17 +351,7 @@ impl SeenSet {
 
     /// Every id, sorted by time, then key.
     pub fn records(&self) -> Vec<Record> {
-        let mut all: Vec<Record> = self
-            .buckets
-            .values()
-            .flat_map(Bucket::iter)
-            .map(|e| self.record(e))
-            .chain(self.set_apart.iter().map(|(k, &t)| Record {
-                key: *k,
-                time: t,
-                project: SET_APART,
-            }))
-            .collect();
+        let mut all: Vec<Record> = self.iter_records().collect();
         all.sort_unstable_by_key(|r| (r.time, r.key));
         all
     }
