@@ -172,6 +172,9 @@ struct Collector<'a, 'e> {
     projects_now: Option<Vec<u64>>,
     /// Reads of the current page that held items without a readable id or time.
     bad_reads: u32,
+    /// Oldest-first streams: the latest time read in the current window by this run (every
+    /// row before it was read: they come in time order).
+    read_up_to: Option<i64>,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -281,6 +284,7 @@ pub fn collect_stream(
         warned_partial: false,
         projects_now: None,
         bad_reads: 0,
+        read_up_to: None,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -779,6 +783,7 @@ impl Collector<'_, '_> {
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
     fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
         let window = progress.window;
+        self.read_up_to = None;
         // `events` pages by position, not by Sentry's offset cursors (see `Keyset`), unless
         // the window or the project fell back to those.
         let keyed = |p: &WindowProgress| {
@@ -910,6 +915,29 @@ impl Collector<'_, '_> {
                 && self.seen.len() + self.new_items(&page.parsed, window)
                     > crate::delivered::MAX_IDS
             {
+                // An oldest-first window ends early where it was read to: the watermark moves
+                // there, the set is pruned, and the next window is fitted to the rate seen.
+                let reached = self.read_up_to.max(progress.query_start);
+                let past = self
+                    .checkpoint
+                    .watermark
+                    .unwrap_or(window.start)
+                    .max(window.start);
+                if self.def.order == Order::OldestFirst {
+                    if let Some(end) = reached.filter(|&t| t > past && t < window.end) {
+                        let w = format!(
+                            "{}: the window ending {} was cut at {} to stay within the {} ids a run keeps in memory; the rest is read by the next window",
+                            self.def.name,
+                            rfc3339(window.end),
+                            rfc3339(end),
+                            crate::delivered::MAX_IDS
+                        );
+                        eprintln!("warning: {w}");
+                        self.summary.warnings.push(w);
+                        progress.window.end = end;
+                        return Ok(());
+                    }
+                }
                 return Err(Stop::Failed(Failure {
                     message: too_many_ids(self.def.name, self.config),
                     transient: false,
@@ -924,6 +952,11 @@ impl Collector<'_, '_> {
                 &mut self.buffer.ndjson,
             );
             self.summary.timing.absorb_ms += ms_since(self.env, started);
+            if self.def.order == Order::OldestFirst {
+                let latest = page.parsed.items.iter().map(|i| i.time);
+                let latest = latest.filter(|&t| window.contains(t)).max();
+                self.read_up_to = self.read_up_to.max(latest);
+            }
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
             self.summary.duplicates_dropped += took.duplicates;
