@@ -677,15 +677,6 @@ impl Collector<'_, '_> {
             .filter(|&w| w > window.start && w < window.end)
     }
 
-    /// Ids delivered from an org-wide stream with a time in `range`.
-    fn delivered_org_wide(&self, range: Window) -> u64 {
-        self.seen
-            .counts_in(range.start, range.end)
-            .get(&ORG_WIDE)
-            .copied()
-            .unwrap_or(0)
-    }
-
     /// For an Explore dataset: where the query can start. The watermark, when Sentry counts in
     /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
     /// to which the counts still agree, found by halving (six count queries for an hour: late
@@ -704,38 +695,18 @@ impl Collector<'_, '_> {
         let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
             return Ok(None);
         };
-        if count == self.delivered_org_wide(overlap) {
+        if count == delivered_org_wide(&self.seen, overlap) {
             self.summary.overlap_skipped += 1;
             return Ok(Some(wm));
         }
-        // [start, agree) holds what was delivered; [start, differ) does not.
-        let (mut agree, mut differ) = (window.start, wm);
-        while differ - agree > 60 {
-            let mid = agree + ((differ - agree) / 120 * 60).max(60);
-            if mid >= differ {
-                break;
-            }
-            let probe = Window {
-                start: window.start,
-                end: mid,
-            };
-            // A probe that fails only ends the search: the read starts where it agreed.
-            let Ok(Some(count)) = self.sentry.dataset_count(dataset, probe) else {
-                break;
-            };
-            let delivered = self.delivered_org_wide(probe);
-            if count < delivered {
-                // Rows were deleted: a deletion can hide a late row in an equal count, so
-                // nothing short of the whole overlap is trusted.
-                return Ok(None);
-            }
-            if count == delivered {
-                agree = mid;
-            } else {
-                differ = mid;
-            }
-        }
-        Ok((agree > window.start).then_some(agree))
+        let sentry = self.sentry;
+        let seen = &self.seen;
+        Ok(agreeing_prefix(
+            window.start,
+            wm,
+            |probe| sentry.dataset_count(dataset, probe).ok().flatten(),
+            |probe| delivered_org_wide(seen, probe),
+        ))
     }
 
     /// For a window that re-reads an overlap: two pre-scans, one of the new part
@@ -1294,6 +1265,49 @@ fn ms_since(env: Env, start: f64) -> f64 {
     ((env.clock.now() - start) * 1000.0 * 10.0).round() / 10.0
 }
 
+/// Ids delivered from an org-wide stream with a time in `range`.
+fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
+    seen.counts_in(range.start, range.end)
+        .get(&ORG_WIDE)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The latest minute `agree` after `start` (and before `end`) such that Sentry counts in
+/// `[start, agree)` exactly what was delivered there, found by halving; `None` when none is
+/// found, or a count is below what was delivered (rows deleted: a deletion can hide a late row
+/// in an equal count, so nothing short of the whole range is trusted). A count that fails
+/// (`None`) ends the search where it stands.
+fn agreeing_prefix(
+    start: i64,
+    end: i64,
+    mut sentry_count: impl FnMut(Window) -> Option<u64>,
+    mut delivered: impl FnMut(Window) -> u64,
+) -> Option<i64> {
+    // [start, agree) holds what was delivered; [start, differ) does not.
+    let (mut agree, mut differ) = (start, end);
+    while differ - agree > 60 {
+        let mid = agree + ((differ - agree) / 120 * 60).max(60);
+        if mid >= differ {
+            break;
+        }
+        let probe = Window { start, end: mid };
+        let Some(count) = sentry_count(probe) else {
+            break;
+        };
+        let had = delivered(probe);
+        if count < had {
+            return None;
+        }
+        if count == had {
+            agree = mid;
+        } else {
+            differ = mid;
+        }
+    }
+    (agree > start).then_some(agree)
+}
+
 /// Why a window cannot be read within the memory a run may use, and what to change.
 fn too_many_ids(stream: &str, config: &Config) -> String {
     let t = &config.timing;
@@ -1444,6 +1458,37 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, rows: &[Option<&Item>]) -> Key
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
+        let (start, end) = (1_000_000, 1_003_600);
+        // Sentry holds one row a second; two late rows (not delivered) at +3000 s and +3300 s.
+        let late = [start + 3000, start + 3300];
+        let sentry = |w: Window| Some((w.end - w.start) as u64);
+        let delivered = |w: Window| {
+            (w.end - w.start) as u64
+                - late.iter().filter(|&&t| t >= w.start && t < w.end).count() as u64
+        };
+        let agree = agreeing_prefix(start, end, sentry, delivered).expect("a prefix agrees");
+        assert!(agree <= late[0] && agree > late[0] - 120, "{agree}");
+        // A late row in the first minute: the whole range is read.
+        let first = |w: Window| (w.end - w.start) as u64 - u64::from(w.end > start);
+        assert_eq!(agreeing_prefix(start, end, sentry, first), None);
+        // Rows deleted (Sentry counts fewer than were delivered): the whole range.
+        let fewer = |w: Window| Some((w.end - w.start) as u64 - 1);
+        assert_eq!(
+            agreeing_prefix(start, end, fewer, |w| (w.end - w.start) as u64),
+            None
+        );
+        // A count that fails ends the search where it agreed so far.
+        let mut calls = 0;
+        let flaky = |w: Window| {
+            calls += 1;
+            (calls == 1).then_some((w.end - w.start) as u64)
+        };
+        let partial = agreeing_prefix(start, end, flaky, delivered);
+        assert_eq!(partial, Some(start + 1800));
+    }
 
     #[test]
     fn a_backlog_at_a_high_rate_is_read_in_windows_that_fit_in_memory() {
