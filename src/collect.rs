@@ -889,13 +889,8 @@ impl Collector<'_, '_> {
                 // An oldest-first window ends early where it was read to: the watermark moves
                 // there, the set is pruned, and the next window is fitted to the rate seen.
                 let reached = self.read_up_to.max(progress.query_start);
-                let past = self
-                    .checkpoint
-                    .watermark
-                    .unwrap_or(window.start)
-                    .max(window.start);
                 if self.def.order == Order::OldestFirst {
-                    if let Some(end) = reached.filter(|&t| t > past && t < window.end) {
+                    if let Some(end) = cut_at(window, self.checkpoint.watermark, reached) {
                         let w = format!(
                             "{}: the window ending {} was cut at {} to stay within the {} ids a run keeps in memory; the rest is read by the next window",
                             self.def.name,
@@ -1308,11 +1303,18 @@ fn agreeing_prefix(
     (agree > start).then_some(agree)
 }
 
+/// Where an oldest-first window that cannot hold more ids ends instead: the latest time it
+/// was read to, if that is past the watermark (something new is delivered) and before its end.
+fn cut_at(window: Window, watermark: Option<i64>, reached: Option<i64>) -> Option<i64> {
+    let past = watermark.unwrap_or(window.start).max(window.start);
+    reached.filter(|&t| t > past && t < window.end)
+}
+
 /// Why a window cannot be read within the memory a run may use, and what to change.
 fn too_many_ids(stream: &str, config: &Config) -> String {
     let t = &config.timing;
     format!(
-        "{stream}: the window holds more than {} ids to remember (the overlap's and the window's), the most a run keeps in memory: lower `max_window` (now {}s; the window in progress keeps its end, so also delete the stream's checkpoint or wait for a smaller one) or `overlap` (now {}s), or split the org with `shard`",
+        "{stream}: the window holds more than {} ids to remember (the overlap's and the window's), the most a run keeps in memory: lower `max_window` (now {}s; it applies from the next window: the one in progress keeps its end) or `overlap` (now {}s), or split the org with `shard`",
         crate::delivered::MAX_IDS,
         t.max_window.as_secs(),
         t.overlap.as_secs()
@@ -1458,6 +1460,21 @@ fn next_keyset(keyset: Option<&Keyset>, end: i64, rows: &[Option<&Item>]) -> Key
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_oldest_first_window_ends_where_it_was_read_to_if_that_moves_the_watermark() {
+        let window = Window {
+            start: 1_000,
+            end: 5_000,
+        };
+        assert_eq!(cut_at(window, Some(2_000), Some(3_000)), Some(3_000));
+        assert_eq!(cut_at(window, None, Some(1_500)), Some(1_500));
+        // Nothing read past the watermark, or nothing read: no cut (the stream stops).
+        assert_eq!(cut_at(window, Some(2_000), Some(2_000)), None);
+        assert_eq!(cut_at(window, Some(2_000), None), None);
+        // Read to the end: the window is done anyway.
+        assert_eq!(cut_at(window, Some(2_000), Some(5_000)), None);
+    }
 
     #[test]
     fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
