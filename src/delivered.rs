@@ -338,15 +338,28 @@ impl SeenSet {
 
     /// Every id, in no particular order, without copying the set.
     pub fn iter_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.records_between(0, u64::from(u32::MAX) + 1)
+    }
+
+    /// The ids with a (packed) time in `[start, end)`, in no particular order.
+    fn records_between(&self, start: u32, end: u64) -> impl Iterator<Item = Record> + '_ {
+        let last_bucket = end.min(u64::from(u32::MAX)) as u32 / BUCKET_SECS;
+        let within = move |t: u32| t >= start && u64::from(t) < end;
         self.buckets
-            .values()
-            .flat_map(Bucket::iter)
+            .range(start / BUCKET_SECS..=last_bucket)
+            .flat_map(|(_, b)| b.iter())
+            .filter(move |e| within(e.time))
             .map(|e| self.record(e))
-            .chain(self.set_apart.iter().map(|(k, &t)| Record {
-                key: *k,
-                time: t,
-                project: SET_APART,
-            }))
+            .chain(
+                self.set_apart
+                    .iter()
+                    .filter(move |(_, &t)| within(t))
+                    .map(|(k, &t)| Record {
+                        key: *k,
+                        time: t,
+                        project: SET_APART,
+                    }),
+            )
     }
 
     /// Every id, sorted by time, then key.
@@ -366,24 +379,8 @@ impl SeenSet {
 
     /// The ids of a slab (see [`Record::slab`]).
     pub fn slab_records(&self, slab: u32) -> Vec<Record> {
-        let (start, end) = (slab * SLAB_SECS, (slab + 1) * SLAB_SECS);
-        let mut out: Vec<Record> = self
-            .buckets
-            .range(start / BUCKET_SECS..end / BUCKET_SECS)
-            .flat_map(|(_, b)| b.iter())
-            .map(|e| self.record(e))
-            .collect();
-        out.extend(
-            self.set_apart
-                .iter()
-                .filter(|(_, &t)| t >= start && t < end)
-                .map(|(k, &t)| Record {
-                    key: *k,
-                    time: t,
-                    project: SET_APART,
-                }),
-        );
-        out
+        self.records_between(slab * SLAB_SECS, u64::from((slab + 1) * SLAB_SECS))
+            .collect()
     }
 
     /// The ids added since the last save.
