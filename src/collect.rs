@@ -9,7 +9,7 @@
 //! hides one. Oldest-first streams (Discover / Explore) meet the 10,000-row offset cap by
 //! starting the query again at the last timestamp read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -87,8 +87,9 @@ pub struct StreamSummary {
     pub gcs_requests: u64,
     /// Oldest-first streams: queries started again because they reached the offset cap.
     pub queries_split: u64,
-    /// Projects (`events`) or datasets (Explore streams) whose overlap was not read again,
-    /// because Sentry counted in it exactly what was already delivered from it.
+    /// Projects (`events`) or datasets (Explore streams) whose overlap was not read again, or
+    /// only from a later minute, because Sentry counted before it exactly what was already
+    /// delivered from it.
     pub overlap_skipped: usize,
     /// Items without a readable id or time, set apart in the stream's quarantine prefix after
     /// [`BAD_ITEM_TRIES`] reads of their page.
@@ -546,12 +547,12 @@ impl Collector<'_, '_> {
                         self.summary.up_to_date = true;
                         return Ok(());
                     };
-                    let window = fit_to_memory(
-                        window,
-                        self.checkpoint.watermark,
-                        &self.seen,
-                        self.config.timing.overlap.as_secs() as i64,
-                    );
+                    // `events` fits its window to the pre-scan's counts instead (in `plan`).
+                    let window = if self.def.kind == Kind::Events {
+                        window
+                    } else {
+                        self.fit_to_rate(window)
+                    };
                     let mut plan = self.plan(window)?;
                     // The plan is saved before anything is read: a run that dies before its
                     // first checkpoint is retried on the same window, so it rebuilds the same
@@ -619,22 +620,41 @@ impl Collector<'_, '_> {
                 dates_ignored: false,
             });
         }
-        // Where each project's read starts: the window's start, or the watermark when the
-        // overlap holds nothing new for it.
-        let mut starts: BTreeMap<u64, i64> = BTreeMap::new();
-        match self.overlap_plan(window)? {
-            Some(planned) => starts = planned,
-            None => match self.sentry.active_projects(window)? {
-                Some(active) => starts.extend(active.into_iter().map(|p| (p.id, window.start))),
-                None => {
-                    self.summary.warnings.push(
-                        "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
-                    );
-                    let all = self.sentry.all_projects()?;
-                    starts.extend(all.into_iter().map(|p| (p.id, window.start)));
-                }
-            },
-        }
+        // Where each project's read starts (the window's start, or the watermark when the
+        // overlap holds nothing new for it), and how many ids Sentry counts that the read
+        // would add. A window whose count does not fit in memory beside the ids held is
+        // shortened and counted again (the counts are known before anything is read).
+        let mut window = window;
+        let mut fits = 0;
+        let mut starts: BTreeMap<u64, i64> = loop {
+            let planned = match self.overlap_plan(window)? {
+                Some(planned) => Some(planned),
+                None => self.sentry.active_projects(window)?.map(|active| {
+                    active
+                        .into_iter()
+                        .map(|p| (p.id, (window.start, p.count)))
+                        .collect::<BTreeMap<_, _>>()
+                }),
+            };
+            let Some(mut planned) = planned else {
+                self.summary.warnings.push(
+                    "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
+                );
+                window = self.fit_to_rate(window);
+                let all = self.sentry.all_projects()?;
+                break all.into_iter().map(|p| (p.id, window.start)).collect();
+            };
+            planned.retain(|&p, _| self.shard.includes(p));
+            let adds: u64 = planned.values().map(|&(_, n)| n).sum();
+            let base = self.overlap_end(window).unwrap_or(window.start);
+            let end = fit_to_count(base, window.end, adds, self.seen.len());
+            if end < window.end && fits < MAX_FITS {
+                fits += 1;
+                window.end = end;
+                continue;
+            }
+            break planned.into_iter().map(|(p, (s, _))| (p, s)).collect();
+        };
         starts.retain(|&p, _| self.shard.includes(p));
         // After a change of shard layout: a project its old shard had read further is read
         // from there (less the overlap), or not at all in a window that ends before.
@@ -713,9 +733,13 @@ impl Collector<'_, '_> {
     /// `[watermark, end)` and one of the overlap `[start, watermark)`. A project's overlap is
     /// read again only if Sentry counts a different number of events in it than were
     /// delivered from it (late events arrived, or events were deleted); otherwise its read
-    /// starts at the watermark. `None`: no overlap to plan (first window, `overlap = 0s`) or
-    /// no multi-project queries.
-    fn overlap_plan(&mut self, window: Window) -> Result<Option<BTreeMap<u64, i64>>, Stop> {
+    /// starts at the watermark. Per project: where its read starts, and how many ids it would
+    /// add (its new part, and what its overlap counts above what was delivered from it).
+    /// `None`: no overlap to plan (first window, `overlap = 0s`) or no multi-project queries.
+    fn overlap_plan(
+        &mut self,
+        window: Window,
+    ) -> Result<Option<BTreeMap<u64, (i64, u64)>>, Stop> {
         let Some(wm) = self.overlap_end(window) else {
             return Ok(None);
         };
@@ -734,10 +758,19 @@ impl Collector<'_, '_> {
             return Ok(None);
         };
         let delivered = self.seen.counts_in(window.start, wm);
-        let mut starts: BTreeMap<u64, i64> = new.iter().map(|p| (p.id, wm)).collect();
+        let mut starts: BTreeMap<u64, (i64, u64)> =
+            new.iter().map(|p| (p.id, (wm, p.count))).collect();
+        // Projects with late events only (Sentry counts more than was delivered): read again
+        // from where their counts stop agreeing. Fewer: events deleted, the whole overlap.
+        let mut late = Vec::new();
         for p in &in_overlap {
-            if delivered.get(&p.id).copied().unwrap_or(0) != p.count {
-                starts.insert(p.id, window.start);
+            let had = delivered.get(&p.id).copied().unwrap_or(0);
+            if had != p.count {
+                let entry = starts.entry(p.id).or_insert((wm, 0));
+                *entry = (window.start, entry.1 + p.count.saturating_sub(had));
+                if p.count > had {
+                    late.push(p.id);
+                }
             }
         }
         for (&p, &n) in &delivered {
@@ -745,7 +778,26 @@ impl Collector<'_, '_> {
             // rather than trust a count that may also hide a late arrival.
             let project = p != ORG_WIDE && p != QUARANTINED;
             if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
-                starts.insert(p, window.start);
+                starts.entry(p).or_insert((wm, 0)).0 = window.start;
+            }
+        }
+        late.retain(|&p| self.shard.includes(p));
+        let sentry = self.sentry;
+        let seen = &self.seen;
+        let agreed = agreeing_prefixes(
+            window.start,
+            wm,
+            &late,
+            MAX_OVERLAP_COUNTS,
+            |probe| {
+                let counted = sentry.active_projects(probe).ok().flatten()?;
+                Some(counted.into_iter().map(|p| (p.id, p.count)).collect())
+            },
+            |probe| seen.counts_in(probe.start, probe.end),
+        );
+        for (p, agree) in agreed {
+            if let Some(entry) = starts.get_mut(&p) {
+                entry.0 = agree;
             }
         }
         Ok(Some(starts))
@@ -753,7 +805,7 @@ impl Collector<'_, '_> {
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
     fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
-        let window = progress.window;
+        let mut window = progress.window;
         self.read_up_to = None;
         // `events` pages by position, not by Sentry's offset cursors (see `Keyset`), unless
         // the window or the project fell back to those.
@@ -903,6 +955,33 @@ impl Collector<'_, '_> {
                         progress.window.end = end;
                         return Ok(());
                     }
+                }
+                // A newest-first window of which nothing was delivered yet (planned by an
+                // earlier version, or before late events arrived) is planned again shorter.
+                let base = self.overlap_end(window).unwrap_or(window.start);
+                let shorter = base + ((window.end - base) / 120 * 60).max(60);
+                if self.def.kind == Kind::Events
+                    && progress.objects == 0
+                    && self.buffer.events == 0
+                    && shorter < window.end
+                {
+                    let w = format!(
+                        "{}: the window ending {} holds more ids than a run keeps in memory ({}); nothing of it was delivered yet, so it is planned again ending at {} at the latest",
+                        self.def.name,
+                        rfc3339(window.end),
+                        crate::delivered::MAX_IDS,
+                        rfc3339(shorter)
+                    );
+                    eprintln!("warning: {w}");
+                    self.summary.warnings.push(w);
+                    *progress = self.plan(Window {
+                        start: window.start,
+                        end: shorter,
+                    })?;
+                    self.flush(progress)?;
+                    window = progress.window;
+                    self.bad_reads = 0;
+                    continue;
                 }
                 return Err(Stop::Failed(Failure {
                     message: too_many_ids(self.def.name, self.config),
@@ -1242,6 +1321,16 @@ impl Collector<'_, '_> {
         Ok(())
     }
 
+    /// [`fit_to_memory`] for this stream's watermark, set and overlap.
+    fn fit_to_rate(&self, window: Window) -> Window {
+        fit_to_memory(
+            window,
+            self.checkpoint.watermark,
+            &self.seen,
+            self.config.timing.overlap.as_secs() as i64,
+        )
+    }
+
     /// The window is read: move the watermark to its end and forget ids no later window reaches.
     fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
         self.checkpoint.watermark = Some(window.end);
@@ -1269,38 +1358,95 @@ fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
 }
 
 /// The latest minute `agree` after `start` (and before `end`) such that Sentry counts in
-/// `[start, agree)` exactly what was delivered there, found by halving; `None` when none is
-/// found, or a count is below what was delivered (rows deleted: a deletion can hide a late row
-/// in an equal count, so nothing short of the whole range is trusted). A count that fails
-/// (`None`) ends the search where it stands.
+/// `[start, agree)` exactly what was delivered there, for a stream read for the whole org (one
+/// unit): see [`agreeing_prefixes`].
 fn agreeing_prefix(
     start: i64,
     end: i64,
     mut sentry_count: impl FnMut(Window) -> Option<u64>,
     mut delivered: impl FnMut(Window) -> u64,
 ) -> Option<i64> {
-    // [start, agree) holds what was delivered; [start, differ) does not.
-    let (mut agree, mut differ) = (start, end);
-    while differ - agree > 60 {
-        let mid = agree + ((differ - agree) / 120 * 60).max(60);
-        if mid >= differ {
+    let one = |n: u64| HashMap::from([(ORG_WIDE, n)]);
+    agreeing_prefixes(
+        start,
+        end,
+        &[ORG_WIDE],
+        MAX_OVERLAP_COUNTS,
+        |w| sentry_count(w).map(one),
+        |w| one(delivered(w)),
+    )
+    .get(&ORG_WIDE)
+    .copied()
+}
+
+/// How many count queries the search for where an overlap's counts stop agreeing may make.
+const MAX_OVERLAP_COUNTS: usize = 10;
+
+/// Per unit (a project, or the org): the latest minute `agree` after `start` (and before
+/// `end`) such that Sentry counts in `[start, agree)` exactly what was delivered from it,
+/// found by halving. A unit is absent when no such minute is found, or when a count is below
+/// what was delivered (rows deleted: a deletion can hide a late row in an equal count, so
+/// nothing short of the whole range is trusted). Units whose search stands at the same place
+/// share one count (Sentry counts every unit in one query; late rows are mostly recent, so a
+/// busy org's projects move together). At most `max_counts` counts; a count that fails
+/// (`None`) ends the search where it stands.
+fn agreeing_prefixes(
+    start: i64,
+    end: i64,
+    units: &[u64],
+    max_counts: usize,
+    mut sentry_counts: impl FnMut(Window) -> Option<HashMap<u64, u64>>,
+    mut delivered: impl FnMut(Window) -> HashMap<u64, u64>,
+) -> BTreeMap<u64, i64> {
+    // Per unit: [start, agree) holds what was delivered; [start, differ) does not.
+    let mut open: BTreeMap<u64, (i64, i64)> = units.iter().map(|&u| (u, (start, end))).collect();
+    for _ in 0..max_counts {
+        let Some(&(agree, differ)) = open.values().find(|(a, d)| d - a > 60) else {
             break;
-        }
+        };
+        let mid = agree + ((differ - agree) / 120 * 60).max(60);
         let probe = Window { start, end: mid };
-        let Some(count) = sentry_count(probe) else {
+        let Some(counts) = sentry_counts(probe) else {
             break;
         };
         let had = delivered(probe);
-        if count < had {
-            return None;
+        let mut deleted = Vec::new();
+        for (unit, at) in open.iter_mut().filter(|(_, at)| **at == (agree, differ)) {
+            let count = counts.get(unit).copied().unwrap_or(0);
+            let had = had.get(unit).copied().unwrap_or(0);
+            if count < had {
+                deleted.push(*unit);
+            } else if count == had {
+                at.0 = mid;
+            } else {
+                at.1 = mid;
+            }
         }
-        if count == had {
-            agree = mid;
-        } else {
-            differ = mid;
+        for unit in deleted {
+            open.remove(&unit);
         }
     }
-    (agree > start).then_some(agree)
+    open.into_iter()
+        .filter(|&(_, (agree, _))| agree > start)
+        .map(|(unit, (agree, _))| (unit, agree))
+        .collect()
+}
+
+/// How many times an `events` window is shortened and counted again before it is read as is.
+const MAX_FITS: u32 = 6;
+
+/// Where an `events` window that reads from `base` to `end` ends so that the `adds` ids Sentry
+/// counts in it (with a tenth more for late arrivals) fit beside the `held` ones in nine
+/// tenths of the cap: `end` when they fit, else the part of it they would fill at an even
+/// rate, in whole minutes (at least one). The caller counts the shorter window again.
+fn fit_to_count(base: i64, end: i64, adds: u64, held: usize) -> i64 {
+    let room = (crate::delivered::MAX_IDS / 10 * 9).saturating_sub(held) as f64;
+    let need = adds as f64 * 1.1;
+    if need <= room || end <= base {
+        return end;
+    }
+    let secs = ((end - base) as f64 * room / need) as i64;
+    (base + (secs / 60 * 60).max(60)).min(end)
 }
 
 /// Where an oldest-first window that cannot hold more ids ends instead: the latest time it
@@ -1477,6 +1623,26 @@ mod tests {
     }
 
     #[test]
+    fn an_events_window_is_shortened_to_what_its_count_leaves_room_for() {
+        let cap = crate::delivered::MAX_IDS;
+        // Fits: as planned.
+        assert_eq!(fit_to_count(0, 3_600, 100_000, 500_000), 3_600);
+        // A backlog of 3M counted in 2 h beside 1M held: room for 350,000 (of 1.35M), so
+        // about a ninth of the window, in whole minutes.
+        let end = fit_to_count(0, 7_200, 3_000_000, 1_000_000);
+        assert_eq!(end % 60, 0);
+        let room = (cap / 10 * 9 - 1_000_000) as f64;
+        let share = room / (3_000_000.0 * 1.1);
+        assert!(end as f64 <= 7_200.0 * share && end as f64 > 7_200.0 * share - 60.0);
+        // Counted within 10% of the room: shortened too (late arrivals need the margin).
+        assert!(fit_to_count(100, 3_700, (cap / 10 * 9) as u64, 0) < 3_700);
+        // No room at all: one minute past the base, never before it.
+        assert_eq!(fit_to_count(600, 4_200, 1, cap), 660);
+        // Less than a minute left to read: as planned.
+        assert_eq!(fit_to_count(600, 630, 5_000_000, 0), 630);
+    }
+
+    #[test]
     fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
         let (start, end) = (1_000_000, 1_003_600);
         // Sentry holds one row a second; two late rows (not delivered) at +3000 s and +3300 s.
@@ -1505,6 +1671,61 @@ mod tests {
         };
         let partial = agreeing_prefix(start, end, flaky, delivered);
         assert_eq!(partial, Some(start + 1800));
+    }
+
+    #[test]
+    fn each_projects_overlap_is_read_again_from_where_its_own_counts_stop_agreeing() {
+        let (start, end) = (1_000_000, 1_003_600);
+        // Projects 1-3 hold one event a second each. Late (not delivered): project 1 at
+        // +3000 s, project 2 at +600 s; project 3 had an event deleted at +100 s (Sentry counts
+        // one fewer than was delivered); project 4 has nothing late.
+        let late = |p: u64| match p {
+            1 => Some(start + 3000),
+            2 => Some(start + 600),
+            _ => None,
+        };
+        let mut queries = Vec::new();
+        let sentry = |w: Window| {
+            queries.push(w);
+            let all = (w.end - w.start) as u64;
+            let deleted = u64::from(w.end > start + 100);
+            Some(HashMap::from([(1, all), (2, all), (3, all - deleted), (4, all)]))
+        };
+        let delivered = |w: Window| {
+            let all = (w.end - w.start) as u64;
+            (1..=4)
+                .map(|p| {
+                    let missing = late(p).is_some_and(|t| t >= w.start && t < w.end);
+                    (p, all - u64::from(missing))
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        let found = agreeing_prefixes(start, end, &[1, 2, 3, 4], 20, sentry, delivered);
+        let one = found[&1];
+        assert!(one <= start + 3000 && one > start + 3000 - 120, "{one}");
+        let two = found[&2];
+        assert!(two <= start + 600 && two > start + 600 - 120, "{two}");
+        assert!(!found.contains_key(&3), "a deletion: the whole overlap");
+        assert!(found[&4] >= end - 60, "nothing late: next to nothing read again");
+        // Projects that agree share counts: fewer than one search each would make.
+        assert!(queries.len() < 3 * 6, "{} counts", queries.len());
+        assert!(queries.iter().all(|q| q.start == start && q.end < end));
+        // The search stops at its query budget, where it stands.
+        let mut n = 0;
+        let few = agreeing_prefixes(
+            start,
+            end,
+            &[1, 2],
+            1,
+            |w| {
+                n += 1;
+                Some(HashMap::from([(1, (w.end - w.start) as u64), (2, 0)]))
+            },
+            |w| HashMap::from([(1, (w.end - w.start) as u64), (2, 0)]),
+        );
+        assert_eq!(n, 1);
+        assert_eq!(few.get(&1), Some(&(start + 1800)));
+        assert_eq!(few.get(&2), Some(&(start + 1800)));
     }
 
     #[test]
