@@ -580,8 +580,9 @@ impl Collector<'_, '_> {
             }
             let mut progress = progress;
             match self.read(&mut progress) {
+                Ok(Read::PlannedAgain) => {}
                 // The window is read: its last object and the new watermark go in one save.
-                Ok(()) => {
+                Ok(Read::Done) => {
                     self.write_buffer(&mut progress)?;
                     self.finish_window(progress.window)?;
                     windows += 1;
@@ -623,20 +624,25 @@ impl Collector<'_, '_> {
         // Where each project's read starts (the window's start, or the watermark when the
         // overlap holds nothing new for it), and how many ids Sentry counts that the read
         // would add. A window whose count does not fit in memory beside the ids held is
-        // shortened and counted again (the counts are known before anything is read).
+        // shortened and its new part counted again (counts are known before anything is read;
+        // the overlap's part does not depend on where the window ends).
         let mut window = window;
+        let wm = self.overlap_end(window);
+        let again = match wm {
+            Some(wm) => self.overlap_plan(window.start, wm)?,
+            None => None,
+        };
         let mut fits = 0;
         let mut starts: BTreeMap<u64, i64> = loop {
-            let planned = match self.overlap_plan(window)? {
-                Some(planned) => Some(planned),
-                None => self.sentry.active_projects(window)?.map(|active| {
-                    active
-                        .into_iter()
-                        .map(|p| (p.id, (window.start, p.count)))
-                        .collect::<BTreeMap<_, _>>()
-                }),
+            let new_part = Window {
+                start: wm.unwrap_or(window.start),
+                end: window.end,
             };
-            let Some(mut planned) = planned else {
+            let counted = match (wm, &again) {
+                (Some(_), None) => None,
+                _ => self.sentry.active_projects(new_part, &[])?,
+            };
+            let Some(counted) = counted else {
                 self.summary.warnings.push(
                     "this org cannot query several projects at once (no global views): every project is read, one request each at least".into(),
                 );
@@ -644,10 +650,17 @@ impl Collector<'_, '_> {
                 let all = self.sentry.all_projects()?;
                 break all.into_iter().map(|p| (p.id, window.start)).collect();
             };
+            let mut planned: BTreeMap<u64, (i64, u64)> = counted
+                .into_iter()
+                .map(|p| (p.id, (new_part.start, p.count)))
+                .collect();
+            for (&p, &(start, adds)) in again.iter().flatten() {
+                let entry = planned.entry(p).or_insert((start, 0));
+                *entry = (entry.0.min(start), entry.1 + adds);
+            }
             planned.retain(|&p, _| self.shard.includes(p));
             let adds: u64 = planned.values().map(|&(_, n)| n).sum();
-            let base = self.overlap_end(window).unwrap_or(window.start);
-            let end = fit_to_count(base, window.end, adds, self.seen.len());
+            let end = fit_to_count(new_part.start, window.end, adds, self.seen.len());
             if end < window.end && fits < MAX_FITS {
                 fits += 1;
                 window.end = end;
@@ -729,46 +742,30 @@ impl Collector<'_, '_> {
         ))
     }
 
-    /// For a window that re-reads an overlap: two pre-scans, one of the new part
-    /// `[watermark, end)` and one of the overlap `[start, watermark)`. A project's overlap is
-    /// read again only if Sentry counts a different number of events in it than were
-    /// delivered from it (late events arrived, or events were deleted); otherwise its read
-    /// starts at the watermark. Per project: where its read starts, and how many ids it would
-    /// add (its new part, and what its overlap counts above what was delivered from it).
-    /// `None`: no overlap to plan (first window, `overlap = 0s`) or no multi-project queries.
+    /// The projects whose overlap `[start, watermark)` is read again: those of which Sentry
+    /// counts there a different number of events than were delivered from them (late events
+    /// arrived, or events were deleted). Per project: where its read starts, and how many ids
+    /// it would add (what Sentry counts above what was delivered). A project with late events
+    /// only is read from where its counts stop agreeing, found by halving; one with fewer
+    /// events than delivered (deleted), from the overlap's start. `None`: no multi-project
+    /// queries.
     fn overlap_plan(
         &mut self,
-        window: Window,
+        start: i64,
+        wm: i64,
     ) -> Result<Option<BTreeMap<u64, (i64, u64)>>, Stop> {
-        let Some(wm) = self.overlap_end(window) else {
+        let overlap = Window { start, end: wm };
+        let Some(in_overlap) = self.sentry.active_projects(overlap, &[])? else {
             return Ok(None);
         };
-        let Some(new) = self.sentry.active_projects(Window {
-            start: wm,
-            end: window.end,
-        })?
-        else {
-            return Ok(None);
-        };
-        let Some(in_overlap) = self.sentry.active_projects(Window {
-            start: window.start,
-            end: wm,
-        })?
-        else {
-            return Ok(None);
-        };
-        let delivered = self.seen.counts_in(window.start, wm);
-        let mut starts: BTreeMap<u64, (i64, u64)> =
-            new.iter().map(|p| (p.id, (wm, p.count))).collect();
-        // Projects with late events only (Sentry counts more than was delivered): read again
-        // from where their counts stop agreeing. Fewer: events deleted, the whole overlap.
+        let delivered = self.seen.counts_in(start, wm);
+        let mut again: BTreeMap<u64, (i64, u64)> = BTreeMap::new();
         let mut late = Vec::new();
         for p in &in_overlap {
             let had = delivered.get(&p.id).copied().unwrap_or(0);
             if had != p.count {
-                let entry = starts.entry(p.id).or_insert((wm, 0));
-                *entry = (window.start, entry.1 + p.count.saturating_sub(had));
-                if p.count > had {
+                again.insert(p.id, (start, p.count.saturating_sub(had)));
+                if p.count > had && self.shard.includes(p.id) {
                     late.push(p.id);
                 }
             }
@@ -778,34 +775,33 @@ impl Collector<'_, '_> {
             // rather than trust a count that may also hide a late arrival.
             let project = p != ORG_WIDE && p != QUARANTINED;
             if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
-                starts.entry(p).or_insert((wm, 0)).0 = window.start;
+                again.insert(p, (start, 0));
             }
         }
-        late.retain(|&p| self.shard.includes(p));
         let sentry = self.sentry;
         let seen = &self.seen;
         let agreed = agreeing_prefixes(
-            window.start,
+            start,
             wm,
             &late,
             MAX_OVERLAP_COUNTS,
             |probe| {
-                let counted = sentry.active_projects(probe).ok().flatten()?;
+                let counted = sentry.active_projects(probe, &late).ok().flatten()?;
                 Some(counted.into_iter().map(|p| (p.id, p.count)).collect())
             },
             |probe| seen.counts_in(probe.start, probe.end),
         );
         for (p, agree) in agreed {
-            if let Some(entry) = starts.get_mut(&p) {
+            if let Some(entry) = again.get_mut(&p) {
                 entry.0 = agree;
             }
         }
-        Ok(Some(starts))
+        Ok(Some(again))
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
-    fn read(&mut self, progress: &mut WindowProgress) -> Result<(), Stop> {
-        let mut window = progress.window;
+    fn read(&mut self, progress: &mut WindowProgress) -> Result<Read, Stop> {
+        let window = progress.window;
         self.read_up_to = None;
         // `events` pages by position, not by Sentry's offset cursors (see `Keyset`), unless
         // the window or the project fell back to those.
@@ -953,7 +949,7 @@ impl Collector<'_, '_> {
                         eprintln!("warning: {w}");
                         self.summary.warnings.push(w);
                         progress.window.end = end;
-                        return Ok(());
+                        return Ok(Read::Done);
                     }
                 }
                 // A newest-first window of which nothing was delivered yet (planned by an
@@ -974,14 +970,13 @@ impl Collector<'_, '_> {
                     );
                     eprintln!("warning: {w}");
                     self.summary.warnings.push(w);
+                    // The new plan replaces the window in progress; `run` reads it.
                     *progress = self.plan(Window {
                         start: window.start,
                         end: shorter,
                     })?;
                     self.flush(progress)?;
-                    window = progress.window;
-                    self.bad_reads = 0;
-                    continue;
+                    return Ok(Read::PlannedAgain);
                 }
                 return Err(Stop::Failed(Failure {
                     message: too_many_ids(self.def.name, self.config),
@@ -1115,7 +1110,7 @@ impl Collector<'_, '_> {
                 self.flush(progress)?;
             }
         }
-        Ok(())
+        Ok(Read::Done)
     }
 
     /// Sets a page's unreadable items apart: one NDJSON object under
@@ -1401,10 +1396,19 @@ fn agreeing_prefixes(
     // Per unit: [start, agree) holds what was delivered; [start, differ) does not.
     let mut open: BTreeMap<u64, (i64, i64)> = units.iter().map(|&u| (u, (start, end))).collect();
     for _ in 0..max_counts {
-        let Some(&(agree, differ)) = open.values().find(|(a, d)| d - a > 60) else {
+        // The place most units stand at that a whole minute still splits.
+        let mut at: BTreeMap<(i64, i64), usize> = BTreeMap::new();
+        for &place in open.values() {
+            if minute_between(place.0, place.1).is_some() {
+                *at.entry(place).or_default() += 1;
+            }
+        }
+        let Some((&(agree, differ), _)) = at.iter().max_by_key(|&(&(a, d), &n)| (n, d - a)) else {
             break;
         };
-        let mid = agree + ((differ - agree) / 120 * 60).max(60);
+        let Some(mid) = minute_between(agree, differ) else {
+            break;
+        };
         let probe = Window { start, end: mid };
         let Some(counts) = sentry_counts(probe) else {
             break;
@@ -1430,6 +1434,26 @@ fn agreeing_prefixes(
         .filter(|&(_, (agree, _))| agree > start)
         .map(|(unit, (agree, _))| (unit, agree))
         .collect()
+}
+
+/// A whole minute about halfway between `agree` and `differ` (strictly between them), if any.
+fn minute_between(agree: i64, differ: i64) -> Option<i64> {
+    let half = agree + (differ - agree) / 2;
+    let mid = half - half.rem_euclid(60);
+    let mid = if mid > agree {
+        mid
+    } else {
+        agree - agree.rem_euclid(60) + 60
+    };
+    (mid < differ).then_some(mid)
+}
+
+/// How [`Collector::read`] ended.
+enum Read {
+    /// The window is read.
+    Done,
+    /// The window was planned again (shorter); the new plan is the window in progress.
+    PlannedAgain,
 }
 
 /// How many times an `events` window is shortened and counted again before it is read as is.
@@ -1644,7 +1668,7 @@ mod tests {
 
     #[test]
     fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
-        let (start, end) = (1_000_000, 1_003_600);
+        let (start, end) = (999_960, 1_003_560);
         // Sentry holds one row a second; two late rows (not delivered) at +3000 s and +3300 s.
         let late = [start + 3000, start + 3300];
         let sentry = |w: Window| Some((w.end - w.start) as u64);
@@ -1675,7 +1699,7 @@ mod tests {
 
     #[test]
     fn each_projects_overlap_is_read_again_from_where_its_own_counts_stop_agreeing() {
-        let (start, end) = (1_000_000, 1_003_600);
+        let (start, end) = (999_960, 1_003_560);
         // Projects 1-3 hold one event a second each. Late (not delivered): project 1 at
         // +3000 s, project 2 at +600 s; project 3 had an event deleted at +100 s (Sentry counts
         // one fewer than was delivered); project 4 has nothing late.
@@ -1689,7 +1713,12 @@ mod tests {
             queries.push(w);
             let all = (w.end - w.start) as u64;
             let deleted = u64::from(w.end > start + 100);
-            Some(HashMap::from([(1, all), (2, all), (3, all - deleted), (4, all)]))
+            Some(HashMap::from([
+                (1, all),
+                (2, all),
+                (3, all - deleted),
+                (4, all),
+            ]))
         };
         let delivered = |w: Window| {
             let all = (w.end - w.start) as u64;
@@ -1700,16 +1729,45 @@ mod tests {
                 })
                 .collect::<HashMap<_, _>>()
         };
-        let found = agreeing_prefixes(start, end, &[1, 2, 3, 4], 20, sentry, delivered);
+        // (Project 4 is not searched: its whole overlap agrees; it is counted all the same.)
+        let found = agreeing_prefixes(
+            start,
+            end,
+            &[1, 2, 3],
+            MAX_OVERLAP_COUNTS,
+            sentry,
+            delivered,
+        );
         let one = found[&1];
-        assert!(one <= start + 3000 && one > start + 3000 - 120, "{one}");
+        assert!(one <= start + 3000 && one > start + 3000 - 180, "{one}");
         let two = found[&2];
-        assert!(two <= start + 600 && two > start + 600 - 120, "{two}");
+        assert!(two <= start + 600 && two > start + 600 - 180, "{two}");
         assert!(!found.contains_key(&3), "a deletion: the whole overlap");
-        assert!(found[&4] >= end - 60, "nothing late: next to nothing read again");
-        // Projects that agree share counts: fewer than one search each would make.
-        assert!(queries.len() < 3 * 6, "{} counts", queries.len());
-        assert!(queries.iter().all(|q| q.start == start && q.end < end));
+        assert!(!found.contains_key(&4));
+        // Within the budget, every probe a whole minute inside the range.
+        assert!(
+            queries.len() <= MAX_OVERLAP_COUNTS,
+            "{} counts",
+            queries.len()
+        );
+        assert!(queries
+            .iter()
+            .all(|q| q.start == start && q.end < end && q.end % 60 == 0));
+        // A range that does not start on a minute is still probed at whole minutes.
+        let mut probes = Vec::new();
+        let odd = agreeing_prefixes(
+            start + 17,
+            end + 17,
+            &[1],
+            MAX_OVERLAP_COUNTS,
+            |w| {
+                probes.push(w.end);
+                Some(HashMap::from([(1, (w.end - w.start) as u64)]))
+            },
+            |w| HashMap::from([(1, (w.end - w.start) as u64)]),
+        );
+        assert!(odd[&1] >= end - 60 && odd[&1] < end + 17, "{odd:?}");
+        assert!(probes.iter().all(|t| t % 60 == 0), "{probes:?}");
         // The search stops at its query budget, where it stands.
         let mut n = 0;
         let few = agreeing_prefixes(

@@ -218,10 +218,16 @@ impl<'e> SentryClient<'e> {
         }
     }
 
-    /// Projects with at least one error event in the window, from one Discover query
-    /// (`field=project.id&field=count()`), or `None` when the org cannot query several projects
-    /// at once ("You cannot view events from multiple projects.").
-    pub fn active_projects(&self, window: Window) -> Result<Option<Vec<ProjectRef>>, SentryError> {
+    /// Projects with at least one error event in the window and how many, from one Discover
+    /// query (`field=project.id&field=count()`) of every project (`only` empty: `project=-1`)
+    /// or of the projects in `only` (at most 100; more count every project), or `None` when
+    /// the org cannot query several projects at once ("You cannot view events from multiple
+    /// projects.").
+    pub fn active_projects(
+        &self,
+        window: Window,
+        only: &[u64],
+    ) -> Result<Option<Vec<ProjectRef>>, SentryError> {
         #[derive(Deserialize)]
         struct Row {
             #[serde(rename = "project.id")]
@@ -243,8 +249,15 @@ impl<'e> SentryClient<'e> {
         url.query_pairs_mut()
             .append_pair("field", "project.id")
             .append_pair("field", "count()")
-            .append_pair("dataset", "errors")
-            .append_pair("project", "-1")
+            .append_pair("dataset", "errors");
+        if only.is_empty() || only.len() > 100 {
+            url.query_pairs_mut().append_pair("project", "-1");
+        } else {
+            for p in only {
+                url.query_pairs_mut().append_pair("project", &p.to_string());
+            }
+        }
+        url.query_pairs_mut()
             .append_pair("start", &rfc3339(window.start))
             .append_pair("end", &rfc3339(window.end))
             .append_pair("sort", "project.id")
@@ -260,10 +273,11 @@ impl<'e> SentryClient<'e> {
                 let id = json_id(&row.project_id).ok_or_else(|| {
                     SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
                 })?;
+                // Sampled data may count in floats; a row without a count has events.
                 let count = row
                     .count
                     .as_ref()
-                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.round() as u64)))
                     .unwrap_or(1);
                 if count > 0 && !projects.iter().any(|p| p.id == id) {
                     projects.push(ProjectRef { id, count });
