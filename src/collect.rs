@@ -650,7 +650,7 @@ impl Collector<'_, '_> {
                 let all = self.sentry.all_projects()?;
                 break all.into_iter().map(|p| (p.id, window.start)).collect();
             };
-            let mut planned: BTreeMap<u64, (i64, u64)> = counted
+            let mut planned: Reads = counted
                 .into_iter()
                 .map(|p| (p.id, (new_part.start, p.count)))
                 .collect();
@@ -749,17 +749,13 @@ impl Collector<'_, '_> {
     /// only is read from where its counts stop agreeing, found by halving; one with fewer
     /// events than delivered (deleted), from the overlap's start. `None`: no multi-project
     /// queries.
-    fn overlap_plan(
-        &mut self,
-        start: i64,
-        wm: i64,
-    ) -> Result<Option<BTreeMap<u64, (i64, u64)>>, Stop> {
+    fn overlap_plan(&mut self, start: i64, wm: i64) -> Result<Option<Reads>, Stop> {
         let overlap = Window { start, end: wm };
         let Some(in_overlap) = self.sentry.active_projects(overlap, &[])? else {
             return Ok(None);
         };
         let delivered = self.seen.counts_in(start, wm);
-        let mut again: BTreeMap<u64, (i64, u64)> = BTreeMap::new();
+        let mut again = Reads::new();
         let mut late = Vec::new();
         for p in &in_overlap {
             let had = delivered.get(&p.id).copied().unwrap_or(0);
@@ -1447,6 +1443,9 @@ fn minute_between(agree: i64, differ: i64) -> Option<i64> {
     };
     (mid < differ).then_some(mid)
 }
+
+/// Per project of an `events` window: where its read starts, and how many ids it would add.
+type Reads = BTreeMap<u64, (i64, u64)>;
 
 /// How [`Collector::read`] ended.
 enum Read {
