@@ -976,15 +976,19 @@ async fn the_overlap_is_read_again_only_where_late_events_arrived() {
     rig.sim.reset_counters();
     let s = rig.run_ok().await;
     let ev = events_summary(&s);
-    assert_eq!(ev["overlap_skipped"], 3, "{ev}");
-    assert!(ev["duplicates_dropped"].as_u64().unwrap() > 0, "{ev}");
+    // Projects 1, 3, 4 skip their overlap; project 2 reads it again only from the minute
+    // where its counts stop agreeing (about twenty minutes of the hour: some 33 of its ~100
+    // events there are read twice, not all).
+    assert_eq!(ev["overlap_skipped"], 4, "{ev}");
+    let dup = ev["duplicates_dropped"].as_u64().unwrap();
+    assert!(dup > 0 && dup < 50, "{ev}");
     let c = rig.sim.counters();
     for p in [1, 3, 4] {
         assert_eq!(c.project_event_requests.get(&p), Some(&1), "{c:?}");
     }
-    assert!(c.project_event_requests[&2] >= 2, "{c:?}");
-    // Two pre-scans (new part, overlap), four projects' pages, nothing else from Sentry.
-    assert_eq!(c.requests.get("discover"), Some(&2), "{c:?}");
+    // Two pre-scans (new part, overlap), the halving's counts, the projects' pages.
+    let discover = c.requests.get("discover").copied().unwrap_or(0);
+    assert!((3..=12).contains(&discover), "{c:?}");
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
     assert!(truth.iter().any(|e| e.title == "late"));
