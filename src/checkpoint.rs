@@ -214,7 +214,10 @@ impl Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingObject {
     pub name: String,
-    pub sha256: String,
+    /// The object's content id ([`crate::gcs::Content::id`]; the SHA-256 of the content in
+    /// records of earlier versions, whose objects carry it as `sha256`).
+    #[serde(alias = "sha256")]
+    pub content: String,
     /// The state to return to if the object is not in the bucket.
     pub rollback_progress: Option<WindowProgress>,
     #[serde(default)]
@@ -231,11 +234,11 @@ pub struct PendingObject {
 
 impl PendingObject {
     /// A pending object whose rollback returns to `cp`'s progress and delivered ids.
-    pub fn new(name: String, sha256: String, cp: &Checkpoint) -> PendingObject {
+    pub fn new(name: String, content: String, cp: &Checkpoint) -> PendingObject {
         let at = cp.ids_at();
         PendingObject {
             name,
-            sha256,
+            content,
             rollback_progress: cp.in_progress.clone(),
             rollback_slot: at.slot,
             rollback_chunks: at.chunks,
@@ -679,6 +682,16 @@ mod tests {
 
     fn hex_id(n: u64) -> String {
         format!("{n:032x}")
+    }
+
+    #[test]
+    fn a_pending_object_recorded_by_an_earlier_version_keeps_its_sha256_as_content() {
+        let sha = "ab".repeat(32);
+        let old = format!(r#"{{"name":"o.ndjson","sha256":"{sha}","rollback_progress":null}}"#);
+        let pending: PendingObject = serde_json::from_str(&old).unwrap();
+        assert_eq!(pending.content, sha);
+        let again = serde_json::to_string(&pending).unwrap();
+        assert!(again.contains(&format!(r#""content":"{sha}""#)), "{again}");
     }
 
     fn keys(kv: &MemKv, part: &str) -> Vec<String> {

@@ -408,7 +408,7 @@ pub(crate) fn settle_pending(
         return Ok((cp, seen));
     };
     // A refusal (403: the writer lacks objectViewer) is a permission to fix, not a blip.
-    let landed = gcs.holds(&pending.name, &pending.sha256).map_err(|e| {
+    let landed = gcs.holds(&pending.name, &pending.content).map_err(|e| {
         Stop::Failed(Failure {
             transient: matches!(e, gcs::GcsError::Transient(_)),
             message: format!("checking the object an interrupted run was writing: {e}"),
@@ -1131,7 +1131,7 @@ impl Collector<'_, '_> {
         if n == 0 {
             return Ok(());
         }
-        let sha256 = gcs::sha256_hex(&body);
+        let content = gcs::Content::of(&body);
         let name = gcs::object_name(
             &self.config.gcs,
             &format!("{}-quarantine", self.def.name),
@@ -1139,13 +1139,13 @@ impl Collector<'_, '_> {
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             0,
-            &sha256,
+            &content.id,
             false,
         );
         self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
-            .create(&name, body, &sha256, n)
+            .create(&name, body, &content, n)
             .map_err(|e| Stop::WriteFailed(e.into()))?;
         self.summary.quarantined += n as u64;
         self.summary.bytes += uploaded.bytes as u64;
@@ -1257,7 +1257,7 @@ impl Collector<'_, '_> {
         } else {
             data.ndjson
         };
-        let sha256 = gcs::sha256_hex(&body);
+        let content = gcs::Content::of(&body);
         self.summary.timing.hash_ms += ms_since(self.env, started);
         let name = gcs::object_name(
             &self.config.gcs,
@@ -1266,7 +1266,7 @@ impl Collector<'_, '_> {
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
-            &sha256,
+            &content.id,
             self.config.gcs.gzip,
         );
         let events = data.events;
@@ -1274,7 +1274,7 @@ impl Collector<'_, '_> {
         after.objects += 1;
         self.checkpoint.pending = Some(PendingObject::new(
             name.clone(),
-            sha256.clone(),
+            content.id.clone(),
             &self.checkpoint,
         ));
         self.checkpoint.in_progress = Some(after);
@@ -1283,7 +1283,7 @@ impl Collector<'_, '_> {
         self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
-            .create(&name, body, &sha256, events)
+            .create(&name, body, &content, events)
             .map_err(|e| Stop::WriteFailed(e.into()))?;
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {

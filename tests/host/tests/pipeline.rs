@@ -266,7 +266,17 @@ async fn objects_are_ndjson_events_never_overwritten_and_no_state_lands_in_the_b
                 .map(|w| w.starts_with("sentry-logs-collector/")),
             Some(true)
         );
-        assert!(o.metadata["sha256"].as_str().is_some_and(|h| h.len() == 64));
+        // The content id: a 64-bit hash and the CRC-32C Cloud Storage checked, in hex.
+        let id = o.metadata["content"].as_str().unwrap_or_default();
+        assert!(
+            id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(
+            o.name.contains(&format!("-{}.ndjson", &id[..16])),
+            "{}",
+            o.name
+        );
     }
     // No checkpoint or cache is stored as an object.
     assert!(
