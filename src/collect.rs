@@ -732,12 +732,17 @@ impl Collector<'_, '_> {
             self.summary.overlap_skipped += 1;
             return Ok(Some(wm));
         }
-        let sentry = self.sentry;
+        let (sentry, clock) = (self.sentry, self.env.clock);
         let seen = &self.seen;
         Ok(agreeing_prefix(
             window.start,
             wm,
-            |probe| sentry.dataset_count(dataset, probe).ok().flatten(),
+            |probe| {
+                if sentry.deadline() - clock.now() < MIN_SECS_TO_SEARCH {
+                    return None;
+                }
+                sentry.dataset_count(dataset, probe).ok().flatten()
+            },
             |probe| delivered_org_wide(seen, probe),
         ))
     }
@@ -774,7 +779,7 @@ impl Collector<'_, '_> {
                 again.insert(p, (start, 0));
             }
         }
-        let sentry = self.sentry;
+        let (sentry, clock) = (self.sentry, self.env.clock);
         let seen = &self.seen;
         let agreed = agreeing_prefixes(
             start,
@@ -782,6 +787,10 @@ impl Collector<'_, '_> {
             &late,
             MAX_OVERLAP_COUNTS,
             |probe| {
+                // The search saves reading; it must not take the time the reading needs.
+                if sentry.deadline() - clock.now() < MIN_SECS_TO_SEARCH {
+                    return None;
+                }
                 let counted = sentry.active_projects(probe, &late).ok().flatten()?;
                 Some(counted.into_iter().map(|p| (p.id, p.count)).collect())
             },
@@ -1369,6 +1378,9 @@ fn agreeing_prefix(
     .get(&ORG_WIDE)
     .copied()
 }
+
+/// The overlap's counts are searched only while this much of the stream's share is left.
+const MIN_SECS_TO_SEARCH: f64 = 5.0;
 
 /// How many count queries the search for where an overlap's counts stop agreeing may make.
 const MAX_OVERLAP_COUNTS: usize = 10;

@@ -453,10 +453,13 @@ async fn chaos_sequences_lose_nothing() {
     // At most `parallel` at a time, a new one as soon as any ends (a slow sequence holds up
     // no batch).
     let mut running = futures::stream::iter(first..first + sequences)
-        .map(|s| tokio::spawn(sequence(s)))
+        .map(|s| async move { (s, tokio::spawn(sequence(s)).await) })
         .buffer_unordered(parallel);
-    while let Some(done) = running.next().await {
-        total.add(&done.expect("a sequence panicked"));
+    while let Some((seed, done)) = running.next().await {
+        match done {
+            Ok(tally) => total.add(&tally),
+            Err(e) => panic!("sequence {seed} panicked (CHAOS_SEED={seed} CHAOS_SEQUENCES=1 runs it alone): {e:?}"),
+        }
     }
     println!(
         "chaos: {} sequences, {} runs in {:.0?}; lines {} {:?}, lost {}, duplicated {} (crash windows {}); outcomes {:?}; faults {:?}",
