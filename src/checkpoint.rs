@@ -109,6 +109,12 @@ pub struct WindowProgress {
     /// follow its own offset cursors for the rest of the window.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dates_ignored: bool,
+    /// Oldest-first streams: the row the last page ended with (its key in hex, its time). The
+    /// next page is asked for from one row before Sentry's cursor and must start with it; if
+    /// it does not, rows before the cursor moved (deleted, or late ones arrived), which would
+    /// shift unread rows past the cursor, and the query starts again at that row's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_row: Option<(String, i64)>,
 }
 
 /// A place in a newest-first list (`-timestamp, -event_id`) that deleted events cannot move:

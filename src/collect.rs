@@ -619,6 +619,7 @@ impl Collector<'_, '_> {
                 read_from: Vec::new(),
                 keyset: None,
                 dates_ignored: false,
+                last_row: None,
             });
         }
         // Where each project's read starts (the window's start, or the watermark when the
@@ -700,6 +701,7 @@ impl Collector<'_, '_> {
             read_from: starts.values().copied().collect(),
             keyset: None,
             dates_ignored: false,
+            last_row: None,
         })
     }
 
@@ -820,8 +822,22 @@ impl Collector<'_, '_> {
                 .as_ref()
                 .filter(|k| k.read > 0)
                 .map(|k| format!("0:{}:0", k.read - 1));
+            // Oldest first: from one row before Sentry's cursor, to check the last row read.
+            let checked = progress
+                .last_row
+                .clone()
+                .filter(|_| self.def.order == Order::OldestFirst);
+            let check_cursor = checked
+                .as_ref()
+                .and(progress.cursor.as_deref())
+                .and_then(cursor_offset)
+                .filter(|&o| o > 0)
+                .map(|o| format!("0:{}:0", o - 1));
+            let checked = checked.filter(|_| check_cursor.is_some());
             let cursor = if keyed(progress) {
                 keyset_cursor.as_deref()
+            } else if check_cursor.is_some() {
+                check_cursor.as_deref()
             } else {
                 progress.cursor.as_deref()
             };
@@ -894,6 +910,22 @@ impl Collector<'_, '_> {
                 }
             };
             self.summary.pages += 1;
+            if let Some((last, at)) = &checked {
+                let first = rows(&page.parsed).first().copied().flatten();
+                let same = first.is_some_and(|i| crate::hex::encode(&i.key) == *last);
+                // Rows before the cursor moved: start again at the last row's time (rows of
+                // that second read again are dropped as duplicates), once per place; a place
+                // that keeps moving is followed by Sentry's cursor.
+                if !same && progress.query_start != Some(*at) {
+                    self.summary.queries_split += 1;
+                    progress.cursor = None;
+                    progress.query_rows = 0;
+                    progress.last_row = None;
+                    progress.query_start = Some(*at);
+                    self.bad_reads = 0;
+                    continue;
+                }
+            }
             // Items set apart by an earlier read (of an overlap) are not retried.
             let set_apart = |r: &crate::sentry::pages::Rejected| {
                 self.seen
@@ -1004,7 +1036,9 @@ impl Collector<'_, '_> {
             }
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
-            self.summary.duplicates_dropped += took.duplicates;
+            // (The row read again to check the position is not a duplicate Sentry served.)
+            let checked_row = u64::from(checked.is_some() && took.duplicates > 0);
+            self.summary.duplicates_dropped += took.duplicates - checked_row;
             self.summary.outside_window_dropped += took.outside;
             match self.def.order {
                 Order::NewestFirst => {
@@ -1099,13 +1133,19 @@ impl Collector<'_, '_> {
                     }
                 }
                 Order::OldestFirst => {
-                    // Sentry's offset counts every row, set apart or not.
-                    progress.query_rows +=
-                        (page.parsed.items.len() + page.parsed.rejected.len()) as u64;
+                    // Sentry's offset counts every row, set apart or not (the row read
+                    // again to check the position was counted by the page before).
+                    let served = (page.parsed.items.len() + page.parsed.rejected.len()) as u64;
+                    progress.query_rows += served.saturating_sub(u64::from(checked.is_some()));
                     if progress.query_rows >= OFFSET_CAP {
                         self.split_query(progress, range, &page.parsed.items);
                     } else if let Some(cursor) = page.next {
                         progress.cursor = Some(cursor);
+                        progress.last_row = rows(&page.parsed)
+                            .last()
+                            .copied()
+                            .flatten()
+                            .map(|i| (crate::hex::encode(&i.key), i.time));
                     } else {
                         next_unit(progress);
                     }
@@ -1225,6 +1265,7 @@ impl Collector<'_, '_> {
         };
         progress.cursor = None;
         progress.query_rows = 0;
+        progress.last_row = None;
         if next_start >= range.end {
             next_unit(progress);
         } else {
@@ -1556,6 +1597,7 @@ fn next_unit(progress: &mut WindowProgress) {
     progress.keyset = None;
     progress.query_start = None;
     progress.query_rows = 0;
+    progress.last_row = None;
 }
 
 /// After this many failed checks at one position, a project follows Sentry's own cursors.

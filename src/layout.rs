@@ -240,6 +240,7 @@ mod tests {
                 read_from: vec![],
                 keyset: None,
                 dates_ignored: false,
+                last_row: None,
             }),
             ..Checkpoint::default()
         };
