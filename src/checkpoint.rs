@@ -109,12 +109,17 @@ pub struct WindowProgress {
     /// follow its own offset cursors for the rest of the window.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dates_ignored: bool,
-    /// Oldest-first streams: the row the last page ended with (its key in hex, its time). The
-    /// next page is asked for from one row before Sentry's cursor and must start with it; if
-    /// it does not, rows before the cursor moved (deleted, or late ones arrived), which would
-    /// shift unread rows past the cursor, and the query starts again at that row's time.
+    /// Oldest-first streams: the last readable row of the last page (its key in hex, its
+    /// time, and how many unreadable rows followed it). The next page is asked for from that
+    /// row's offset and must hold it; if it does not, rows before the cursor were deleted,
+    /// which moves unread rows behind the cursor, and the query starts again at its time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_row: Option<(String, i64)>,
+    pub last_row: Option<(String, i64, u64)>,
+    /// Oldest-first streams: the time the current query last started again at because rows
+    /// before the cursor moved (once per place: a place that keeps moving is read as served,
+    /// with a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<i64>,
 }
 
 /// A place in a newest-first list (`-timestamp, -event_id`) that deleted events cannot move:

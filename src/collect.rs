@@ -620,6 +620,7 @@ impl Collector<'_, '_> {
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,
+                restarted_at: None,
             });
         }
         // Where each project's read starts (the window's start, or the watermark when the
@@ -702,6 +703,7 @@ impl Collector<'_, '_> {
             keyset: None,
             dates_ignored: false,
             last_row: None,
+            restarted_at: None,
         })
     }
 
@@ -822,17 +824,15 @@ impl Collector<'_, '_> {
                 .as_ref()
                 .filter(|k| k.read > 0)
                 .map(|k| format!("0:{}:0", k.read - 1));
-            // Oldest first: from one row before Sentry's cursor, to check the last row read.
+            // Oldest first: from the last readable row's offset, to check that it is still there.
             let checked = progress
                 .last_row
                 .clone()
                 .filter(|_| self.def.order == Order::OldestFirst);
-            let check_cursor = checked
-                .as_ref()
-                .and(progress.cursor.as_deref())
-                .and_then(cursor_offset)
-                .filter(|&o| o > 0)
-                .map(|o| format!("0:{}:0", o - 1));
+            let check_cursor = checked.as_ref().and_then(|&(_, _, after)| {
+                let o = progress.cursor.as_deref().and_then(cursor_offset)?;
+                (o > after).then(|| format!("0:{}:0", o - 1 - after))
+            });
             let checked = checked.filter(|_| check_cursor.is_some());
             let cursor = if keyed(progress) {
                 keyset_cursor.as_deref()
@@ -910,20 +910,38 @@ impl Collector<'_, '_> {
                 }
             };
             self.summary.pages += 1;
-            if let Some((last, at)) = &checked {
-                let first = rows(&page.parsed).first().copied().flatten();
-                let same = first.is_some_and(|i| crate::hex::encode(&i.key) == *last);
-                // Rows before the cursor moved: start again at the last row's time (rows of
-                // that second read again are dropped as duplicates), once per place; a place
-                // that keeps moving is followed by Sentry's cursor.
-                if !same && progress.query_start != Some(*at) {
+            // Whether the page holds the last row read (late rows that arrived before it
+            // move it down the page: they are new, the rows before it duplicates).
+            let held = checked.as_ref().map(|(last, at, _)| {
+                let found = page
+                    .parsed
+                    .items
+                    .iter()
+                    .any(|i| crate::hex::encode(&i.key) == *last);
+                (found, *at)
+            });
+            if let Some((false, at)) = held {
+                // Rows before the cursor were deleted: unread rows moved behind it. Start
+                // again at the last row's time (rows of that second read again are dropped
+                // as duplicates), once per place.
+                if progress.restarted_at != Some(at) && at < range.end {
                     self.summary.queries_split += 1;
                     progress.cursor = None;
                     progress.query_rows = 0;
                     progress.last_row = None;
-                    progress.query_start = Some(*at);
+                    progress.restarted_at = Some(at);
+                    progress.query_start = Some(at);
                     self.bad_reads = 0;
                     continue;
+                }
+                let w = format!(
+                    "{}: rows before the read position kept moving at {}; the page was taken as Sentry served it, and rows there may not be collected (the next window's overlap count checks)",
+                    self.def.name,
+                    rfc3339(at)
+                );
+                eprintln!("warning: {w}");
+                if !self.summary.warnings.contains(&w) {
+                    self.summary.warnings.push(w);
                 }
             }
             // Items set apart by an earlier read (of an overlap) are not retried.
@@ -1036,10 +1054,17 @@ impl Collector<'_, '_> {
             }
             self.buffer.events += took.written;
             self.summary.events += took.written as u64;
-            // (The row read again to check the position is not a duplicate Sentry served.)
-            let checked_row = u64::from(checked.is_some() && took.duplicates > 0);
-            self.summary.duplicates_dropped += took.duplicates - checked_row;
-            self.summary.outside_window_dropped += took.outside;
+            // (The row read again to check the position is not one Sentry served twice.)
+            let (mut duplicates, mut outside) = (took.duplicates, took.outside);
+            if let Some((true, at)) = held {
+                if window.contains(at) {
+                    duplicates = duplicates.saturating_sub(1);
+                } else {
+                    outside = outside.saturating_sub(1);
+                }
+            }
+            self.summary.duplicates_dropped += duplicates;
+            self.summary.outside_window_dropped += outside;
             match self.def.order {
                 Order::NewestFirst => {
                     // A page that reaches past the window's start means the rest is older
@@ -1133,19 +1158,21 @@ impl Collector<'_, '_> {
                     }
                 }
                 Order::OldestFirst => {
-                    // Sentry's offset counts every row, set apart or not (the row read
-                    // again to check the position was counted by the page before).
+                    // Sentry's offset counts every row, set apart or not (the rows read
+                    // again to check the position were counted by the page before).
                     let served = (page.parsed.items.len() + page.parsed.rejected.len()) as u64;
-                    progress.query_rows += served.saturating_sub(u64::from(checked.is_some()));
+                    let again = checked.as_ref().map_or(0, |&(_, _, after)| after + 1);
+                    progress.query_rows += served.saturating_sub(again);
                     if progress.query_rows >= OFFSET_CAP {
                         self.split_query(progress, range, &page.parsed.items);
                     } else if let Some(cursor) = page.next {
                         progress.cursor = Some(cursor);
-                        progress.last_row = rows(&page.parsed)
-                            .last()
-                            .copied()
-                            .flatten()
-                            .map(|i| (crate::hex::encode(&i.key), i.time));
+                        let ordered = rows(&page.parsed);
+                        progress.last_row = ordered.iter().rposition(Option::is_some).map(|k| {
+                            let item = ordered[k].expect("a readable row");
+                            let after = (ordered.len() - 1 - k) as u64;
+                            (crate::hex::encode(&item.key), item.time, after)
+                        });
                     } else {
                         next_unit(progress);
                     }
@@ -1266,6 +1293,7 @@ impl Collector<'_, '_> {
         progress.cursor = None;
         progress.query_rows = 0;
         progress.last_row = None;
+        progress.restarted_at = None;
         if next_start >= range.end {
             next_unit(progress);
         } else {
@@ -1598,6 +1626,7 @@ fn next_unit(progress: &mut WindowProgress) {
     progress.query_start = None;
     progress.query_rows = 0;
     progress.last_row = None;
+    progress.restarted_at = None;
 }
 
 /// After this many failed checks at one position, a project follows Sentry's own cursors.

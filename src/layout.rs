@@ -241,6 +241,7 @@ mod tests {
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,
+                restarted_at: None,
             }),
             ..Checkpoint::default()
         };
