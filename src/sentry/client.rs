@@ -15,6 +15,17 @@ use crate::retry;
 use crate::streams::{Kind, StreamDef};
 use crate::time::rfc3339;
 
+/// Whether a request that timed out at `now` was cut off by the deadline after starting with
+/// `left_at_start` seconds to go, too few for a busy Sentry (or host) to answer: time ran out.
+/// One that started with more and still did not finish is Sentry being slow, and is reported.
+fn cut_by_deadline(left_at_start: f64, now: f64, deadline: f64) -> bool {
+    now + 0.5 >= deadline && left_at_start < SHORT_REQUEST_SECS
+}
+
+/// A request that starts with less time than this before the deadline may be cut off by it
+/// without anything being wrong.
+const SHORT_REQUEST_SECS: f64 = 3.0;
+
 /// A request is not started unless this much time remains before the deadline.
 const MIN_REQUEST_SECS: f64 = 1.0;
 const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -126,7 +137,9 @@ impl<'e> SentryClient<'e> {
             self.wait_until(self.pacer.borrow().ready_at(endpoint))?;
             let mut request = authorized_get(self.cfg, url.clone());
             request.max_response_bytes = max_bytes;
-            request.bound_by(self.deadline.get(), self.env.clock.now());
+            let now = self.env.clock.now();
+            request.bound_by(self.deadline.get(), now);
+            let left_at_start = self.deadline.get() - now;
             self.stats.borrow_mut().requests += 1;
             let transient = match self.env.http.send(&request) {
                 Err(TransportError::Denied(m)) => {
@@ -136,6 +149,17 @@ impl<'e> SentryClient<'e> {
                     return Err(SentryError::Malformed(format!(
                         "{what}: the response is larger than {n} bytes"
                     )))
+                }
+                // Cut off by the run's own deadline (its share for this stream), having
+                // started with only a few seconds left: time ran out, Sentry did not fail.
+                Err(TransportError::Timeout(_))
+                    if cut_by_deadline(
+                        left_at_start,
+                        self.env.clock.now(),
+                        self.deadline.get(),
+                    ) =>
+                {
+                    return Err(SentryError::OutOfTime)
                 }
                 Err(e) => format!("{what}: {e}"),
                 Ok(resp) => {
@@ -545,5 +569,22 @@ fn json_id(v: &serde_json::Value) -> Option<u64> {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_request_started_near_the_deadline_and_cut_by_it_is_time_running_out() {
+        let deadline = 1_000.0;
+        // Started 1.5 s before the deadline, cut at it: time ran out.
+        assert!(cut_by_deadline(1.5, 999.8, deadline));
+        assert!(cut_by_deadline(2.9, 1_000.0, deadline));
+        // Started with 20 s to go and still not answered: Sentry is slow, reported.
+        assert!(!cut_by_deadline(20.0, 1_000.0, deadline));
+        // A timeout well before the deadline is Sentry's, whenever the request started.
+        assert!(!cut_by_deadline(1.5, 995.0, deadline));
     }
 }
