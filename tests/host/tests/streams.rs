@@ -425,28 +425,14 @@ async fn explore_without_global_views_reads_each_project_and_sampling_is_reporte
 /// confirms it is gone; the others are collected.
 #[tokio::test(flavor = "multi_thread")]
 async fn explore_skips_a_project_deleted_while_it_is_read_one_project_at_a_time() {
-    let mut rig = Rig::start(SimOptions {
-        global_views: false,
-        ..SimOptions::default()
-    })
+    let mut rig = four_projects_of_spans(
+        SimOptions {
+            global_views: false,
+            ..SimOptions::default()
+        },
+        66,
+    )
     .await;
-    add_projects(&rig.sim, 4);
-    rig.set("streams", "spans");
-    rig.set("lookback", "2h");
-    let mut rng = Rng::new(66);
-    let now = rig.clock.now();
-    for p in 1..=4 {
-        rig.sim.generate_rows(
-            &mut rng,
-            "spans",
-            p,
-            120,
-            now - 90 * MIN,
-            now - 5 * MIN,
-            0.0,
-            60,
-        );
-    }
     // The org-wide query (400), then projects 1 and 2 (two pages each): then 3 is deleted.
     rig.sim.delete_projects_after("discover", 5, vec![3]);
     let summary = rig.run_ok().await;
@@ -458,12 +444,7 @@ async fn explore_skips_a_project_deleted_while_it_is_read_one_project_at_a_time(
             .contains("project 3 no longer exists"),
         "{s}"
     );
-    let truth: BTreeSet<String> = rig
-        .sim
-        .rows_truth("spans", 0, i64::MAX, rig.clock.now())
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let truth = spans_truth(&rig);
     assert_eq!(truth.len(), 360);
     let lines = rig.stream_lines("spans").await;
     assert_once("spans", &counts(ids(&lines, "id")), &truth, &truth);
@@ -638,11 +619,34 @@ async fn a_backlog_in_one_stream_does_not_starve_the_others() {
 /// the last row read; when it does not, the query starts again at that row's time.
 #[tokio::test(flavor = "multi_thread")]
 async fn explore_loses_nothing_to_a_project_deleted_between_two_pages() {
-    let mut rig = Rig::start(SimOptions::default()).await;
+    let mut rig = four_projects_of_spans(SimOptions::default(), 68).await;
+    // Two pages of the query (200 of 480 rows, about 50 of them project 1's), then project 1
+    // is deleted.
+    rig.sim.delete_projects_after("discover", 2, vec![1]);
+    let summary = rig.run_ok().await;
+    let s = stream_summary(&summary, "spans");
+    assert_eq!(s["window_finished"], true, "{s}");
+    let truth = spans_truth(&rig);
+    assert_eq!(truth.len(), 360);
+    let lines = rig.stream_lines("spans").await;
+    let delivered = counts(ids(&lines, "id"));
+    let missing: Vec<_> = truth
+        .iter()
+        .filter(|id| !delivered.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "{} rows skipped: {s}", missing.len());
+    assert!(delivered.values().all(|&n| n == 1), "{s}");
+    assert!(s["queries_split"].as_u64() >= Some(1), "{s}");
+}
+
+/// Four projects of 120 spans each between 90 and 5 minutes ago; the rig collects `spans`
+/// alone with a 2 h lookback.
+async fn four_projects_of_spans(options: SimOptions, seed: u64) -> Rig {
+    let mut rig = Rig::start(options).await;
     add_projects(&rig.sim, 4);
     rig.set("streams", "spans");
     rig.set("lookback", "2h");
-    let mut rng = Rng::new(68);
+    let mut rng = Rng::new(seed);
     let now = rig.clock.now();
     for p in 1..=4 {
         rig.sim.generate_rows(
@@ -656,26 +660,14 @@ async fn explore_loses_nothing_to_a_project_deleted_between_two_pages() {
             60,
         );
     }
-    // Two pages of the query (200 of 480 rows, about 50 of them project 1's), then project 1
-    // is deleted.
-    rig.sim.delete_projects_after("discover", 2, vec![1]);
-    let summary = rig.run_ok().await;
-    let s = stream_summary(&summary, "spans");
-    assert_eq!(s["window_finished"], true, "{s}");
-    let truth: BTreeSet<String> = rig
-        .sim
+    rig
+}
+
+/// The ids of every span Sentry holds now.
+fn spans_truth(rig: &Rig) -> BTreeSet<String> {
+    rig.sim
         .rows_truth("spans", 0, i64::MAX, rig.clock.now())
         .into_iter()
         .map(|r| r.id)
-        .collect();
-    assert_eq!(truth.len(), 360);
-    let lines = rig.stream_lines("spans").await;
-    let delivered = counts(ids(&lines, "id"));
-    let missing: Vec<_> = truth
-        .iter()
-        .filter(|id| !delivered.contains_key(*id))
-        .collect();
-    assert!(missing.is_empty(), "{} rows skipped: {s}", missing.len());
-    assert!(delivered.values().all(|&n| n == 1), "{s}");
-    assert!(s["queries_split"].as_u64() >= Some(1), "{s}");
+        .collect()
 }
