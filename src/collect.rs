@@ -650,7 +650,8 @@ impl Collector<'_, '_> {
                 );
                 window = self.fit_to_rate(window);
                 let all = self.sentry.all_projects()?;
-                break all.into_iter().map(|p| (p.id, window.start)).collect();
+                let mine = all.into_iter().filter(|p| self.shard.includes(p.id));
+                break mine.map(|p| (p.id, window.start)).collect();
             };
             let mut planned: Reads = counted
                 .into_iter()
@@ -670,7 +671,6 @@ impl Collector<'_, '_> {
             }
             break planned.into_iter().map(|(p, (s, _))| (p, s)).collect();
         };
-        starts.retain(|&p, _| self.shard.includes(p));
         // After a change of shard layout: a project its old shard had read further is read
         // from there (less the overlap), or not at all in a window that ends before.
         let overlap = self.config.timing.overlap.as_secs() as i64;
@@ -736,13 +736,13 @@ impl Collector<'_, '_> {
             self.summary.overlap_skipped += 1;
             return Ok(Some(wm));
         }
-        let (sentry, clock) = (self.sentry, self.env.clock);
+        let sentry = self.sentry;
         let seen = &self.seen;
         Ok(agreeing_prefix(
             window.start,
             wm,
             |probe| {
-                if sentry.deadline() - clock.now() < MIN_SECS_TO_SEARCH {
+                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
                     return None;
                 }
                 sentry.dataset_count(dataset, probe).ok().flatten()
@@ -783,7 +783,7 @@ impl Collector<'_, '_> {
                 again.insert(p, (start, 0));
             }
         }
-        let (sentry, clock) = (self.sentry, self.env.clock);
+        let sentry = self.sentry;
         let seen = &self.seen;
         let agreed = agreeing_prefixes(
             start,
@@ -792,7 +792,7 @@ impl Collector<'_, '_> {
             MAX_OVERLAP_COUNTS,
             |probe| {
                 // The search saves reading; it must not take the time the reading needs.
-                if sentry.deadline() - clock.now() < MIN_SECS_TO_SEARCH {
+                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
                     return None;
                 }
                 let counted = sentry.active_projects(probe, &late).ok().flatten()?;
@@ -913,12 +913,9 @@ impl Collector<'_, '_> {
             // Whether the page holds the last row read (late rows that arrived before it
             // move it down the page: they are new, the rows before it duplicates).
             let held = checked.as_ref().map(|(last, at, _)| {
-                let found = page
-                    .parsed
-                    .items
-                    .iter()
-                    .any(|i| crate::hex::encode(&i.key) == *last);
-                (found, *at)
+                // (A key's hex reads back as the key itself.)
+                let key = seen_key(last);
+                (page.parsed.items.iter().any(|i| i.key == key), *at)
             });
             if let Some((false, at)) = held {
                 // Rows before the cursor were deleted: unread rows moved behind it. Start
@@ -1010,12 +1007,12 @@ impl Collector<'_, '_> {
                 // A newest-first window of which nothing was delivered yet (planned by an
                 // earlier version, or before late events arrived) is planned again shorter.
                 let base = self.overlap_end(window).unwrap_or(window.start);
-                let shorter = base + ((window.end - base) / 120 * 60).max(60);
-                if self.def.kind == Kind::Events
-                    && progress.objects == 0
-                    && self.buffer.events == 0
-                    && shorter < window.end
-                {
+                let shorter = minute_between(base, window.end).filter(|_| {
+                    self.def.kind == Kind::Events
+                        && progress.objects == 0
+                        && self.buffer.events == 0
+                });
+                if let Some(shorter) = shorter {
                     let w = format!(
                         "{}: the window ending {} holds more ids than a run keeps in memory ({}); nothing of it was delivered yet, so it is planned again ending at {} at the latest",
                         self.def.name,

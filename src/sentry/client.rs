@@ -100,6 +100,11 @@ impl<'e> SentryClient<'e> {
         self.deadline.get()
     }
 
+    /// Seconds until the deadline.
+    pub fn secs_left(&self) -> f64 {
+        self.deadline.get() - self.env.clock.now()
+    }
+
     pub fn stats(&self) -> RequestStats {
         self.stats.borrow().clone()
     }
