@@ -318,18 +318,39 @@ impl<'a> CheckpointStore<'a> {
         format!("v1/{}/ids/{e}.{n}", self.stream)
     }
 
-    /// Loads a delivered-id set, slab by slab (each slab's ids sorted once; memory holds the
-    /// set plus one slab).
+    /// Loads a delivered-id set whole.
     pub fn load_ids(&self, at: &IdsAt) -> Result<SeenSet, String> {
+        let mut seen = self.lazy_ids(at)?;
+        self.load_all(at, &mut seen)?;
+        Ok(seen)
+    }
+
+    /// A delivered-id set whose slabs are read from KV only when asked for
+    /// ([`CheckpointStore::load_slabs`]): a run that reads one quarter of an hour does not
+    /// read the whole overlap's ids. Sets saved before segments are read whole.
+    pub fn lazy_ids(&self, at: &IdsAt) -> Result<SeenSet, String> {
         if at.chunks > 0 {
             return self.load_chunks(at);
         }
         let mut seen = SeenSet::with_floor(at.floor);
-        let mut slabs: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
         for seg in &at.segments {
-            slabs.entry(seg.slab).or_default().push(seg);
+            seen.set_unloaded(seg.slab, seg.ids as usize);
         }
-        for segments in slabs.values() {
+        Ok(seen)
+    }
+
+    /// Reads the slabs of `seen` among `slabs` that are not read yet from the segments `at`
+    /// names, slab by slab (each slab's ids sorted once; memory holds the set plus one slab).
+    pub fn load_slabs(&self, at: &IdsAt, seen: &mut SeenSet, slabs: &[u32]) -> Result<(), String> {
+        if slabs.is_empty() {
+            return Ok(());
+        }
+        let wanted: BTreeSet<u32> = slabs.iter().copied().collect();
+        let mut by_slab: BTreeMap<u32, Vec<&Segment>> = BTreeMap::new();
+        for seg in at.segments.iter().filter(|s| wanted.contains(&s.slab)) {
+            by_slab.entry(seg.slab).or_default().push(seg);
+        }
+        for (&slab, segments) in &by_slab {
             let capacity = segments.iter().map(|s| s.ids as usize).sum();
             // Each value is read, decoded and dropped in turn: memory holds one at a time.
             let mut failed = None;
@@ -367,8 +388,17 @@ impl<'a> CheckpointStore<'a> {
             if let Some(e) = failed {
                 return Err(e);
             }
+            seen.mark_loaded(slab);
         }
-        Ok(seen)
+        for slab in wanted {
+            seen.mark_loaded(slab);
+        }
+        Ok(())
+    }
+
+    /// [`CheckpointStore::load_slabs`] for every slab not read yet.
+    pub fn load_all(&self, at: &IdsAt, seen: &mut SeenSet) -> Result<(), String> {
+        self.load_slabs(at, seen, &seen.unloaded())
     }
 
     /// Loads a set saved before segments; all of it is written as segments at the next save.
@@ -391,10 +421,23 @@ impl<'a> CheckpointStore<'a> {
     /// because the checkpoint moved on while it was read (a run finishing as this one starts)
     /// is read again from the new checkpoint.
     pub fn load(&self) -> Result<(Checkpoint, SeenSet), String> {
+        self.load_with(|at| self.load_ids(at))
+    }
+
+    /// [`CheckpointStore::load`] with the set's slabs read only when asked for
+    /// ([`CheckpointStore::load_slabs`]; a segment missing then is an error of that read).
+    pub fn load_lazy(&self) -> Result<(Checkpoint, SeenSet), String> {
+        self.load_with(|at| self.lazy_ids(at))
+    }
+
+    fn load_with(
+        &self,
+        ids: impl Fn(&IdsAt) -> Result<SeenSet, String>,
+    ) -> Result<(Checkpoint, SeenSet), String> {
         let mut attempt = 0;
         loop {
             let cp = self.load_record()?;
-            match self.load_ids(&cp.ids_at()) {
+            match ids(&cp.ids_at()) {
                 Ok(seen) => return Ok((cp, seen)),
                 Err(e) => {
                     attempt += 1;
@@ -436,6 +479,12 @@ impl<'a> CheckpointStore<'a> {
                 self.stream, stored.epoch
             )));
         }
+        if let Some(slab) = seen.blind() {
+            return Err(SaveError::Failed(format!(
+                "the delivered ids of {}'s slab {slab} were used before they were read from KV (a defect): nothing was saved",
+                self.stream
+            )));
+        }
         let fence = || (writer.fence)().map_err(SaveError::Superseded);
         let mut next = cp.clone();
         next.epoch = epoch;
@@ -459,6 +508,14 @@ impl<'a> CheckpointStore<'a> {
         }
         stats.new_id_bytes = (seen.unsaved().len() * RECORD_BYTES) as u64;
         let rewrite = slabs_to_rewrite(&next.segments, &unsaved);
+        // A slab rewritten as one is read whole first.
+        let unread: Vec<u32> = rewrite
+            .iter()
+            .copied()
+            .filter(|slab| seen.unloaded().contains(slab))
+            .collect();
+        self.load_slabs(&cp.ids_at(), seen, &unread)
+            .map_err(SaveError::Failed)?;
         next.segments.retain(|s| !rewrite.contains(&s.slab));
         let mut write = |slab: u32, records: &[Record]| -> Result<(), SaveError> {
             for part in records.chunks(SEGMENT_IDS) {
@@ -747,6 +804,89 @@ mod tests {
         assert_eq!(loaded_cp, cp);
         assert_eq!(loaded, before);
         assert!(loaded.contains("not-a-uuid", T + 5) && loaded.contains(&hex_id(0), T));
+    }
+
+    #[test]
+    fn a_lazy_set_reads_only_the_slabs_asked_for_and_never_saves_a_blind_lookup() {
+        let kv = MemKv::default();
+        let store = CheckpointStore::new(&kv, "events");
+        let first_slab = pack_time(T) / SLAB_SECS;
+        let slab_start =
+            |k: i64| crate::delivered::unpack_time(SLAB_SECS * (first_slab + k as u32));
+        let mut seen = SeenSet::default();
+        let mut cp = Checkpoint::default();
+        // Slab 0 saved in many small segments (the one a later save rewrites), slabs 1-3 once.
+        for n in 0..MAX_SEGMENTS as u64 {
+            seen.insert_key(seen_key(&hex_id(n)), slab_start(0) + n as i64 % 900, 1);
+            store
+                .save(&mut cp, &mut seen, &Writer::unfenced(1))
+                .unwrap();
+        }
+        for k in 1..4 {
+            for n in 0..500u64 {
+                seen.insert_key(
+                    seen_key(&hex_id(k as u64 * 10_000 + n)),
+                    slab_start(k) + n as i64,
+                    2,
+                );
+            }
+        }
+        store
+            .save(&mut cp, &mut seen, &Writer::unfenced(1))
+            .unwrap();
+        let whole = seen.clone();
+
+        // Nothing is read until asked for; the size counts every slab.
+        let (_, mut lazy) = store.load_lazy().unwrap();
+        assert_eq!(lazy.len(), whole.len());
+        assert_eq!(lazy.unloaded().len(), 4);
+        let in_2 = |k: i64| slab_start(2) + k;
+        assert_eq!(lazy.unloaded_in(in_2(0), in_2(899), false).len(), 1);
+        let slab_2 = lazy.unloaded_in(in_2(0), in_2(899), false);
+        store.load_slabs(&cp.ids_at(), &mut lazy, &slab_2).unwrap();
+        assert_eq!(lazy.unloaded().len(), 3);
+        assert!(lazy.contains_at(&seen_key(&hex_id(20_007)), in_2(7)));
+        assert_eq!(
+            lazy.counts_in(in_2(0), in_2(900)),
+            whole.counts_in(in_2(0), in_2(900))
+        );
+        assert_eq!(lazy.blind(), None);
+
+        // A lookup in a slab not read is a defect a save refuses (nothing written).
+        let mut blind = lazy.clone();
+        assert!(!blind.contains_at(&seen_key(&hex_id(10_007)), slab_start(1) + 7));
+        assert!(blind.blind().is_some());
+        let keys_before = kv.0.borrow().len();
+        let refused = store.save(&mut cp.clone(), &mut blind, &Writer::unfenced(1));
+        assert!(
+            matches!(&refused, Err(SaveError::Failed(m)) if m.contains("before they were read")),
+            "{refused:?}"
+        );
+        assert_eq!(kv.0.borrow().len(), keys_before);
+
+        // New ids in slab 3 push the stream past its segment budget: slab 0, never read in
+        // this run, is rewritten as one, read whole first.
+        let slab_3 = lazy.unloaded_in(slab_start(3), slab_start(3) + 899, false);
+        store.load_slabs(&cp.ids_at(), &mut lazy, &slab_3).unwrap();
+        let mut expected = whole.clone();
+        for n in 0..5u64 {
+            let (key, t) = (
+                seen_key(&hex_id(90_000 + n)),
+                slab_start(3) + 100 + n as i64,
+            );
+            assert!(lazy.insert_key(key, t, 2));
+            expected.insert_key(key, t, 2);
+        }
+        assert!(lazy.unloaded().contains(&first_slab));
+        store
+            .save(&mut cp, &mut lazy, &Writer::unfenced(1))
+            .unwrap();
+        assert_eq!(
+            cp.segments.iter().filter(|s| s.slab == first_slab).count(),
+            1
+        );
+        assert!(cp.segments.len() <= MAX_SEGMENTS, "{}", cp.segments.len());
+        assert_eq!(store.load().unwrap().1, expected);
     }
 
     #[test]

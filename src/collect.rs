@@ -241,7 +241,7 @@ pub fn collect_stream(
     let store = CheckpointStore::new(env.kv, &state_name);
     let started = env.clock.now();
     let loaded = store
-        .load()
+        .load_lazy()
         .map_err(|e| Stop::Failed(Failure::unreadable(e)));
     let settled =
         loaded.and_then(|state| settle_pending(&store, gcs, lease, env, state, &mut summary));
@@ -548,6 +548,7 @@ impl Collector<'_, '_> {
                         return Ok(());
                     };
                     // `events` fits its window to the pre-scan's counts instead (in `plan`).
+                    self.ensure_ids(window.start, window.end, false)?;
                     let window = if self.def.kind == Kind::Events {
                         window
                     } else {
@@ -602,6 +603,8 @@ impl Collector<'_, '_> {
     /// Fixes what the window reads: for `events`, the projects with events (one Discover
     /// query, or every project without it); for the other streams, the whole org at once.
     fn plan(&mut self, window: Window) -> Result<WindowProgress, Stop> {
+        // Planning counts what was delivered in the overlap: its ids are read first.
+        self.ensure_ids(window.start, window.end, false)?;
         if self.def.kind != Kind::Events {
             let query_start = match self.def.kind {
                 Kind::Explore(dataset) => self.explore_overlap(window, dataset.name)?,
@@ -941,6 +944,11 @@ impl Collector<'_, '_> {
                     self.summary.warnings.push(w);
                 }
             }
+            // The delivered ids this page is checked against are read from KV first.
+            let times = page.parsed.items.iter().map(|i| i.time);
+            let times = times.filter(|&t| window.contains(t));
+            let (first, last) = times.fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+            self.ensure_ids(first, last, !page.parsed.rejected.is_empty())?;
             // Items set apart by an earlier read (of an overlap) are not retried.
             let set_apart = |r: &crate::sentry::pages::Rejected| {
                 self.seen
@@ -1369,6 +1377,21 @@ impl Collector<'_, '_> {
         });
         progress.objects += 1;
         Ok(())
+    }
+
+    /// Reads from KV the delivered ids of `[start, end]` not read yet (of every slab when
+    /// `set_apart`: items set apart are looked up by key alone).
+    fn ensure_ids(&mut self, start: i64, end: i64, set_apart: bool) -> Result<(), Stop> {
+        let slabs = self.seen.unloaded_in(start, end, set_apart);
+        if slabs.is_empty() {
+            return Ok(());
+        }
+        let started = self.env.clock.now();
+        let read = self
+            .store
+            .load_slabs(&self.checkpoint.ids_at(), &mut self.seen, &slabs);
+        self.summary.timing.load_ms += ms_since(self.env, started);
+        read.map_err(|e| Stop::Failed(Failure::unreadable(e)))
     }
 
     fn save(&mut self) -> Result<(), Stop> {

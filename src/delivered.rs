@@ -24,8 +24,14 @@ const BUCKET_SECS: u32 = 60;
 /// a backlog (a project's whole window) touches every slab of the window: a quarter of an
 /// hour keeps that to five segments for the default hour.
 pub const SLAB_SECS: u32 = 900;
-/// New ids of a bucket are kept sorted apart from its bulk, and merged in past this many.
+/// New ids of a bucket are kept sorted apart from its bulk, and merged in past this many, or
+/// past twice the square root of the bulk for a big minute (an insert then moves about that
+/// many entries, and a merge's cost spread over the inserts before it is about as much).
 const RECENT_MAX: usize = 64;
+
+fn recent_max(bulk: usize) -> usize {
+    RECENT_MAX.max(2 * bulk.isqrt())
+}
 /// One record in KV: 16-byte id, 4-byte time, 8-byte project.
 pub const RECORD_BYTES: usize = 28;
 
@@ -99,10 +105,29 @@ impl Record {
     }
 }
 
+/// An id's 16 bytes as two big-endian words: they sort as the bytes do, compared as two
+/// integers rather than byte by byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Words([u64; 2]);
+
+impl Words {
+    fn of(key: &[u8; 16]) -> Words {
+        let half = |h: &[u8]| u64::from_be_bytes(h.try_into().expect("8 bytes"));
+        Words([half(&key[..8]), half(&key[8..])])
+    }
+
+    fn bytes(&self) -> [u8; 16] {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.0[0].to_be_bytes());
+        key[8..].copy_from_slice(&self.0[1].to_be_bytes());
+        key
+    }
+}
+
 /// An id in memory: the project is an index into the set's project table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
-    key: [u8; 16],
+    key: Words,
     time: u32,
     project: u32,
 }
@@ -116,7 +141,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn find(&self, key: &[u8; 16]) -> bool {
+    fn find(&self, key: &Words) -> bool {
         let by_key = |e: &Entry| e.key.cmp(key);
         self.recent.binary_search_by(by_key).is_ok() || self.bulk.binary_search_by(by_key).is_ok()
     }
@@ -127,7 +152,7 @@ impl Bucket {
             .binary_search_by(|e| e.key.cmp(&entry.key))
             .unwrap_or_else(|i| i);
         self.recent.insert(at, entry);
-        if self.recent.len() > RECENT_MAX {
+        if self.recent.len() > recent_max(self.bulk.len()) {
             self.merge_recent();
         }
     }
@@ -181,6 +206,12 @@ pub struct SeenSet {
     unsaved: Vec<Record>,
     /// Nothing older than this (packed) is kept.
     floor: u32,
+    /// Slabs whose ids are kept in KV and not read yet, with how many ids their segments hold
+    /// (see [`SeenSet::unloaded_in`]): a run reads only the slabs its pages reach.
+    unloaded: BTreeMap<u32, usize>,
+    /// The first unloaded slab something was looked up or recorded in (a defect in the
+    /// caller: an answer from a slab not read may be wrong). A save refuses such a set.
+    blind: std::cell::Cell<Option<u32>>,
 }
 
 impl PartialEq for SeenSet {
@@ -214,6 +245,7 @@ impl SeenSet {
     }
 
     fn add(&mut self, r: Record) -> bool {
+        self.look(r.slab(), r.slab() + 1, project_is_set_apart(r.project));
         if project_is_set_apart(r.project) {
             if self.set_apart.contains_key(&r.key) {
                 return false;
@@ -224,11 +256,12 @@ impl SeenSet {
         }
         let project = self.project_slot(r.project);
         let bucket = self.buckets.entry(r.time / BUCKET_SECS).or_default();
-        if bucket.find(&r.key) {
+        let key = Words::of(&r.key);
+        if bucket.find(&key) {
             return false;
         }
         bucket.insert(Entry {
-            key: r.key,
+            key,
             time: r.time,
             project,
         });
@@ -248,9 +281,11 @@ impl SeenSet {
 
     /// Whether `key` was recorded with a time of `time`.
     pub fn contains_at(&self, key: &[u8; 16], time: i64) -> bool {
+        let slab = pack_time(time) / SLAB_SECS;
+        self.look(slab, slab + 1, false);
         self.buckets
             .get(&(pack_time(time) / BUCKET_SECS))
-            .is_some_and(|b| b.find(key))
+            .is_some_and(|b| b.find(&Words::of(key)))
     }
 
     /// Whether an event id with its time is recorded.
@@ -260,12 +295,18 @@ impl SeenSet {
 
     /// Whether an item set apart (by the key of its text) is recorded.
     pub fn set_apart_contains(&self, key: &[u8; 16]) -> bool {
+        self.look(0, 0, true);
         self.set_apart.contains_key(key)
     }
 
     /// How many ids each project has with a time in `[start, end)`.
     pub fn counts_in(&self, start: i64, end: i64) -> HashMap<u64, u64> {
         let (start, end) = (pack_time(start), pack_time(end));
+        self.look(
+            start / SLAB_SECS,
+            end.saturating_sub(1) / SLAB_SECS + 1,
+            false,
+        );
         let mut counts: HashMap<u64, u64> = HashMap::new();
         let mut per_slot = vec![0u64; self.projects.len()];
         for (_, bucket) in self.buckets.range(start / BUCKET_SECS..=end / BUCKET_SECS) {
@@ -291,12 +332,68 @@ impl SeenSet {
         counts
     }
 
+    /// The ids held, with those of slabs not read yet (as many as their segments hold, an
+    /// upper bound): what memory holds once every slab is read.
     pub fn len(&self) -> usize {
-        self.len
+        self.len + self.unloaded.values().sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Notes a lookup in slabs `[from, to)` (and in the items set apart, which may be in any
+    /// slab): blind if any of them is not read yet.
+    fn look(&self, from: u32, to: u32, set_apart: bool) {
+        if self.unloaded.is_empty() || self.blind.get().is_some() {
+            return;
+        }
+        let hit = if set_apart {
+            self.unloaded.keys().next()
+        } else {
+            self.unloaded
+                .range(from..to.max(from))
+                .next()
+                .map(|(k, _)| k)
+        };
+        if let Some(&slab) = hit {
+            self.blind.set(Some(slab));
+        }
+    }
+
+    /// The slabs not read yet that hold ids with a time in `[start, end]`; all of them when
+    /// `set_apart` (items set apart are looked up by key alone).
+    pub fn unloaded_in(&self, start: i64, end: i64, set_apart: bool) -> Vec<u32> {
+        if set_apart {
+            return self.unloaded.keys().copied().collect();
+        }
+        let (from, to) = (pack_time(start) / SLAB_SECS, pack_time(end) / SLAB_SECS);
+        if from > to {
+            return Vec::new();
+        }
+        self.unloaded.range(from..=to).map(|(&k, _)| k).collect()
+    }
+
+    /// Every slab not read yet.
+    pub fn unloaded(&self) -> Vec<u32> {
+        self.unloaded.keys().copied().collect()
+    }
+
+    /// Records that `slab`'s ids are kept in KV, `ids` of them, not read yet.
+    pub fn set_unloaded(&mut self, slab: u32, ids: usize) {
+        if u64::from(slab + 1) * u64::from(SLAB_SECS) > u64::from(self.floor) {
+            *self.unloaded.entry(slab).or_default() += ids;
+        }
+    }
+
+    /// The slab's ids were read (with [`SeenSet::load_records`]).
+    pub fn mark_loaded(&mut self, slab: u32) {
+        self.unloaded.remove(&slab);
+    }
+
+    /// The first slab something was looked up in before it was read, if any.
+    pub fn blind(&self) -> Option<u32> {
+        self.blind.get()
     }
 
     /// Adds the ids of `other` read from a project `keep` accepts (as unsaved ids).
@@ -315,6 +412,8 @@ impl SeenSet {
             return;
         }
         self.floor = before;
+        // Slabs wholly before the floor are not needed: never read them.
+        self.unloaded = self.unloaded.split_off(&(before / SLAB_SECS));
         let keep = self.buckets.split_off(&(before / BUCKET_SECS));
         let dropped: usize = self.buckets.values().map(Bucket::len).sum();
         self.buckets = keep;
@@ -344,6 +443,9 @@ impl SeenSet {
     /// The ids with a (packed) time in `[start, end)`, in no particular order.
     fn records_between(&self, start: u32, end: u64) -> impl Iterator<Item = Record> + '_ {
         let last_bucket = end.min(u64::from(u32::MAX)) as u32 / BUCKET_SECS;
+        // Items set apart are in the slab of their time, like the others.
+        let last = end.saturating_sub(1).min(u64::from(u32::MAX)) as u32;
+        self.look(start / SLAB_SECS, last / SLAB_SECS + 1, false);
         let within = move |t: u32| t >= start && u64::from(t) < end;
         self.buckets
             .range(start / BUCKET_SECS..=last_bucket)
@@ -371,7 +473,7 @@ impl SeenSet {
 
     fn record(&self, e: &Entry) -> Record {
         Record {
-            key: e.key,
+            key: e.key.bytes(),
             time: e.time,
             project: self.projects[e.project as usize],
         }
@@ -447,7 +549,7 @@ impl SeenSet {
                 }
             };
             entries.push(Entry {
-                key: r.key,
+                key: Words::of(&r.key),
                 time: r.time,
                 project,
             });

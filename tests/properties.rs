@@ -114,7 +114,7 @@ proptest! {
     #[test]
     fn generated_pages_round_trip_exactly(
         stream in 0..STREAMS.len(),
-        events in proptest::collection::vec(("[0-9a-f]{32}", 0i64..4_000_000_000, "[ -~]{0,40}", any::<bool>()), 0..20)
+        events in proptest::collection::vec(("[0-9a-f]{32}", 0i64..4_000_000_000, "(.|[\\x00-\\x1f\"\\\\]){0,40}", any::<bool>()), 0..20)
     ) {
         let shape = STREAMS[stream].shape;
         let items: Vec<serde_json::Value> = events

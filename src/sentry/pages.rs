@@ -91,25 +91,26 @@ const MAX_DEPTH: usize = 128;
 /// Splits a page body into items, in one pass that checks the JSON grammar, finds each
 /// item's text and reads its id and time. See the module documentation.
 pub fn parse_page(body: Vec<u8>, shape: &Shape) -> Result<Parsed, String> {
-    if std::str::from_utf8(&body).is_err() {
+    if !is_ascii(&body) && std::str::from_utf8(&body).is_err() {
         return Err("the page is not UTF-8".into());
     }
     let mut p = Scanner {
         b: &body,
         i: 0,
         depth: 0,
+        line_breaks: false,
     };
     let (found, partial) = p.page(shape)?;
     p.ws();
     if p.i != body.len() {
         return Err(p.not_envelope(shape));
     }
+    // Raw line breaks in valid JSON are whitespace between tokens, which the scanner saw.
+    let flatten = p.line_breaks;
     let mut items = Vec::with_capacity(found.len());
     let mut rejected = Vec::new();
-    let mut flatten = false;
     for (i, f) in found.into_iter().enumerate() {
         let span = f.span.clone();
-        flatten |= body[span.clone()].contains(&b'\n') || body[span.clone()].contains(&b'\r');
         match item(i, &body, f, shape) {
             Ok(it) => items.push(it),
             Err(reason) => rejected.push(Rejected { span, reason }),
@@ -215,11 +216,55 @@ static STRING_STOP: [bool; 256] = {
     t
 };
 
+/// A byte repeated in each of a word's eight bytes.
+const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// Whether every byte is ASCII, eight at a time (most pages are: the full UTF-8 check runs
+/// only on the others).
+fn is_ascii(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    let mut any = 0u64;
+    for w in &mut words {
+        any |= u64::from_le_bytes(w.try_into().expect("8 bytes"));
+    }
+    any & splat(0x80) == 0 && words.remainder().is_ascii()
+}
+
+/// How many bytes of `b` from its start are plain string content: up to the first closing
+/// quote, backslash or control character. Eight bytes at a time: in each word, a byte is
+/// flagged when it is one of those (the lowest flag is exact; borrows only reach higher
+/// bytes), so the first stop is the lowest flag's byte.
+fn plain_run(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let zero_in = |v: u64| v.wrapping_sub(splat(1)) & !v;
+        let quote = zero_in(x ^ splat(b'"'));
+        let escape = zero_in(x ^ splat(b'\\'));
+        let control = x.wrapping_sub(splat(0x20)) & !x;
+        let stops = (quote | escape | control) & splat(0x80);
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&c| STRING_STOP[c as usize])
+        .map(|n| at + n)
+}
+
 /// A validating single-pass JSON scanner over a UTF-8 body (RFC 8259 grammar).
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     depth: usize,
+    /// A raw line feed or carriage return was skipped as whitespace.
+    line_breaks: bool,
 }
 
 impl Scanner<'_> {
@@ -232,7 +277,8 @@ impl Scanner<'_> {
     }
 
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+        while let Some(&c @ (b' ' | b'\t' | b'\n' | b'\r')) = self.b.get(self.i) {
+            self.line_breaks |= c == b'\n' || c == b'\r';
             self.i += 1;
         }
     }
@@ -476,9 +522,7 @@ impl Scanner<'_> {
         let start = self.i;
         self.i += 1;
         loop {
-            // Skip the plain run quickly: one table lookup per byte.
-            let rest = &self.b[self.i..];
-            let n = rest.iter().position(|&c| STRING_STOP[c as usize])?;
+            let n = plain_run(&self.b[self.i..])?;
             self.i += n;
             match self.b[self.i] {
                 b'"' => {
@@ -647,6 +691,40 @@ mod tests {
         assert!(parse_page(br#"{"detail":"Query timeout"}"#.to_vec(), &data)
             .unwrap_err()
             .contains("Discover"));
+    }
+
+    #[test]
+    fn word_at_a_time_helpers_agree_with_byte_at_a_time() {
+        // Every byte value at every offset of a word, and random mixes (non-ASCII included).
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut v = vec![b'a'; 20];
+                v[at] = b;
+                cases.push(v);
+            }
+        }
+        for _ in 0..5_000 {
+            let len = (next() % 40) as usize;
+            let pool = b"ab \"\\\x01\x1f\x20\x7f\x80\xc3\xa9\xff";
+            cases.push(
+                (0..len)
+                    .map(|_| pool[(next() % pool.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for case in cases {
+            let naive = case.iter().position(|&c| STRING_STOP[c as usize]);
+            assert_eq!(plain_run(&case), naive, "{case:?}");
+            assert_eq!(is_ascii(&case), case.is_ascii(), "{case:?}");
+        }
     }
 
     #[test]
