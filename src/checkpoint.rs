@@ -509,11 +509,8 @@ impl<'a> CheckpointStore<'a> {
         stats.new_id_bytes = (seen.unsaved().len() * RECORD_BYTES) as u64;
         let rewrite = slabs_to_rewrite(&next.segments, &unsaved);
         // A slab rewritten as one is read whole first.
-        let unread: Vec<u32> = rewrite
-            .iter()
-            .copied()
-            .filter(|slab| seen.unloaded().contains(slab))
-            .collect();
+        let unloaded: BTreeSet<u32> = seen.unloaded().into_iter().collect();
+        let unread: Vec<u32> = rewrite.intersection(&unloaded).copied().collect();
         self.load_slabs(&cp.ids_at(), seen, &unread)
             .map_err(SaveError::Failed)?;
         next.segments.retain(|s| !rewrite.contains(&s.slab));

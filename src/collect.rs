@@ -990,10 +990,16 @@ impl Collector<'_, '_> {
                     OBJECT_TARGET_BYTES.max(page.parsed.body_len()) + MULTIPART_SLACK,
                 );
             }
-            if self.seen.len() + page.parsed.items.len() > crate::delivered::MAX_IDS
-                && self.seen.len() + self.new_items(&page.parsed, window)
-                    > crate::delivered::MAX_IDS
-            {
+            let over_cap = |c: &Self| {
+                c.seen.len() + page.parsed.items.len() > crate::delivered::MAX_IDS
+                    && c.seen.len() + c.new_items(&page.parsed, window) > crate::delivered::MAX_IDS
+            };
+            // The size of slabs not read yet is what their segments hold, ids below the floor
+            // included: read them to know exactly before a window is cut or refused.
+            if over_cap(self) && !self.seen.unloaded().is_empty() {
+                self.ensure_ids(i64::MIN, i64::MAX, true)?;
+            }
+            if over_cap(self) {
                 // An oldest-first window ends early where it was read to: the watermark moves
                 // there, the set is pruned, and the next window is fitted to the rate seen.
                 let reached = self.read_up_to.max(progress.query_start);
@@ -1391,7 +1397,10 @@ impl Collector<'_, '_> {
             .store
             .load_slabs(&self.checkpoint.ids_at(), &mut self.seen, &slabs);
         self.summary.timing.load_ms += ms_since(self.env, started);
-        read.map_err(|e| Stop::Failed(Failure::unreadable(e)))
+        // Nothing more is saved in this run: a segment the checkpoint names and KV does not
+        // hold may mean this run read a checkpoint that had already moved on, and saving on
+        // top of it would name segments that are gone.
+        read.map_err(|e| Stop::WriteFailed(Failure::unreadable(e)))
     }
 
     fn save(&mut self) -> Result<(), Stop> {

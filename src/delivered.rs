@@ -37,7 +37,7 @@ pub const RECORD_BYTES: usize = 28;
 
 /// Seconds since [`EPOCH_2000`], clamped to four bytes.
 pub fn pack_time(t: i64) -> u32 {
-    (t - EPOCH_2000).clamp(0, i64::from(u32::MAX)) as u32
+    t.saturating_sub(EPOCH_2000).clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// Unix seconds of a packed time.
@@ -366,6 +366,9 @@ impl SeenSet {
     pub fn unloaded_in(&self, start: i64, end: i64, set_apart: bool) -> Vec<u32> {
         if set_apart {
             return self.unloaded.keys().copied().collect();
+        }
+        if start > end {
+            return Vec::new();
         }
         let (from, to) = (pack_time(start) / SLAB_SECS, pack_time(end) / SLAB_SECS);
         if from > to {

@@ -123,7 +123,32 @@ fn note_starts(summary: &serde_json::Value, first_start: &mut BTreeMap<&'static 
     }
 }
 
+/// One line per stream of a run's summary: what a failure report shows of how each stream
+/// got where it is.
+fn remember(summary: &serde_json::Value, label: &str, history: &mut Vec<String>) {
+    for stream in STREAMS_UNDER_TEST {
+        let st = stream_summary(summary, stream);
+        let f = |k: &str| st[k].to_string();
+        history.push(format!(
+            "{label} {stream}: window {}..{} finished {} watermark {} pages {} events {} duplicates {} outside {} split {} skipped {} error {} warnings {}",
+            f("window_start"),
+            f("window_end"),
+            f("window_finished"),
+            f("watermark"),
+            f("pages"),
+            f("events"),
+            f("duplicates_dropped"),
+            f("outside_window_dropped"),
+            f("queries_split"),
+            f("overlap_skipped"),
+            f("error"),
+            f("warnings")
+        ));
+    }
+}
+
 async fn sequence(seed: u64) -> Tally {
+    let mut history: Vec<String> = Vec::new();
     let mut t = Tally {
         sequences: 1,
         ..Tally::default()
@@ -305,6 +330,11 @@ async fn sequence(seed: u64) -> Tally {
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             {
                 note_starts(&summary, &mut first_start);
+                remember(
+                    &summary,
+                    &format!("run {} (overlapping)", t.runs),
+                    &mut history,
+                );
             }
         }
         let objects_after = rig.objects().await.len();
@@ -326,6 +356,11 @@ async fn sequence(seed: u64) -> Tally {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         {
             note_starts(&summary, &mut first_start);
+            remember(
+                &summary,
+                &format!("run {} ({outcome})", t.runs),
+                &mut history,
+            );
         }
         if std::env::var("CHAOS_VERBOSE").is_ok() {
             eprintln!(
@@ -360,6 +395,7 @@ async fn sequence(seed: u64) -> Tally {
         let s = rig.run_ok().await;
         t.runs += 1;
         note_starts(&s, &mut first_start);
+        remember(&s, &format!("run {} (settle)", t.runs), &mut history);
         for stream in STREAMS_UNDER_TEST {
             let st = stream_summary(&s, stream);
             if st["window_finished"] == true || st["up_to_date"] == true {
@@ -410,6 +446,40 @@ async fn sequence(seed: u64) -> Tally {
             *counts.entry(id).or_default() += 1;
         }
         let lost = truth.iter().filter(|id| !counts.contains_key(*id)).count() as u64;
+        if lost > 0 {
+            // What was lost (time, project) and how the stream's windows went, for the report.
+            let missing: BTreeSet<&String> = truth
+                .iter()
+                .filter(|id| !counts.contains_key(*id))
+                .collect();
+            let mut where_: Vec<(i64, u64)> = match stream {
+                "events" => rig
+                    .sim
+                    .truth(start, end, now)
+                    .into_iter()
+                    .filter(|e| missing.contains(&e.event_id))
+                    .map(|e| (e.date_created, e.project_id))
+                    .collect(),
+                "audit_logs" => Vec::new(),
+                _ => rig
+                    .sim
+                    .rows_truth(stream, start, end, now)
+                    .into_iter()
+                    .filter(|r| missing.contains(&r.id))
+                    .map(|r| (r.timestamp, r.project_id))
+                    .collect(),
+            };
+            where_.sort();
+            eprintln!(
+                "seed {seed}: {stream}: lost (time, project) {where_:?} of [{start}, {end}); runs:\n{}",
+                history
+                    .iter()
+                    .filter(|h| h.contains(&format!(" {stream}:")))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         let duplicated: u64 = counts
             .values()
             .filter(|n| **n > 1)
