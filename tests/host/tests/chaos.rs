@@ -126,8 +126,17 @@ fn note_starts(summary: &serde_json::Value, first_start: &mut BTreeMap<&'static 
 /// One line per stream of a run's summary: what a failure report shows of how each stream
 /// got where it is.
 fn remember(summary: &serde_json::Value, label: &str, history: &mut Vec<String>) {
+    if summary["skipped"] == true {
+        history.push(format!("{label}: skipped ({})", summary["reason"]));
+        return;
+    }
     for stream in STREAMS_UNDER_TEST {
-        let st = stream_summary(summary, stream);
+        let Some(st) = summary["streams"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["stream"] == stream))
+        else {
+            continue;
+        };
         let f = |k: &str| st[k].to_string();
         history.push(format!(
             "{label} {stream}: window {}..{} finished {} watermark {} pages {} events {} duplicates {} outside {} split {} skipped {} error {} warnings {}",
