@@ -176,8 +176,6 @@ struct Collector<'a, 'e> {
     /// Oldest-first streams: the latest time read in the current window by this run (every
     /// row before it was read: they come in time order).
     read_up_to: Option<i64>,
-    /// Seconds of the stream's share left when it started.
-    share_secs: f64,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -288,7 +286,6 @@ pub fn collect_stream(
         projects_now: None,
         bad_reads: 0,
         read_up_to: None,
-        share_secs: sentry.secs_left(),
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -742,7 +739,6 @@ impl Collector<'_, '_> {
             self.summary.overlap_skipped += 1;
             return Ok(Some(wm));
         }
-        self.time_to_search()?;
         let sentry = self.sentry;
         let seen = &self.seen;
         Ok(agreeing_prefix(
@@ -789,9 +785,6 @@ impl Collector<'_, '_> {
             if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
                 again.insert(p, (start, 0));
             }
-        }
-        if !late.is_empty() {
-            self.time_to_search()?;
         }
         let sentry = self.sentry;
         let seen = &self.seen;
@@ -1389,19 +1382,6 @@ impl Collector<'_, '_> {
             already_present: uploaded.already_present,
         });
         progress.objects += 1;
-        Ok(())
-    }
-
-    /// Whether an overlap's counts can be searched now. Without the time, the window is
-    /// planned by the next invocation (or the run's second pass), which starts with a whole
-    /// share: planned now, it would read its whole overlap again, a busy hour of duplicates.
-    /// A share too short for any search plans it now, as before.
-    fn time_to_search(&self) -> Result<(), Stop> {
-        if self.sentry.secs_left() < MIN_SECS_TO_SEARCH
-            && self.share_secs >= 2.0 * MIN_SECS_TO_SEARCH
-        {
-            return Err(Stop::OutOfTime);
-        }
         Ok(())
     }
 
