@@ -926,11 +926,8 @@ impl Collector<'_, '_> {
                 // as duplicates), once per place.
                 if progress.restarted_at != Some(at) && at < range.end {
                     self.summary.queries_split += 1;
-                    progress.cursor = None;
-                    progress.query_rows = 0;
-                    progress.last_row = None;
+                    new_query(progress, Some(at));
                     progress.restarted_at = Some(at);
-                    progress.query_start = Some(at);
                     self.bad_reads = 0;
                     continue;
                 }
@@ -1301,14 +1298,10 @@ impl Collector<'_, '_> {
             self.summary.warnings.push(w);
             range.start + 1
         };
-        progress.cursor = None;
-        progress.query_rows = 0;
-        progress.last_row = None;
-        progress.restarted_at = None;
         if next_start >= range.end {
             next_unit(progress);
         } else {
-            progress.query_start = Some(next_start);
+            new_query(progress, Some(next_start));
         }
     }
 
@@ -1650,9 +1643,15 @@ fn rejected_key(json: &[u8]) -> [u8; 16] {
 /// Moves to the next project (or unit), forgetting the position inside the last one.
 fn next_unit(progress: &mut WindowProgress) {
     progress.next_project += 1;
-    progress.cursor = None;
     progress.keyset = None;
-    progress.query_start = None;
+    new_query(progress, None);
+}
+
+/// Starts the unit's query again at `start` (its range's start when `None`), forgetting the
+/// position inside the last one.
+fn new_query(progress: &mut WindowProgress, start: Option<i64>) {
+    progress.cursor = None;
+    progress.query_start = start;
     progress.query_rows = 0;
     progress.last_row = None;
     progress.restarted_at = None;
