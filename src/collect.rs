@@ -145,6 +145,8 @@ pub struct Timing {
     pub absorb_ms: f64,
     /// Hashing (and gzipping) objects before their upload.
     pub hash_ms: f64,
+    /// Checking and splitting page bodies into items.
+    pub parse_ms: f64,
 }
 
 /// Events read but not yet written.
@@ -308,6 +310,7 @@ pub fn collect_stream(
     summary.retries = stats.retries - sentry_before.retries;
     summary.waited_secs =
         ((stats.waited_secs - sentry_before.waited_secs) * 1000.0).round() / 1000.0;
+    summary.timing.parse_ms += (stats.parse_secs - sentry_before.parse_secs) * 1000.0;
     summary.gcs_requests = gcs.requests.get() - gcs_before;
     summary.watermark = c.checkpoint.watermark.map(rfc3339);
     summary

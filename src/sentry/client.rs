@@ -40,6 +40,8 @@ pub struct RequestStats {
     pub rate_limited: u64,
     pub retries: u64,
     pub waited_secs: f64,
+    /// Time spent parsing page bodies (compute, not waiting).
+    pub parse_secs: f64,
 }
 
 /// A half-open window `[start, end)` in whole Unix seconds.
@@ -505,8 +507,10 @@ impl<'e> SentryClient<'e> {
             Ok(page) => page,
             Err(detail) => return Ok(Err(detail)),
         };
-        let parsed = parse_page(body, &def.shape)
-            .map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
+        let started = self.env.clock.now();
+        let parsed = parse_page(body, &def.shape);
+        self.stats.borrow_mut().parse_secs += (self.env.clock.now() - started).max(0.0);
+        let parsed = parsed.map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
         Ok(Ok(Page { parsed, next }))
     }
 

@@ -380,7 +380,7 @@ async fn scale() {
                 if let Some(w) = v["watermark"].as_str().and_then(parse_rfc3339) {
                     watermarks.insert(stream, w);
                 }
-                for part in ["load_ms", "save_ms", "absorb_ms", "hash_ms"] {
+                for part in ["parse_ms", "absorb_ms", "hash_ms", "load_ms", "save_ms"] {
                     *total.timing.entry(part).or_default() +=
                         v["timing"][part].as_f64().unwrap_or(0.0);
                 }
@@ -431,11 +431,15 @@ async fn scale() {
         );
     }
     for (run, t) in totals.iter().enumerate() {
-        let parts: Vec<String> = t
+        let per_1000 = |v: f64| v / (t.rows.max(1) as f64 / 1000.0);
+        let mut parts: Vec<String> = t
             .timing
             .iter()
-            .map(|(k, v)| format!("{k} {:.2}", v / (t.rows.max(1) as f64 / 1000.0)))
+            .map(|(k, v)| format!("{k} {:.2}", per_1000(*v)))
             .collect();
+        // Load and save include their KV waits, which the compute figure leaves out.
+        let rest = t.busy_ms + t.kv_ms - t.timing.values().sum::<f64>();
+        parts.push(format!("the rest {:.2}", per_1000(rest)));
         println!(
             "run {run}: of the compute, ms per 1,000 rows: {}",
             parts.join(", ")

@@ -105,6 +105,10 @@ fn engine() -> Result<&'static Engine> {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(false);
+    // `COLLECTOR_HOST_PERFMAP=1` names the compiled guest functions for `perf` (profiling).
+    if std::env::var_os("COLLECTOR_HOST_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Ok(cache) = wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
         config.cache(Some(cache));
     }
