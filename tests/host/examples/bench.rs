@@ -386,9 +386,11 @@ async fn scale() {
                 }
             }
             if std::env::var("BENCH_VERBOSE").is_ok() {
-                let mut brief = sp.clone();
-                brief["objects"] = Value::Null;
-                eprintln!("run {run} slice {slice} spans: {brief}");
+                for (name, v) in [("events", ev), ("spans", sp)] {
+                    let mut brief = v.clone();
+                    brief["objects"] = Value::Null;
+                    eprintln!("run {run} slice {slice} {name}: {brief}");
+                }
             }
             let done = |v: &Value| v["window_finished"] == true || v["up_to_date"] == true;
             assert!(
