@@ -570,7 +570,9 @@ impl Collector<'_, '_> {
                 self.summary.window_start = Some(rfc3339(progress.window.start));
             }
             self.summary.window_end = Some(rfc3339(progress.window.end));
-            let projects = progress.projects.iter().filter(|&&p| p != ORG_WIDE).count();
+            // (A project read in several ranges is listed once per range.)
+            let projects: std::collections::BTreeSet<_> = progress.projects.iter().collect();
+            let projects = projects.into_iter().filter(|&&p| p != ORG_WIDE).count();
             self.summary.projects_active = self.summary.projects_active.max(projects);
             if progress.projects_cut > 0 {
                 self.summary.projects_cut += progress.projects_cut;
@@ -623,17 +625,19 @@ impl Collector<'_, '_> {
                 query_start,
                 query_rows: 0,
                 read_from: Vec::new(),
+                read_to: Vec::new(),
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,
                 restarted_at: None,
             });
         }
-        // Where each project's read starts (the window's start, or the watermark when the
-        // overlap holds nothing new for it), and how many ids Sentry counts that the read
-        // would add. A window whose count does not fit in memory beside the ids held is
-        // shortened and its new part counted again (counts are known before anything is read;
-        // the overlap's part does not depend on where the window ends).
+        // What each project reads: the parts of its overlap where Sentry counts something
+        // other than what was delivered (late or deleted events), then its new part, if Sentry
+        // counts events there (or the whole window, without multi-project queries). A window
+        // whose count does not fit in memory beside the ids held is shortened and its new part
+        // counted again (counts are known before anything is read; the overlap's part does not
+        // depend on where the window ends).
         let mut window = window;
         let wm = self.overlap_end(window);
         let again = match wm {
@@ -641,7 +645,7 @@ impl Collector<'_, '_> {
             None => None,
         };
         let mut fits = 0;
-        let mut starts: BTreeMap<u64, i64> = loop {
+        let mut ranges: BTreeMap<u64, Vec<(i64, i64)>> = loop {
             let new_part = Window {
                 start: wm.unwrap_or(window.start),
                 end: window.end,
@@ -657,55 +661,81 @@ impl Collector<'_, '_> {
                 window = self.fit_to_rate(window);
                 let all = self.sentry.all_projects()?;
                 let mine = all.into_iter().filter(|p| self.shard.includes(p.id));
-                break mine.map(|p| (p.id, window.start)).collect();
+                break mine
+                    .map(|p| (p.id, vec![(window.start, window.end)]))
+                    .collect();
             };
-            let mut planned: Reads = counted
-                .into_iter()
-                .map(|p| (p.id, (new_part.start, p.count)))
-                .collect();
-            for (&p, &(start, adds)) in again.iter().flatten() {
-                let entry = planned.entry(p).or_insert((start, 0));
-                *entry = (entry.0.min(start), entry.1 + adds);
+            let mut adds: BTreeMap<u64, u64> = counted.iter().map(|p| (p.id, p.count)).collect();
+            for (&p, (_, n)) in again.iter().flatten() {
+                *adds.entry(p).or_default() += n;
             }
-            planned.retain(|&p, _| self.shard.includes(p));
-            let adds: u64 = planned.values().map(|&(_, n)| n).sum();
-            let end = fit_to_count(new_part.start, window.end, adds, self.seen.len());
+            adds.retain(|&p, _| self.shard.includes(p));
+            let total: u64 = adds.values().sum();
+            let end = fit_to_count(new_part.start, window.end, total, self.seen.len());
             if end < window.end && fits < MAX_FITS {
                 fits += 1;
                 window.end = end;
                 continue;
             }
-            break planned.into_iter().map(|(p, (s, _))| (p, s)).collect();
+            let mut ranges = BTreeMap::new();
+            for &p in adds.keys() {
+                let mut reads = again
+                    .as_ref()
+                    .and_then(|a| a.get(&p))
+                    .map(|(r, _)| r.clone())
+                    .unwrap_or_default();
+                if counted.iter().any(|c| c.id == p) {
+                    push_range(&mut reads, (new_part.start, window.end));
+                }
+                ranges.insert(p, reads);
+            }
+            break ranges;
         };
         // After a change of shard layout: a project its old shard had read further is read
         // from there (less the overlap), or not at all in a window that ends before.
         let overlap = self.config.timing.overlap.as_secs() as i64;
-        for (&p, start) in starts.iter_mut() {
+        for (&p, reads) in ranges.iter_mut() {
             if let Some(floor) = self.checkpoint.floor_for(p) {
-                *start = (*start).max(floor - overlap);
+                for r in reads.iter_mut() {
+                    r.0 = r.0.max(floor - overlap);
+                }
             }
+            reads.retain(|&(from, to)| from < to.min(window.end));
         }
-        starts.retain(|_, &mut start| start < window.end);
+        ranges.retain(|_, reads| !reads.is_empty());
         let mut cut = 0;
         if let Some(cap) = self.config.sentry.max_projects {
-            if starts.len() > cap {
-                cut = starts.len() - cap;
-                while starts.len() > cap {
-                    starts.pop_last();
+            if ranges.len() > cap {
+                cut = ranges.len() - cap;
+                while ranges.len() > cap {
+                    ranges.pop_last();
                 }
             }
         }
-        self.summary.overlap_skipped += starts.values().filter(|&&s| s > window.start).count();
+        self.summary.overlap_skipped += ranges
+            .values()
+            .filter(|reads| reads[0].0 > window.start)
+            .count();
+        let units = ranges
+            .into_iter()
+            .flat_map(|(p, reads)| reads.into_iter().map(move |r| (p, r)));
+        let (mut projects, mut read_from, mut read_to) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, (from, to)) in units {
+            projects.push(p);
+            read_from.push(from);
+            read_to.push(to);
+        }
         Ok(WindowProgress {
             window,
-            projects: starts.keys().copied().collect(),
+            projects,
             projects_cut: cut,
             next_project: 0,
             cursor: None,
             objects: 0,
             query_start: None,
             query_rows: 0,
-            read_from: starts.values().copied().collect(),
+            read_from,
+            read_to,
             keyset: None,
             dates_ignored: false,
             last_row: None,
@@ -759,23 +789,25 @@ impl Collector<'_, '_> {
 
     /// The projects whose overlap `[start, watermark)` is read again: those of which Sentry
     /// counts there a different number of events than were delivered from them (late events
-    /// arrived, or events were deleted). Per project: where its read starts, and how many ids
-    /// it would add (what Sentry counts above what was delivered). A project with late events
-    /// only is read from where its counts stop agreeing, found by halving; one with fewer
-    /// events than delivered (deleted), from the overlap's start. `None`: no multi-project
-    /// queries.
-    fn overlap_plan(&mut self, start: i64, wm: i64) -> Result<Option<Reads>, Stop> {
+    /// arrived, or events were deleted). Per project: the ranges read again, and how many ids
+    /// they would add (what Sentry counts above what was delivered). A project with late
+    /// events only is read where its counts differ: from the minute where they stop
+    /// agreeing (found by halving), Sentry's per-second counts are compared with what was
+    /// delivered, and only the seconds that differ are read (see [`Collector::late_seconds`]).
+    /// One with fewer events than delivered (deleted) is read from the overlap's start.
+    /// `None`: no multi-project queries.
+    fn overlap_plan(&mut self, start: i64, wm: i64) -> Result<Option<Again>, Stop> {
         let overlap = Window { start, end: wm };
         let Some(in_overlap) = self.sentry.active_projects(overlap, &[])? else {
             return Ok(None);
         };
         let delivered = self.seen.counts_in(start, wm);
-        let mut again = Reads::new();
+        let mut again = Again::new();
         let mut late = Vec::new();
         for p in &in_overlap {
             let had = delivered.get(&p.id).copied().unwrap_or(0);
             if had != p.count {
-                again.insert(p.id, (start, p.count.saturating_sub(had)));
+                again.insert(p.id, (vec![(start, wm)], p.count.saturating_sub(had)));
                 if p.count > had && self.shard.includes(p.id) {
                     late.push(p.id);
                 }
@@ -786,7 +818,7 @@ impl Collector<'_, '_> {
             // rather than trust a count that may also hide a late arrival.
             let project = p != ORG_WIDE && p != QUARANTINED;
             if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
-                again.insert(p, (start, 0));
+                again.insert(p, (vec![(start, wm)], 0));
             }
         }
         let sentry = self.sentry;
@@ -806,12 +838,73 @@ impl Collector<'_, '_> {
             },
             |probe| seen.counts_in(probe.start, probe.end),
         );
-        for (p, agree) in agreed {
+        // (Projects the halving found deleted events in are absent: read from the start.)
+        for (p, reads) in self.late_seconds(&agreed, wm) {
             if let Some(entry) = again.get_mut(&p) {
-                entry.0 = agree;
+                entry.0 = reads;
             }
         }
         Ok(Some(again))
+    }
+
+    /// For projects with late events, each read from its place (where its counts stop
+    /// agreeing) to `wm`: the ranges to read, from Sentry's per-second counts compared
+    /// with what was delivered per second. Seconds whose counts differ are read, joined when
+    /// what lies between them would fit in a page; what the page budget or the deadline
+    /// leaves unlisted is read whole. Like the count checks before it, an equal count is
+    /// trusted (a deletion and a late event in the same second cancel out).
+    fn late_seconds(
+        &mut self,
+        late: &BTreeMap<u64, i64>,
+        wm: i64,
+    ) -> BTreeMap<u64, Vec<(i64, i64)>> {
+        let mut out = BTreeMap::new();
+        let all: Vec<(u64, i64)> = late.iter().map(|(&p, &a)| (p, a)).collect();
+        let mut pages = 0;
+        for chunk in all.chunks(crate::sentry::client::MAX_SECOND_PROJECTS) {
+            let projects: Vec<u64> = chunk.iter().map(|&(p, _)| p).collect();
+            let from = chunk.iter().map(|&(_, a)| a).min().unwrap_or(wm);
+            // Sentry's counts of [from, listed); the rest is not listed (read whole).
+            let mut counted: BTreeMap<(u64, i64), u64> = BTreeMap::new();
+            let mut listed = from;
+            while listed < wm {
+                if pages >= MAX_SECOND_PAGES || self.sentry.secs_left() < MIN_SECS_TO_SEARCH {
+                    break;
+                }
+                pages += 1;
+                let Ok((rows, more)) = self.sentry.second_counts_page(&projects, listed, wm) else {
+                    break;
+                };
+                // The page starts at the last second listed before, listed again whole.
+                counted.retain(|&(_, t), _| t < listed);
+                let last = rows.iter().map(|&(_, t, _)| t).max();
+                for (p, t, n) in rows {
+                    *counted.entry((p, t)).or_default() += n;
+                }
+                match last {
+                    _ if !more => listed = wm,
+                    Some(last) if last > listed => listed = last,
+                    // A full page of one second: something is wrong with the listing.
+                    _ => break,
+                }
+            }
+            let delivered = self.seen.second_counts(&projects, from, listed);
+            for &(p, agree) in chunk {
+                let sentry: BTreeMap<i64, u64> = counted
+                    .range((p, agree)..(p, listed))
+                    .map(|(&(_, t), &n)| (t, n))
+                    .collect();
+                let had: BTreeMap<i64, u64> = delivered
+                    .range((p, agree)..(p, listed))
+                    .map(|(&(_, t), &n)| (t, n))
+                    .collect();
+                out.insert(
+                    p,
+                    differing_ranges(&sentry, &had, agree.max(from), listed, wm),
+                );
+            }
+        }
+        out
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
@@ -855,7 +948,13 @@ impl Collector<'_, '_> {
                         .copied()
                         .unwrap_or(window.start)
                 }),
-                end: progress.keyset.as_ref().map_or(window.end, |k| k.end),
+                end: progress.keyset.as_ref().map_or_else(
+                    || {
+                        let to = progress.read_to.get(progress.next_project).copied();
+                        to.unwrap_or(window.end).min(window.end)
+                    },
+                    |k| k.end,
+                ),
             };
             let answer = match self.sentry.stream_page(self.def, unit, range, cursor) {
                 // A project deleted since the window was planned answers 404 (its event
@@ -1471,6 +1570,7 @@ fn agreeing_prefix(
     )
     .get(&ORG_WIDE)
     .copied()
+    .filter(|&agree| agree > start)
 }
 
 /// The overlap's counts are searched only while this much of the stream's share is left.
@@ -1481,7 +1581,7 @@ const MAX_OVERLAP_COUNTS: usize = 10;
 
 /// Per unit (a project, or the org): the latest minute `agree` after `start` (and before
 /// `end`) such that Sentry counts in `[start, agree)` exactly what was delivered from it,
-/// found by halving. A unit is absent when no such minute is found, or when a count is below
+/// found by halving (`start` when none is found). A unit is absent when a count is below
 /// what was delivered (rows deleted: a deletion can hide a late row in an equal count, so
 /// nothing short of the whole range is trusted). Units whose search stands at the same place
 /// share one count (Sentry counts every unit in one query; late rows are mostly recent, so a
@@ -1533,7 +1633,6 @@ fn agreeing_prefixes(
         }
     }
     open.into_iter()
-        .filter(|&(_, (agree, _))| agree > start)
         .map(|(unit, (agree, _))| (unit, agree))
         .collect()
 }
@@ -1550,8 +1649,73 @@ fn minute_between(agree: i64, differ: i64) -> Option<i64> {
     (mid < differ).then_some(mid)
 }
 
-/// Per project of an `events` window: where its read starts, and how many ids it would add.
-type Reads = BTreeMap<u64, (i64, u64)>;
+/// Per project of an `events` window's overlap: the ranges `[from, to)` read again, and how
+/// many ids that would add (what Sentry counts above what was delivered).
+type Again = BTreeMap<u64, (Vec<(i64, i64)>, u64)>;
+
+/// The ranges to read of a project's `[from, wm)`, given Sentry's and the delivered counts
+/// per second of `[from, listed)`: each second whose counts differ, joined with the next
+/// when fewer rows than a page lie between them, and `[listed, wm)` whole.
+fn differing_ranges(
+    sentry: &BTreeMap<i64, u64>,
+    delivered: &BTreeMap<i64, u64>,
+    from: i64,
+    listed: i64,
+    wm: i64,
+) -> Vec<(i64, i64)> {
+    let mut seconds: Vec<i64> = sentry
+        .iter()
+        .filter(|&(t, n)| delivered.get(t) != Some(n))
+        .map(|(&t, _)| t)
+        .chain(
+            delivered
+                .keys()
+                .filter(|t| !sentry.contains_key(t))
+                .copied(),
+        )
+        .filter(|&t| t >= from && t < listed)
+        .collect();
+    seconds.sort_unstable();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for t in seconds {
+        match ranges.last_mut() {
+            Some(last)
+                if sentry.range(last.1..t).map(|(_, n)| n).sum::<u64>() < JOIN_BELOW_ROWS =>
+            {
+                last.1 = t + 1;
+            }
+            _ => ranges.push((t, t + 1)),
+        }
+    }
+    if listed < wm {
+        let tail_from = listed.max(from);
+        match ranges.last_mut() {
+            Some(last)
+                if sentry.range(last.1..tail_from).map(|(_, n)| n).sum::<u64>()
+                    < JOIN_BELOW_ROWS =>
+            {
+                last.1 = wm;
+            }
+            _ => ranges.push((tail_from, wm)),
+        }
+    }
+    ranges
+}
+
+/// Ranges read again are joined when fewer rows than this (a page) lie between them: one
+/// request more costs more than reading them.
+const JOIN_BELOW_ROWS: u64 = 100;
+
+/// Pages of per-second counts a window's plan may ask for; what they leave unlisted is read.
+const MAX_SECOND_PAGES: usize = 40;
+
+/// Appends `r` to ranges in time order, joined with the last one when they touch.
+fn push_range(ranges: &mut Vec<(i64, i64)>, r: (i64, i64)) {
+    match ranges.last_mut() {
+        Some(last) if r.0 <= last.1 => last.1 = last.1.max(r.1),
+        _ => ranges.push(r),
+    }
+}
 
 /// How [`Collector::read`] ended.
 enum Read {
@@ -1897,6 +2061,54 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(few.get(&1), Some(&(start + 1800)));
         assert_eq!(few.get(&2), Some(&(start + 1800)));
+    }
+
+    #[test]
+    fn only_the_seconds_whose_counts_differ_are_read_again() {
+        // Fifty events a second were delivered over [1000, 2000). Sentry now counts one more
+        // at 1020 and 1500 (late), one fewer at 1600 (deleted), none at 1700 (all deleted);
+        // 1010 differs too but lies before where the search found the counts agreeing.
+        let delivered: BTreeMap<i64, u64> = (1000..2000).map(|t| (t, 50)).collect();
+        let mut sentry = delivered.clone();
+        *sentry.get_mut(&1010).unwrap() += 1;
+        *sentry.get_mut(&1020).unwrap() += 1;
+        *sentry.get_mut(&1500).unwrap() += 1;
+        *sentry.get_mut(&1600).unwrap() -= 1;
+        sentry.remove(&1700);
+        let read = differing_ranges(&sentry, &delivered, 1015, 2000, 2000);
+        assert_eq!(
+            read,
+            [(1020, 1021), (1500, 1501), (1600, 1601), (1700, 1701)]
+        );
+        // Listed only up to 1800: the rest of the overlap is read whole.
+        let read = differing_ranges(&sentry, &delivered, 1015, 1800, 2000);
+        assert_eq!(read.last(), Some(&(1800, 2000)));
+        assert_eq!(read.len(), 5);
+        // Seconds with fewer rows than a page between them are read as one range, and so is
+        // an unlisted rest that close.
+        let quiet: BTreeMap<i64, u64> = (1000..2000).step_by(10).map(|t| (t, 1)).collect();
+        let mut late = quiet.clone();
+        late.insert(1205, 1);
+        late.insert(1405, 1);
+        late.insert(1905, 1);
+        assert_eq!(
+            differing_ranges(&late, &quiet, 1000, 2000, 2000),
+            [(1205, 1906)]
+        );
+        assert_eq!(
+            differing_ranges(&late, &quiet, 1000, 1900, 2400),
+            [(1205, 2400)]
+        );
+        // Counts that agree: nothing to read.
+        assert!(differing_ranges(&quiet, &quiet, 1000, 2000, 2000).is_empty());
+    }
+
+    #[test]
+    fn ranges_that_touch_are_read_as_one() {
+        let mut r = vec![(10, 20)];
+        push_range(&mut r, (20, 30));
+        push_range(&mut r, (40, 50));
+        assert_eq!(r, [(10, 30), (40, 50)]);
     }
 
     #[test]
