@@ -898,10 +898,8 @@ impl Collector<'_, '_> {
                     .range((p, agree)..(p, listed))
                     .map(|(&(_, t), &n)| (t, n))
                     .collect();
-                out.insert(
-                    p,
-                    differing_ranges(&sentry, &had, agree.max(from), listed, wm),
-                );
+                let reads = differing_ranges(&sentry, &had, agree.max(from), listed, wm);
+                out.insert(p, reads);
             }
         }
         out

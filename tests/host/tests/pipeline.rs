@@ -1043,14 +1043,15 @@ async fn busy_projects_read_again_only_the_seconds_late_events_arrived_in() {
     rig.sim.reset_counters();
     let s = rig.run_ok().await;
     let ev = events_summary(&s);
-    // Only the late seconds are read again: a second holds an event or two of ~1,900
-    // delivered from the last half hour of the overlap.
-    let dup = ev["duplicates_dropped"].as_u64().unwrap();
-    assert!(dup <= 12, "{ev}");
     let c = rig.sim.counters();
     let pages: u64 = c.project_event_requests.values().sum();
     // Per project: its late seconds, then its new part's pages (~9 each).
     assert!(pages <= 30, "{c:?}");
+    // Only the late seconds are read again (a second holds an event or two of the ~1,900
+    // delivered from the last half hour of the overlap), besides the row each page by
+    // position reads again to check its place.
+    let dup = ev["duplicates_dropped"].as_u64().unwrap();
+    assert!(dup <= pages + 8, "{ev}");
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
     assert_eq!(truth.iter().filter(|e| e.title == "late").count(), 4);
