@@ -888,9 +888,16 @@ impl Sim {
                 &json!({"detail": "You do not have permission to perform this action."}),
             );
         }
+        // `project=-1` (all projects) wins over projects named beside it.
+        let wanted = if projects.iter().any(|p| p == "-1") {
+            Vec::new()
+        } else {
+            wanted
+        };
         let dataset = params.get("dataset").unwrap_or("errors");
         if let Some(d) = DATASETS.iter().find(|d| **d == dataset) {
-            return self.explore(st, d, params, path, now, (!multi).then_some(wanted));
+            let wanted = (!wanted.is_empty()).then_some(wanted);
+            return self.explore(st, d, params, path, now, wanted);
         }
         if dataset != "errors" {
             return SimResponse::json(
@@ -930,13 +937,14 @@ impl Sim {
                     &json!({"detail": "the simulator sorts per-second counts only by timestamp"}),
                 );
             }
-            let wanted = (!multi).then_some(wanted);
+            // `project=-1` (or none): every project; otherwise the ones named.
+            let wanted = (!wanted.is_empty()).then_some(wanted);
             return self.second_counts(st, params, path, now, (start, end), per_page, wanted);
         }
         // Visible events with an event time in the range, per project (the ones with any).
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
         for (project, order) in &st.events.index().by_project {
-            if multi || wanted.contains(project) {
+            if wanted.is_empty() || wanted.contains(project) {
                 let range = event_range(&st.events, order, start, end);
                 let n = order.count_visible(range, now, |p| st.events[p as usize].received_at);
                 if n > 0 {
