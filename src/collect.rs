@@ -611,21 +611,21 @@ impl Collector<'_, '_> {
         // Planning counts what was delivered in the overlap: its ids are read first.
         self.ensure_ids(window.start, window.end, false)?;
         if self.def.kind != Kind::Events {
-            let query_start = match self.def.kind {
+            let ranges = match self.def.kind {
                 Kind::Explore(dataset) => self.explore_overlap(window, dataset.name)?,
-                _ => None,
+                _ => vec![(window.start, window.end)],
             };
             return Ok(WindowProgress {
                 window,
-                projects: vec![ORG_WIDE],
+                projects: vec![ORG_WIDE; ranges.len()],
                 projects_cut: 0,
                 next_project: 0,
                 cursor: None,
                 objects: 0,
-                query_start,
+                query_start: None,
                 query_rows: 0,
-                read_from: Vec::new(),
-                read_to: Vec::new(),
+                read_from: ranges.iter().map(|r| r.0).collect(),
+                read_to: ranges.iter().map(|r| r.1).collect(),
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,
@@ -750,41 +750,49 @@ impl Collector<'_, '_> {
             .filter(|&w| w > window.start && w < window.end)
     }
 
-    /// For an Explore dataset: where the query can start. The watermark, when Sentry counts in
-    /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
-    /// to which the counts still agree, found by halving (six count queries for an hour: late
-    /// rows are mostly recent, so a busy org does not read its whole overlap again for a few);
-    /// `None` when they differ from the start, or a count shows deleted rows (read the window
-    /// from its start). Like the whole-overlap check, it trusts an equal count: a deletion and
-    /// a late row in the same counted range cancel out.
-    fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
+    /// For an Explore dataset: the ranges of the window to read, in time order. Its new part
+    /// (from the watermark), after the parts of its overlap where Sentry counts other than
+    /// what was delivered (late rows, or deleted ones): when the whole overlap's count
+    /// differs, it is halved, and each half that differs halved again, down to a second or
+    /// to fewer rows than a page, within a count budget (late rows are few and scattered: a
+    /// busy org does not read its whole overlap again for a few). Without multi-project
+    /// queries, the whole window. Like the whole-overlap check, it trusts an equal count: a
+    /// deletion and a late row in the same counted range cancel out.
+    fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Vec<(i64, i64)>, Stop> {
+        let whole = vec![(window.start, window.end)];
         let Some(wm) = self.overlap_end(window) else {
-            return Ok(None);
+            return Ok(whole);
         };
         let overlap = Window {
             start: window.start,
             end: wm,
         };
         let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
-            return Ok(None);
+            return Ok(whole);
         };
         if count == delivered_org_wide(&self.seen, overlap) {
             self.summary.overlap_skipped += 1;
-            return Ok(Some(wm));
+            return Ok(vec![(wm, window.end)]);
         }
         let sentry = self.sentry;
         let seen = &self.seen;
-        Ok(agreeing_prefix(
-            window.start,
-            wm,
+        let mut ranges = differing_parts(
+            overlap,
+            MAX_RANGE_COUNTS,
             |probe| {
+                // The search saves reading; it must not take the time the reading needs.
                 if sentry.secs_left() < MIN_SECS_TO_SEARCH {
                     return None;
                 }
                 sentry.dataset_count(dataset, probe).ok().flatten()
             },
             |probe| delivered_org_wide(seen, probe),
-        ))
+        );
+        if ranges.first().is_some_and(|r| r.0 > window.start) {
+            self.summary.overlap_skipped += 1;
+        }
+        push_range(&mut ranges, (wm, window.end));
+        Ok(ranges)
     }
 
     /// The projects whose overlap `[start, watermark)` is read again: those of which Sentry
@@ -1548,29 +1556,6 @@ fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
         .unwrap_or(0)
 }
 
-/// The latest minute `agree` after `start` (and before `end`) such that Sentry counts in
-/// `[start, agree)` exactly what was delivered there, for a stream read for the whole org (one
-/// unit): see [`agreeing_prefixes`].
-fn agreeing_prefix(
-    start: i64,
-    end: i64,
-    mut sentry_count: impl FnMut(Window) -> Option<u64>,
-    mut delivered: impl FnMut(Window) -> u64,
-) -> Option<i64> {
-    let one = |n: u64| HashMap::from([(ORG_WIDE, n)]);
-    agreeing_prefixes(
-        start,
-        end,
-        &[ORG_WIDE],
-        MAX_OVERLAP_COUNTS,
-        |w| sentry_count(w).map(one),
-        |w| one(delivered(w)),
-    )
-    .get(&ORG_WIDE)
-    .copied()
-    .filter(|&agree| agree > start)
-}
-
 /// The overlap's counts are searched only while this much of the stream's share is left.
 const MIN_SECS_TO_SEARCH: f64 = 5.0;
 
@@ -1706,6 +1691,76 @@ const JOIN_BELOW_ROWS: u64 = 100;
 
 /// Pages of per-second counts a window's plan may ask for; what they leave unlisted is read.
 const MAX_SECOND_PAGES: usize = 40;
+
+/// The parts of `range` (whose count as a whole differs from what was delivered) where
+/// Sentry counts other than what was delivered, in time order: halved, and each half that
+/// differs halved again, widest first, until a part is one second or holds fewer delivered
+/// rows than a page (reading it costs no more than counting it), or `max_counts` counts
+/// were made; what is not split further is read whole. When the first half agrees, the
+/// second is taken to differ without a count (the safe side); a count that fails (`None`)
+/// ends the search.
+fn differing_parts(
+    range: Window,
+    max_counts: usize,
+    mut sentry_count: impl FnMut(Window) -> Option<u64>,
+    delivered: impl Fn(Window) -> u64,
+) -> Vec<(i64, i64)> {
+    let mut open = std::collections::VecDeque::from([range]);
+    let mut parts: Vec<(i64, i64)> = Vec::new();
+    let mut counts = 0;
+    let mut differs = |w: Window, counts: &mut usize| -> Option<bool> {
+        if *counts >= max_counts {
+            return None;
+        }
+        *counts += 1;
+        let n = sentry_count(w)?;
+        Some(n != delivered(w))
+    };
+    while let Some(w) = open.pop_front() {
+        if w.end - w.start <= 1 || counts >= max_counts || delivered(w) < JOIN_BELOW_ROWS {
+            parts.push((w.start, w.end));
+            continue;
+        }
+        let mid = w.start + (w.end - w.start) / 2;
+        let (left, right) = (
+            Window {
+                start: w.start,
+                end: mid,
+            },
+            Window {
+                start: mid,
+                end: w.end,
+            },
+        );
+        match differs(left, &mut counts) {
+            None => {
+                counts = max_counts;
+                parts.push((w.start, w.end));
+            }
+            Some(false) => open.push_back(right),
+            Some(true) => {
+                open.push_back(left);
+                match differs(right, &mut counts) {
+                    Some(false) => {}
+                    Some(true) => open.push_back(right),
+                    None => {
+                        counts = max_counts;
+                        parts.push((right.start, right.end));
+                    }
+                }
+            }
+        }
+    }
+    parts.sort_unstable();
+    let mut joined = Vec::with_capacity(parts.len());
+    for p in parts {
+        push_range(&mut joined, p);
+    }
+    joined
+}
+
+/// How many counts the search for the parts of an Explore overlap that differ may make.
+const MAX_RANGE_COUNTS: usize = 120;
 
 /// Appends `r` to ranges in time order, joined with the last one when they touch.
 fn push_range(ranges: &mut Vec<(i64, i64)>, r: (i64, i64)) {
@@ -1942,34 +1997,76 @@ mod tests {
     }
 
     #[test]
-    fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
+    fn an_overlap_is_read_again_only_in_the_parts_whose_counts_differ() {
         let (start, end) = (999_960, 1_003_560);
-        // Sentry holds one row a second; two late rows (not delivered) at +3000 s and +3300 s.
-        let late = [start + 3000, start + 3300];
-        let sentry = |w: Window| Some((w.end - w.start) as u64);
-        let delivered = |w: Window| {
-            (w.end - w.start) as u64
-                - late.iter().filter(|&&t| t >= w.start && t < w.end).count() as u64
-        };
-        let agree = agreeing_prefix(start, end, sentry, delivered).expect("a prefix agrees");
-        assert!(agree <= late[0] && agree > late[0] - 120, "{agree}");
-        // A late row in the first minute: the whole range is read.
-        let first = |w: Window| (w.end - w.start) as u64 - u64::from(w.end > start);
-        assert_eq!(agreeing_prefix(start, end, sentry, first), None);
-        // Rows deleted (Sentry counts fewer than were delivered): the whole range.
-        let fewer = |w: Window| Some((w.end - w.start) as u64 - 1);
-        assert_eq!(
-            agreeing_prefix(start, end, fewer, |w| (w.end - w.start) as u64),
-            None
+        let all = Window { start, end };
+        // Sentry holds 300 rows a second; rows at +2100 s and +3000 s were not delivered
+        // (late), and one at +1200 s was deleted. (Were the deleted one and a late one in
+        // the same counted part, they would cancel out: the trade every count check makes.)
+        let per_sec = |w: Window| (w.end - w.start) as u64 * 300;
+        let late = [start + 2100, start + 3000];
+        let deleted = start + 1200;
+        let within = |w: Window, t: i64| u64::from(t >= w.start && t < w.end);
+        let sentry = |w: Window| Some(per_sec(w) - within(w, deleted));
+        let delivered = |w: Window| per_sec(w) - late.iter().map(|&t| within(w, t)).sum::<u64>();
+        let mut counts = 0;
+        let parts = differing_parts(
+            all,
+            MAX_RANGE_COUNTS,
+            |w| {
+                counts += 1;
+                sentry(w)
+            },
+            delivered,
         );
-        // A count that fails ends the search where it agreed so far.
-        let mut calls = 0;
-        let flaky = |w: Window| {
-            calls += 1;
-            (calls == 1).then_some((w.end - w.start) as u64)
-        };
-        let partial = agreeing_prefix(start, end, flaky, delivered);
-        assert_eq!(partial, Some(start + 1800));
+        assert_eq!(
+            parts,
+            [
+                (deleted, deleted + 1),
+                (late[0], late[0] + 1),
+                (late[1], late[1] + 1)
+            ]
+        );
+        assert!(counts <= 3 * 2 * 12, "{counts} counts");
+        // Fewer rows a second: parts stop where they hold fewer than a page.
+        let sparse = differing_parts(
+            all,
+            MAX_RANGE_COUNTS,
+            |w| Some((w.end - w.start) as u64),
+            |w| (w.end - w.start) as u64 - within(w, late[1]),
+        );
+        assert_eq!(sparse.len(), 1);
+        let (a, b) = sparse[0];
+        assert!(
+            a <= late[1] && late[1] < b && b - a < 2 * JOIN_BELOW_ROWS as i64,
+            "{sparse:?}"
+        );
+        // Whatever the budget, and whether counts fail, every second with late rows is read
+        // (without deletions, nothing cancels them out).
+        let mut seed = 7u64;
+        for budget in [0, 1, 2, 3, 5, 8, 20, 60] {
+            for fail_at in [1, 2, 4, 9, usize::MAX] {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let extra = start + (seed >> 33) as i64 % (end - start);
+                let mut n = 0;
+                let parts = differing_parts(
+                    all,
+                    budget,
+                    |w| {
+                        n += 1;
+                        (n < fail_at).then(|| per_sec(w) + within(w, extra))
+                    },
+                    delivered,
+                );
+                for t in [late[0], late[1], extra] {
+                    assert!(
+                        parts.iter().any(|&(a, b)| a <= t && t < b),
+                        "{t} not read with budget {budget}, failing at {fail_at}: {parts:?}"
+                    );
+                }
+                assert!(parts.windows(2).all(|p| p[0].1 < p[1].0), "{parts:?}");
+            }
+        }
     }
 
     #[test]
