@@ -545,6 +545,12 @@ impl Collector<'_, '_> {
                         self.summary.up_to_date = true;
                         return Ok(());
                     }
+                    // Planning searches the overlap's counts for what to read again; without
+                    // the time for that search it would read the whole overlap again. The
+                    // next run plans the window with its whole share.
+                    if windows > 0 && self.sentry.secs_left() < 2.0 * MIN_SECS_TO_SEARCH {
+                        return Ok(());
+                    }
                     let Some(window) = plan_window(self.config, self.checkpoint.watermark, now)
                     else {
                         self.summary.up_to_date = true;
