@@ -178,6 +178,9 @@ struct Collector<'a, 'e> {
     /// Oldest-first streams: the latest time read in the current window by this run (every
     /// row before it was read: they come in time order).
     read_up_to: Option<i64>,
+    /// The window being planned is not the run's first: if the search of its overlap's
+    /// counts runs out of time, it is left to the next run rather than read whole.
+    may_defer: bool,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -288,6 +291,7 @@ pub fn collect_stream(
         projects_now: None,
         bad_reads: 0,
         read_up_to: None,
+        may_defer: false,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -563,7 +567,9 @@ impl Collector<'_, '_> {
                     } else {
                         self.fit_to_rate(window)
                     };
+                    self.may_defer = windows > 0;
                     let mut plan = self.plan(window)?;
+                    self.may_defer = false;
                     // The plan is saved before anything is read: a run that dies before its
                     // first checkpoint is retried on the same window, so it rebuilds the same
                     // object names and finds what already landed.
@@ -782,18 +788,16 @@ impl Collector<'_, '_> {
         }
         let sentry = self.sentry;
         let seen = &self.seen;
+        let cut = std::cell::Cell::new(false);
         let mut ranges = differing_parts(
             overlap,
             MAX_RANGE_COUNTS,
-            |probe| {
-                // The search saves reading; it must not take the time the reading needs.
-                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
-                    return None;
-                }
-                sentry.dataset_count(dataset, probe).ok().flatten()
-            },
+            |probe| counted(sentry, &cut, || sentry.dataset_count(dataset, probe)),
             |probe| delivered_org_wide(seen, probe),
         );
+        if cut.get() && self.may_defer {
+            return Err(Stop::OutOfTime);
+        }
         if ranges.first().is_some_and(|r| r.0 > window.start) {
             self.summary.overlap_skipped += 1;
         }
@@ -837,23 +841,23 @@ impl Collector<'_, '_> {
         }
         let sentry = self.sentry;
         let seen = &self.seen;
+        let cut = std::cell::Cell::new(false);
         let agreed = agreeing_prefixes(
             start,
             wm,
             &late,
             MAX_OVERLAP_COUNTS,
             |probe| {
-                // The search saves reading; it must not take the time the reading needs.
-                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
-                    return None;
-                }
-                let counted = sentry.active_projects(probe, &late).ok().flatten()?;
-                Some(counted.into_iter().map(|p| (p.id, p.count)).collect())
+                let found = counted(sentry, &cut, || sentry.active_projects(probe, &late))?;
+                Some(found.into_iter().map(|p| (p.id, p.count)).collect())
             },
             |probe| seen.counts_in(probe.start, probe.end),
         );
+        if cut.get() && self.may_defer {
+            return Err(Stop::OutOfTime);
+        }
         // (Projects the halving found deleted events in are absent: read from the start.)
-        for (p, reads) in self.late_seconds(&agreed, wm) {
+        for (p, reads) in self.late_seconds(&agreed, wm)? {
             if let Some(entry) = again.get_mut(&p) {
                 entry.0 = reads;
             }
@@ -871,7 +875,7 @@ impl Collector<'_, '_> {
         &mut self,
         late: &BTreeMap<u64, i64>,
         wm: i64,
-    ) -> BTreeMap<u64, Vec<(i64, i64)>> {
+    ) -> Result<BTreeMap<u64, Vec<(i64, i64)>>, Stop> {
         let mut out = BTreeMap::new();
         let all: Vec<(u64, i64)> = late.iter().map(|(&p, &a)| (p, a)).collect();
         let mut pages = 0;
@@ -882,7 +886,13 @@ impl Collector<'_, '_> {
             let mut counted: BTreeMap<(u64, i64), u64> = BTreeMap::new();
             let mut listed = from;
             while listed < wm {
-                if pages >= MAX_SECOND_PAGES || self.sentry.secs_left() < MIN_SECS_TO_SEARCH {
+                if pages >= MAX_SECOND_PAGES {
+                    break;
+                }
+                if self.sentry.secs_left() < MIN_SECS_TO_SEARCH {
+                    if self.may_defer {
+                        return Err(Stop::OutOfTime);
+                    }
                     break;
                 }
                 pages += 1;
@@ -916,7 +926,7 @@ impl Collector<'_, '_> {
                 out.insert(p, reads);
             }
         }
-        out
+        Ok(out)
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
@@ -1555,6 +1565,27 @@ fn ms_since(env: Env, start: f64) -> f64 {
 }
 
 /// Ids delivered from an org-wide stream with a time in `range`.
+/// A count for the search of an overlap: `None` when the search should stop, and `cut` set
+/// when it stops for time (the stream's share nearly spent, or a rate limit that would
+/// outlast it). The search saves reading; it must not take the time the reading needs.
+fn counted<T>(
+    sentry: &SentryClient,
+    cut: &std::cell::Cell<bool>,
+    count: impl FnOnce() -> Result<Option<T>, SentryError>,
+) -> Option<T> {
+    if sentry.secs_left() < MIN_SECS_TO_SEARCH {
+        cut.set(true);
+        return None;
+    }
+    match count() {
+        Err(SentryError::OutOfTime) => {
+            cut.set(true);
+            None
+        }
+        other => other.ok().flatten(),
+    }
+}
+
 fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
     seen.counts_in(range.start, range.end)
         .get(&ORG_WIDE)
