@@ -181,6 +181,9 @@ struct Collector<'a, 'e> {
     /// The window being planned is not the run's first: if the search of its overlap's
     /// counts runs out of time, it is left to the next run rather than read whole.
     may_defer: bool,
+    /// This run already gave the stream its share once: a window it plans now is planned
+    /// with what another stream left, and is deferred like a later window.
+    second_pass: bool,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -228,6 +231,7 @@ pub fn fit_to_memory(
 }
 
 /// Runs the stream until its window is done, the budget runs out, or something fails.
+#[allow(clippy::too_many_arguments)]
 pub fn collect_stream(
     env: Env,
     config: &Config,
@@ -236,6 +240,7 @@ pub fn collect_stream(
     lease: &Lease,
     shard: Shard,
     def: &'static StreamDef,
+    second_pass: bool,
 ) -> StreamSummary {
     let mut summary = StreamSummary {
         stream: def.name,
@@ -292,6 +297,7 @@ pub fn collect_stream(
         bad_reads: 0,
         read_up_to: None,
         may_defer: false,
+        second_pass,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -567,7 +573,7 @@ impl Collector<'_, '_> {
                     } else {
                         self.fit_to_rate(window)
                     };
-                    self.may_defer = windows > 0;
+                    self.may_defer = windows > 0 || self.second_pass;
                     let mut plan = self.plan(window)?;
                     self.may_defer = false;
                     // The plan is saved before anything is read: a run that dies before its
@@ -896,8 +902,21 @@ impl Collector<'_, '_> {
                     break;
                 }
                 pages += 1;
-                let Ok((rows, more)) = self.sentry.second_counts_page(&projects, listed, wm) else {
-                    break;
+                let (rows, more) = match self.sentry.second_counts_page(&projects, listed, wm) {
+                    Ok(page) => page,
+                    Err(SentryError::OutOfTime) if self.may_defer => return Err(Stop::OutOfTime),
+                    Err(e) => {
+                        // The rest is read whole: correct, only slower.
+                        let w = format!(
+                            "{}: the per-second counts of late projects failed ({e}); their overlap is read from where the counts stop agreeing",
+                            self.def.name
+                        );
+                        if !self.summary.warnings.contains(&w) {
+                            eprintln!("warning: {w}");
+                            self.summary.warnings.push(w);
+                        }
+                        break;
+                    }
                 };
                 // The page starts at the last second listed before, listed again whole.
                 counted.retain(|&(_, t), _| t < listed);
@@ -914,16 +933,9 @@ impl Collector<'_, '_> {
             }
             let delivered = self.seen.second_counts(&projects, from, listed);
             for &(p, agree) in chunk {
-                let sentry: BTreeMap<i64, u64> = counted
-                    .range((p, agree)..(p, listed))
-                    .map(|(&(_, t), &n)| (t, n))
-                    .collect();
-                let had: BTreeMap<i64, u64> = delivered
-                    .range((p, agree)..(p, listed))
-                    .map(|(&(_, t), &n)| (t, n))
-                    .collect();
-                let reads = differing_ranges(&sentry, &had, agree.max(from), listed, wm);
-                out.insert(p, reads);
+                let sentry = seconds_of(&counted, p, agree, listed);
+                let had = seconds_of(&delivered, p, agree, listed);
+                out.insert(p, differing_ranges(&sentry, &had, agree, listed, wm));
             }
         }
         Ok(out)
@@ -1014,6 +1026,10 @@ impl Collector<'_, '_> {
                         .into_iter()
                         .map(|p| p.id)
                         .collect();
+                    // Each project reads the whole window (the org-wide plan's ranges were
+                    // counted for the org).
+                    progress.read_from.clear();
+                    progress.read_to.clear();
                     next_unit(progress);
                     progress.next_project = 0;
                     self.summary.projects_active =
@@ -1124,7 +1140,10 @@ impl Collector<'_, '_> {
                 // An oldest-first window ends early where it was read to: the watermark moves
                 // there, the set is pruned, and the next window is fitted to the rate seen.
                 let reached = self.read_up_to.max(progress.query_start);
-                if self.def.order == Order::OldestFirst {
+                // (Read one project at a time, an earlier project's time says nothing about
+                // the next one's rows.)
+                let org_wide = progress.projects.iter().all(|&p| p == ORG_WIDE);
+                if self.def.order == Order::OldestFirst && org_wide {
                     if let Some(end) = cut_at(window, self.checkpoint.watermark, reached) {
                         let w = format!(
                             "{}: the window ending {} was cut at {} to stay within the {} ids a run keeps in memory; the rest is read by the next window",
@@ -1236,7 +1255,17 @@ impl Collector<'_, '_> {
                                 progress.cursor = None;
                             }
                             Some(cursor) if !past_start => progress.cursor = Some(cursor),
-                            _ => next_unit(progress),
+                            _ => {
+                                next_unit(progress);
+                                // A server that ignores `start`/`end` served this range from
+                                // the top of the project's list: that covered the project's
+                                // later ranges too.
+                                while progress.dates_ignored
+                                    && progress.projects.get(progress.next_project) == Some(&unit)
+                                {
+                                    next_unit(progress);
+                                }
+                            }
                         }
                     } else if page.parsed.items.iter().any(|i| i.time >= range.end) {
                         // The server ignored `end` (self-hosted Sentry before 2025): its own
@@ -1672,6 +1701,23 @@ fn minute_between(agree: i64, differ: i64) -> Option<i64> {
 /// Per project of an `events` window's overlap: the ranges `[from, to)` read again, and how
 /// many ids that would add (what Sentry counts above what was delivered).
 type Again = BTreeMap<u64, (Vec<(i64, i64)>, u64)>;
+
+/// The counts of `project` in the seconds of `[from, to)` (none when `to <= from`), from
+/// counts keyed by (project, second).
+fn seconds_of(
+    counts: &BTreeMap<(u64, i64), u64>,
+    project: u64,
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, u64> {
+    if to <= from {
+        return BTreeMap::new();
+    }
+    counts
+        .range((project, from)..(project, to))
+        .map(|(&(_, t), &n)| (t, n))
+        .collect()
+}
 
 /// The ranges to read of a project's `[from, wm)`, given Sentry's and the delivered counts
 /// per second of `[from, listed)`: each second whose counts differ, joined with the next
@@ -2233,6 +2279,19 @@ mod tests {
         );
         // Counts that agree: nothing to read.
         assert!(differing_ranges(&quiet, &quiet, 1000, 2000, 2000).is_empty());
+        // A listing cut short before a project's place (several late projects, one page
+        // budget): that project's part is read whole.
+        let keyed: BTreeMap<(u64, i64), u64> = [((1, 1500), 2), ((2, 1200), 1)].into();
+        assert!(seconds_of(&keyed, 1, 1600, 1300).is_empty());
+        assert_eq!(
+            seconds_of(&keyed, 1, 1000, 2000),
+            BTreeMap::from([(1500, 2)])
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            differing_ranges(&none, &none, 1600, 1300, 2000),
+            [(1600, 2000)]
+        );
     }
 
     #[test]

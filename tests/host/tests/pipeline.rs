@@ -1053,6 +1053,7 @@ async fn busy_projects_read_again_only_the_seconds_late_events_arrived_in() {
     // position reads again to check its place.
     let dup = ev["duplicates_dropped"].as_u64().unwrap();
     assert!(dup <= pages + 8, "{ev}");
+    assert_eq!(ev["up_to_date"], true, "{ev}");
     let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
     assert_exact(&rig.delivered().await, &truth);
     assert_eq!(truth.iter().filter(|e| e.title == "late").count(), 4);
