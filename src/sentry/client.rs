@@ -276,23 +276,8 @@ impl<'e> SentryClient<'e> {
             ORG_READ,
         );
         let what = call.what.as_str();
-        let mut url = self.org_url("events/");
-        url.query_pairs_mut()
-            .append_pair("field", "project.id")
-            .append_pair("field", "count()")
-            .append_pair("dataset", "errors");
-        if only.is_empty() || only.len() > 100 {
-            url.query_pairs_mut().append_pair("project", "-1");
-        } else {
-            for p in only {
-                url.query_pairs_mut().append_pair("project", &p.to_string());
-            }
-        }
-        url.query_pairs_mut()
-            .append_pair("start", &rfc3339(window.start))
-            .append_pair("end", &rfc3339(window.end))
-            .append_pair("sort", "project.id")
-            .append_pair("per_page", "100");
+        let named = if only.len() > 100 { &[][..] } else { only };
+        let url = self.errors_query(&["project.id", "count()"], named, window, "project.id");
         let mut projects: Vec<ProjectRef> = Vec::new();
         let pages = self.for_each_page(&call, &url, |body| {
             let body: Body = serde_json::from_slice(body).map_err(|_| {
@@ -304,13 +289,7 @@ impl<'e> SentryClient<'e> {
                 let id = json_id(&row.project_id).ok_or_else(|| {
                     SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
                 })?;
-                // Sampled data may count in floats (any above 0 is at least one event); a
-                // row without a count has events.
-                let count = row
-                    .count
-                    .as_ref()
-                    .and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.ceil() as u64)))
-                    .unwrap_or(1);
+                let count = discover_count(row.count.as_ref());
                 if count > 0 && !projects.iter().any(|p| p.id == id) {
                     projects.push(ProjectRef { id, count });
                 }
@@ -360,20 +339,13 @@ impl<'e> SentryClient<'e> {
             ORG_READ,
         );
         let what = call.what.as_str();
-        let mut url = self.org_url("events/");
-        url.query_pairs_mut()
-            .append_pair("field", "project.id")
-            .append_pair("field", "timestamp")
-            .append_pair("field", "count()")
-            .append_pair("dataset", "errors");
-        for p in projects.iter().take(MAX_SECOND_PROJECTS) {
-            url.query_pairs_mut().append_pair("project", &p.to_string());
-        }
-        url.query_pairs_mut()
-            .append_pair("start", &rfc3339(start))
-            .append_pair("end", &rfc3339(end))
-            .append_pair("sort", "timestamp")
-            .append_pair("per_page", "100");
+        let projects = &projects[..projects.len().min(MAX_SECOND_PROJECTS)];
+        let url = self.errors_query(
+            &["project.id", "timestamp", "count()"],
+            projects,
+            Window { start, end },
+            "timestamp",
+        );
         let (body, next) = self
             .get_with_link(&call, url, MAX_SMALL_BODY)?
             .map_err(|detail| {
@@ -397,15 +369,33 @@ impl<'e> SentryClient<'e> {
                     "{what}: a row is outside the projects or the range asked for"
                 )));
             }
-            // Sampled data may count in floats (any above 0 is at least one event).
-            let count = row
-                .count
-                .as_ref()
-                .and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.ceil() as u64)))
-                .unwrap_or(1);
-            rows.push((id, second, count));
+            rows.push((id, second, discover_count(row.count.as_ref())));
         }
         Ok((rows, next.is_some()))
+    }
+
+    /// A Discover query of error events: `fields`, of the projects named (every project,
+    /// `project=-1`, when none are), over `range`, sorted by `sort`, full pages.
+    fn errors_query(&self, fields: &[&str], projects: &[u64], range: Window, sort: &str) -> Url {
+        let mut url = self.org_url("events/");
+        {
+            let mut q = url.query_pairs_mut();
+            for f in fields {
+                q.append_pair("field", f);
+            }
+            q.append_pair("dataset", "errors");
+            if projects.is_empty() {
+                q.append_pair("project", "-1");
+            }
+            for p in projects {
+                q.append_pair("project", &p.to_string());
+            }
+            q.append_pair("start", &rfc3339(range.start))
+                .append_pair("end", &rfc3339(range.end))
+                .append_pair("sort", sort)
+                .append_pair("per_page", "100");
+        }
+        url
     }
 
     /// How many rows a Discover / Explore dataset holds in `range` for the whole org, or
@@ -658,6 +648,13 @@ impl Call {
 }
 
 /// Sentry writes ids as strings ("42"); accept numbers too.
+/// A Discover `count()`: sampled data may count in floats (any above 0 is at least one
+/// event); a row without a count has events.
+fn discover_count(c: Option<&serde_json::Value>) -> u64 {
+    c.and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.ceil() as u64)))
+        .unwrap_or(1)
+}
+
 fn json_id(v: &serde_json::Value) -> Option<u64> {
     match v {
         serde_json::Value::Number(n) => n.as_u64(),
