@@ -529,7 +529,6 @@ impl AuthProxy {
             fail_next.clone(),
             lose_reply_next.clone(),
         );
-        let handle = tokio::runtime::Handle::current();
         let server = RecordingServer::start(move |req: &RecordedRequest| {
             let failing = fail
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -595,10 +594,20 @@ impl AuthProxy {
                 );
             }
             // Forward to the emulator (this closure runs on the server's task; block_in_place
-            // lets it wait for the upstream answer).
+            // lets it wait for the upstream answer). The wait runs on a runtime of its own,
+            // with a time limit: on the shared one, with every worker waiting here, nothing
+            // drove the sockets and a chaos run hung for good.
             let req = req.clone();
-            let forwarded =
-                tokio::task::block_in_place(|| handle.block_on(forward(upstream, &req)));
+            let forwarded = tokio::task::block_in_place(|| {
+                let own = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                own.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(60), forward(upstream, &req))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the emulator did not answer in 60 s"))?
+                })
+            });
             let lost = lose
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
