@@ -238,7 +238,6 @@ mod tests {
                 query_start: None,
                 query_rows: 0,
                 read_from: vec![],
-                read_to: vec![],
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,

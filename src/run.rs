@@ -600,8 +600,7 @@ fn collect(
             let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
                 continue;
             };
-            let mut s =
-                collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def, pass == 1);
+            let mut s = collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def);
             s.shard = shard.to_string();
             if let Some(why) = &s.lease_lost {
                 lost = Some(why.clone());
