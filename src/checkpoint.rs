@@ -102,6 +102,11 @@ pub struct WindowProgress {
     /// start, or the watermark when its overlap holds nothing new). Empty: the window's start.
     #[serde(default)]
     pub read_from: Vec<i64>,
+    /// `events`: where each read ends (exclusive), aligned with `projects`; a project may be
+    /// listed more than once, one range each (the seconds of its overlap where late events
+    /// arrived, then its new part). Empty or missing: the window's end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_to: Vec<i64>,
     /// `events`: where the current project's next page starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyset: Option<Keyset>,

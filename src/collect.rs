@@ -178,6 +178,12 @@ struct Collector<'a, 'e> {
     /// Oldest-first streams: the latest time read in the current window by this run (every
     /// row before it was read: they come in time order).
     read_up_to: Option<i64>,
+    /// The window being planned is not the run's first: if the search of its overlap's
+    /// counts runs out of time, it is left to the next run rather than read whole.
+    may_defer: bool,
+    /// This run already gave the stream its share once: a window it plans now is planned
+    /// with what another stream left, and is deferred like a later window.
+    second_pass: bool,
 }
 
 /// Plans the next window, or `None` when no time has passed the watermark yet.
@@ -225,6 +231,7 @@ pub fn fit_to_memory(
 }
 
 /// Runs the stream until its window is done, the budget runs out, or something fails.
+#[allow(clippy::too_many_arguments)]
 pub fn collect_stream(
     env: Env,
     config: &Config,
@@ -233,6 +240,7 @@ pub fn collect_stream(
     lease: &Lease,
     shard: Shard,
     def: &'static StreamDef,
+    second_pass: bool,
 ) -> StreamSummary {
     let mut summary = StreamSummary {
         stream: def.name,
@@ -288,6 +296,8 @@ pub fn collect_stream(
         projects_now: None,
         bad_reads: 0,
         read_up_to: None,
+        may_defer: false,
+        second_pass,
     };
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
@@ -545,6 +555,12 @@ impl Collector<'_, '_> {
                         self.summary.up_to_date = true;
                         return Ok(());
                     }
+                    // Planning searches the overlap's counts for what to read again; without
+                    // the time for that search it would read the whole overlap again. The
+                    // next run plans the window with its whole share.
+                    if windows > 0 && self.sentry.secs_left() < 2.0 * MIN_SECS_TO_SEARCH {
+                        return Ok(());
+                    }
                     let Some(window) = plan_window(self.config, self.checkpoint.watermark, now)
                     else {
                         self.summary.up_to_date = true;
@@ -557,7 +573,9 @@ impl Collector<'_, '_> {
                     } else {
                         self.fit_to_rate(window)
                     };
+                    self.may_defer = windows > 0 || self.second_pass;
                     let mut plan = self.plan(window)?;
+                    self.may_defer = false;
                     // The plan is saved before anything is read: a run that dies before its
                     // first checkpoint is retried on the same window, so it rebuilds the same
                     // object names and finds what already landed.
@@ -570,7 +588,9 @@ impl Collector<'_, '_> {
                 self.summary.window_start = Some(rfc3339(progress.window.start));
             }
             self.summary.window_end = Some(rfc3339(progress.window.end));
-            let projects = progress.projects.iter().filter(|&&p| p != ORG_WIDE).count();
+            // (A project read in several ranges is listed once per range.)
+            let projects: std::collections::BTreeSet<_> = progress.projects.iter().collect();
+            let projects = projects.into_iter().filter(|&&p| p != ORG_WIDE).count();
             self.summary.projects_active = self.summary.projects_active.max(projects);
             if progress.projects_cut > 0 {
                 self.summary.projects_cut += progress.projects_cut;
@@ -609,31 +629,33 @@ impl Collector<'_, '_> {
         // Planning counts what was delivered in the overlap: its ids are read first.
         self.ensure_ids(window.start, window.end, false)?;
         if self.def.kind != Kind::Events {
-            let query_start = match self.def.kind {
+            let ranges = match self.def.kind {
                 Kind::Explore(dataset) => self.explore_overlap(window, dataset.name)?,
-                _ => None,
+                _ => vec![(window.start, window.end)],
             };
             return Ok(WindowProgress {
                 window,
-                projects: vec![ORG_WIDE],
+                projects: vec![ORG_WIDE; ranges.len()],
                 projects_cut: 0,
                 next_project: 0,
                 cursor: None,
                 objects: 0,
-                query_start,
+                query_start: None,
                 query_rows: 0,
-                read_from: Vec::new(),
+                read_from: ranges.iter().map(|r| r.0).collect(),
+                read_to: ranges.iter().map(|r| r.1).collect(),
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,
                 restarted_at: None,
             });
         }
-        // Where each project's read starts (the window's start, or the watermark when the
-        // overlap holds nothing new for it), and how many ids Sentry counts that the read
-        // would add. A window whose count does not fit in memory beside the ids held is
-        // shortened and its new part counted again (counts are known before anything is read;
-        // the overlap's part does not depend on where the window ends).
+        // What each project reads: the parts of its overlap where Sentry counts something
+        // other than what was delivered (late or deleted events), then its new part, if Sentry
+        // counts events there (or the whole window, without multi-project queries). A window
+        // whose count does not fit in memory beside the ids held is shortened and its new part
+        // counted again (counts are known before anything is read; the overlap's part does not
+        // depend on where the window ends).
         let mut window = window;
         let wm = self.overlap_end(window);
         let again = match wm {
@@ -641,7 +663,7 @@ impl Collector<'_, '_> {
             None => None,
         };
         let mut fits = 0;
-        let mut starts: BTreeMap<u64, i64> = loop {
+        let mut ranges: BTreeMap<u64, Vec<(i64, i64)>> = loop {
             let new_part = Window {
                 start: wm.unwrap_or(window.start),
                 end: window.end,
@@ -657,55 +679,81 @@ impl Collector<'_, '_> {
                 window = self.fit_to_rate(window);
                 let all = self.sentry.all_projects()?;
                 let mine = all.into_iter().filter(|p| self.shard.includes(p.id));
-                break mine.map(|p| (p.id, window.start)).collect();
+                break mine
+                    .map(|p| (p.id, vec![(window.start, window.end)]))
+                    .collect();
             };
-            let mut planned: Reads = counted
-                .into_iter()
-                .map(|p| (p.id, (new_part.start, p.count)))
-                .collect();
-            for (&p, &(start, adds)) in again.iter().flatten() {
-                let entry = planned.entry(p).or_insert((start, 0));
-                *entry = (entry.0.min(start), entry.1 + adds);
+            let mut adds: BTreeMap<u64, u64> = counted.iter().map(|p| (p.id, p.count)).collect();
+            for (&p, (_, n)) in again.iter().flatten() {
+                *adds.entry(p).or_default() += n;
             }
-            planned.retain(|&p, _| self.shard.includes(p));
-            let adds: u64 = planned.values().map(|&(_, n)| n).sum();
-            let end = fit_to_count(new_part.start, window.end, adds, self.seen.len());
+            adds.retain(|&p, _| self.shard.includes(p));
+            let total: u64 = adds.values().sum();
+            let end = fit_to_count(new_part.start, window.end, total, self.seen.len());
             if end < window.end && fits < MAX_FITS {
                 fits += 1;
                 window.end = end;
                 continue;
             }
-            break planned.into_iter().map(|(p, (s, _))| (p, s)).collect();
+            let mut ranges = BTreeMap::new();
+            for &p in adds.keys() {
+                let mut reads = again
+                    .as_ref()
+                    .and_then(|a| a.get(&p))
+                    .map(|(r, _)| r.clone())
+                    .unwrap_or_default();
+                if counted.iter().any(|c| c.id == p) {
+                    push_range(&mut reads, (new_part.start, window.end));
+                }
+                ranges.insert(p, reads);
+            }
+            break ranges;
         };
         // After a change of shard layout: a project its old shard had read further is read
         // from there (less the overlap), or not at all in a window that ends before.
         let overlap = self.config.timing.overlap.as_secs() as i64;
-        for (&p, start) in starts.iter_mut() {
+        for (&p, reads) in ranges.iter_mut() {
             if let Some(floor) = self.checkpoint.floor_for(p) {
-                *start = (*start).max(floor - overlap);
+                for r in reads.iter_mut() {
+                    r.0 = r.0.max(floor - overlap);
+                }
             }
+            reads.retain(|&(from, to)| from < to.min(window.end));
         }
-        starts.retain(|_, &mut start| start < window.end);
+        ranges.retain(|_, reads| !reads.is_empty());
         let mut cut = 0;
         if let Some(cap) = self.config.sentry.max_projects {
-            if starts.len() > cap {
-                cut = starts.len() - cap;
-                while starts.len() > cap {
-                    starts.pop_last();
+            if ranges.len() > cap {
+                cut = ranges.len() - cap;
+                while ranges.len() > cap {
+                    ranges.pop_last();
                 }
             }
         }
-        self.summary.overlap_skipped += starts.values().filter(|&&s| s > window.start).count();
+        self.summary.overlap_skipped += ranges
+            .values()
+            .filter(|reads| reads[0].0 > window.start)
+            .count();
+        let units = ranges
+            .into_iter()
+            .flat_map(|(p, reads)| reads.into_iter().map(move |r| (p, r)));
+        let (mut projects, mut read_from, mut read_to) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, (from, to)) in units {
+            projects.push(p);
+            read_from.push(from);
+            read_to.push(to);
+        }
         Ok(WindowProgress {
             window,
-            projects: starts.keys().copied().collect(),
+            projects,
             projects_cut: cut,
             next_project: 0,
             cursor: None,
             objects: 0,
             query_start: None,
             query_rows: 0,
-            read_from: starts.values().copied().collect(),
+            read_from,
+            read_to,
             keyset: None,
             dates_ignored: false,
             last_row: None,
@@ -720,62 +768,75 @@ impl Collector<'_, '_> {
             .filter(|&w| w > window.start && w < window.end)
     }
 
-    /// For an Explore dataset: where the query can start. The watermark, when Sentry counts in
-    /// the overlap exactly the rows already delivered from it; otherwise the latest minute up
-    /// to which the counts still agree, found by halving (six count queries for an hour: late
-    /// rows are mostly recent, so a busy org does not read its whole overlap again for a few);
-    /// `None` when they differ from the start, or a count shows deleted rows (read the window
-    /// from its start). Like the whole-overlap check, it trusts an equal count: a deletion and
-    /// a late row in the same counted range cancel out.
-    fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Option<i64>, Stop> {
+    /// For an Explore dataset: the ranges of the window to read, in time order. Its new part
+    /// (from the watermark), after the parts of its overlap where Sentry counts other than
+    /// what was delivered (late rows, or deleted ones): when the whole overlap's count
+    /// differs, it is halved, and each half that differs halved again, down to a second or
+    /// to fewer rows than a page, within a count budget (late rows are few and scattered: a
+    /// busy org does not read its whole overlap again for a few). Without multi-project
+    /// queries, the whole window. Like the whole-overlap check, it trusts an equal count: a
+    /// deletion and a late row in the same counted range cancel out.
+    fn explore_overlap(&mut self, window: Window, dataset: &str) -> Result<Vec<(i64, i64)>, Stop> {
+        let whole = vec![(window.start, window.end)];
         let Some(wm) = self.overlap_end(window) else {
-            return Ok(None);
+            return Ok(whole);
         };
         let overlap = Window {
             start: window.start,
             end: wm,
         };
         let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
-            return Ok(None);
+            return Ok(whole);
         };
-        if count == delivered_org_wide(&self.seen, overlap) {
+        let had = delivered_org_wide(&self.seen, overlap);
+        if count == had {
             self.summary.overlap_skipped += 1;
-            return Ok(Some(wm));
+            return Ok(vec![(wm, window.end)]);
+        }
+        if count < had {
+            // Rows were deleted: a smaller count cannot say where late rows are.
+            return Ok(whole);
         }
         let sentry = self.sentry;
         let seen = &self.seen;
-        Ok(agreeing_prefix(
-            window.start,
-            wm,
-            |probe| {
-                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
-                    return None;
-                }
-                sentry.dataset_count(dataset, probe).ok().flatten()
-            },
+        let cut = std::cell::Cell::new(false);
+        let mut ranges = differing_parts(
+            overlap,
+            MAX_RANGE_COUNTS,
+            |probe| counted(sentry, &cut, || sentry.dataset_count(dataset, probe)),
             |probe| delivered_org_wide(seen, probe),
-        ))
+        );
+        if cut.get() && self.may_defer {
+            return Err(Stop::OutOfTime);
+        }
+        if ranges.first().is_some_and(|r| r.0 > window.start) {
+            self.summary.overlap_skipped += 1;
+        }
+        push_range(&mut ranges, (wm, window.end));
+        Ok(ranges)
     }
 
     /// The projects whose overlap `[start, watermark)` is read again: those of which Sentry
     /// counts there a different number of events than were delivered from them (late events
-    /// arrived, or events were deleted). Per project: where its read starts, and how many ids
-    /// it would add (what Sentry counts above what was delivered). A project with late events
-    /// only is read from where its counts stop agreeing, found by halving; one with fewer
-    /// events than delivered (deleted), from the overlap's start. `None`: no multi-project
-    /// queries.
-    fn overlap_plan(&mut self, start: i64, wm: i64) -> Result<Option<Reads>, Stop> {
+    /// arrived, or events were deleted). Per project: the ranges read again, and how many ids
+    /// they would add (what Sentry counts above what was delivered). A project with late
+    /// events only is read where its counts differ: from the minute where they stop
+    /// agreeing (found by halving), Sentry's per-second counts are compared with what was
+    /// delivered, and only the seconds that differ are read (see [`Collector::late_seconds`]).
+    /// One with fewer events than delivered (deleted) is read from the overlap's start.
+    /// `None`: no multi-project queries.
+    fn overlap_plan(&mut self, start: i64, wm: i64) -> Result<Option<Again>, Stop> {
         let overlap = Window { start, end: wm };
         let Some(in_overlap) = self.sentry.active_projects(overlap, &[])? else {
             return Ok(None);
         };
         let delivered = self.seen.counts_in(start, wm);
-        let mut again = Reads::new();
+        let mut again = Again::new();
         let mut late = Vec::new();
         for p in &in_overlap {
             let had = delivered.get(&p.id).copied().unwrap_or(0);
             if had != p.count {
-                again.insert(p.id, (start, p.count.saturating_sub(had)));
+                again.insert(p.id, (vec![(start, wm)], p.count.saturating_sub(had)));
                 if p.count > had && self.shard.includes(p.id) {
                     late.push(p.id);
                 }
@@ -786,32 +847,113 @@ impl Collector<'_, '_> {
             // rather than trust a count that may also hide a late arrival.
             let project = p != ORG_WIDE && p != QUARANTINED;
             if project && n > 0 && !in_overlap.iter().any(|q| q.id == p) {
-                again.insert(p, (start, 0));
+                again.insert(p, (vec![(start, wm)], 0));
             }
         }
         let sentry = self.sentry;
         let seen = &self.seen;
+        let cut = std::cell::Cell::new(false);
         let agreed = agreeing_prefixes(
             start,
             wm,
             &late,
             MAX_OVERLAP_COUNTS,
             |probe| {
-                // The search saves reading; it must not take the time the reading needs.
-                if sentry.secs_left() < MIN_SECS_TO_SEARCH {
-                    return None;
-                }
-                let counted = sentry.active_projects(probe, &late).ok().flatten()?;
-                Some(counted.into_iter().map(|p| (p.id, p.count)).collect())
+                let found = counted(sentry, &cut, || sentry.active_projects(probe, &late))?;
+                Some(found.into_iter().map(|p| (p.id, p.count)).collect())
             },
             |probe| seen.counts_in(probe.start, probe.end),
         );
-        for (p, agree) in agreed {
+        if cut.get() && self.may_defer {
+            return Err(Stop::OutOfTime);
+        }
+        // (Projects the halving found deleted events in are absent: read from the start.)
+        for (p, reads) in self.late_seconds(&agreed, wm)? {
             if let Some(entry) = again.get_mut(&p) {
-                entry.0 = agree;
+                entry.0 = reads;
             }
         }
         Ok(Some(again))
+    }
+
+    /// For projects with late events, each read from its place (where its counts stop
+    /// agreeing) to `wm`: the ranges to read, from Sentry's per-second counts compared
+    /// with what was delivered per second. Seconds whose counts differ are read, joined when
+    /// what lies between them would fit in a page; what the page budget or the deadline
+    /// leaves unlisted is read whole. Like the count checks before it, an equal count is
+    /// trusted (a deletion and a late event in the same second cancel out).
+    fn late_seconds(
+        &mut self,
+        late: &BTreeMap<u64, i64>,
+        wm: i64,
+    ) -> Result<BTreeMap<u64, Vec<(i64, i64)>>, Stop> {
+        let mut out = BTreeMap::new();
+        let all: Vec<(u64, i64)> = late.iter().map(|(&p, &a)| (p, a)).collect();
+        let mut pages = 0;
+        for chunk in all.chunks(crate::sentry::client::MAX_SECOND_PROJECTS) {
+            let projects: Vec<u64> = chunk.iter().map(|&(p, _)| p).collect();
+            let from = chunk.iter().map(|&(_, a)| a).min().unwrap_or(wm);
+            // Sentry's counts of [from, listed); the rest is not listed (read whole).
+            let mut counted: BTreeMap<(u64, i64), u64> = BTreeMap::new();
+            let mut listed = from;
+            while listed < wm {
+                if pages >= MAX_SECOND_PAGES {
+                    break;
+                }
+                if self.sentry.secs_left() < MIN_SECS_TO_SEARCH {
+                    if self.may_defer {
+                        return Err(Stop::OutOfTime);
+                    }
+                    break;
+                }
+                pages += 1;
+                let (rows, more) = match self.sentry.second_counts_page(&projects, listed, wm) {
+                    Ok(page) => page,
+                    Err(SentryError::OutOfTime) if self.may_defer => return Err(Stop::OutOfTime),
+                    Err(e) => {
+                        // The rest is read whole: correct, only slower.
+                        let w = format!(
+                            "{}: the per-second counts of late projects failed ({e}); their overlap is read from where the counts stop agreeing",
+                            self.def.name
+                        );
+                        if !self.summary.warnings.contains(&w) {
+                            eprintln!("warning: {w}");
+                            self.summary.warnings.push(w);
+                        }
+                        break;
+                    }
+                };
+                // The page starts at the last second listed before, listed again whole.
+                counted.retain(|&(_, t), _| t < listed);
+                let last = rows.iter().map(|&(_, t, _)| t).max();
+                for (p, t, n) in rows {
+                    *counted.entry((p, t)).or_default() += n;
+                }
+                match last {
+                    _ if !more => listed = wm,
+                    Some(last) if last > listed => listed = last,
+                    // A full page of one second: something is wrong with the listing.
+                    _ => break,
+                }
+            }
+            let delivered = self.seen.second_counts(&projects, from, listed);
+            for &(p, agree) in chunk {
+                let sentry = seconds_of(&counted, p, agree, listed);
+                let had = seconds_of(&delivered, p, agree, listed);
+                // A second with fewer events than delivered: events were deleted, and a
+                // deleted one and a late one in the same second would cancel out.
+                let deleted = had
+                    .iter()
+                    .any(|(t, &n)| sentry.get(t).copied().unwrap_or(0) < n);
+                let reads = if deleted {
+                    vec![(agree, wm)]
+                } else {
+                    differing_ranges(&sentry, &had, agree, listed, wm)
+                };
+                out.insert(p, reads);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads pages until the window is done. On a stop, returns the position reached so far.
@@ -855,7 +997,13 @@ impl Collector<'_, '_> {
                         .copied()
                         .unwrap_or(window.start)
                 }),
-                end: progress.keyset.as_ref().map_or(window.end, |k| k.end),
+                end: progress.keyset.as_ref().map_or_else(
+                    || {
+                        let to = progress.read_to.get(progress.next_project).copied();
+                        to.unwrap_or(window.end).min(window.end)
+                    },
+                    |k| k.end,
+                ),
             };
             let answer = match self.sentry.stream_page(self.def, unit, range, cursor) {
                 // A project deleted since the window was planned answers 404 (its event
@@ -893,6 +1041,10 @@ impl Collector<'_, '_> {
                         .into_iter()
                         .map(|p| p.id)
                         .collect();
+                    // Each project reads the whole window (the org-wide plan's ranges were
+                    // counted for the org).
+                    progress.read_from.clear();
+                    progress.read_to.clear();
                     next_unit(progress);
                     progress.next_project = 0;
                     self.summary.projects_active =
@@ -1003,7 +1155,10 @@ impl Collector<'_, '_> {
                 // An oldest-first window ends early where it was read to: the watermark moves
                 // there, the set is pruned, and the next window is fitted to the rate seen.
                 let reached = self.read_up_to.max(progress.query_start);
-                if self.def.order == Order::OldestFirst {
+                // (Read one project at a time, an earlier project's time says nothing about
+                // the next one's rows.)
+                let org_wide = progress.projects.iter().all(|&p| p == ORG_WIDE);
+                if self.def.order == Order::OldestFirst && org_wide {
                     if let Some(end) = cut_at(window, self.checkpoint.watermark, reached) {
                         let w = format!(
                             "{}: the window ending {} was cut at {} to stay within the {} ids a run keeps in memory; the rest is read by the next window",
@@ -1115,7 +1270,17 @@ impl Collector<'_, '_> {
                                 progress.cursor = None;
                             }
                             Some(cursor) if !past_start => progress.cursor = Some(cursor),
-                            _ => next_unit(progress),
+                            _ => {
+                                next_unit(progress);
+                                // A server that ignores `start`/`end` served this range from
+                                // the top of the project's list: that covered the project's
+                                // later ranges too.
+                                while progress.dates_ignored
+                                    && progress.projects.get(progress.next_project) == Some(&unit)
+                                {
+                                    next_unit(progress);
+                                }
+                            }
                         }
                     } else if page.parsed.items.iter().any(|i| i.time >= range.end) {
                         // The server ignored `end` (self-hosted Sentry before 2025): its own
@@ -1444,33 +1609,32 @@ fn ms_since(env: Env, start: f64) -> f64 {
 }
 
 /// Ids delivered from an org-wide stream with a time in `range`.
+/// A count for the search of an overlap: `None` when the search should stop, and `cut` set
+/// when it stops for time (the stream's share nearly spent, or a rate limit that would
+/// outlast it). The search saves reading; it must not take the time the reading needs.
+fn counted<T>(
+    sentry: &SentryClient,
+    cut: &std::cell::Cell<bool>,
+    count: impl FnOnce() -> Result<Option<T>, SentryError>,
+) -> Option<T> {
+    if sentry.secs_left() < MIN_SECS_TO_SEARCH {
+        cut.set(true);
+        return None;
+    }
+    match count() {
+        Err(SentryError::OutOfTime) => {
+            cut.set(true);
+            None
+        }
+        other => other.ok().flatten(),
+    }
+}
+
 fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
     seen.counts_in(range.start, range.end)
         .get(&ORG_WIDE)
         .copied()
         .unwrap_or(0)
-}
-
-/// The latest minute `agree` after `start` (and before `end`) such that Sentry counts in
-/// `[start, agree)` exactly what was delivered there, for a stream read for the whole org (one
-/// unit): see [`agreeing_prefixes`].
-fn agreeing_prefix(
-    start: i64,
-    end: i64,
-    mut sentry_count: impl FnMut(Window) -> Option<u64>,
-    mut delivered: impl FnMut(Window) -> u64,
-) -> Option<i64> {
-    let one = |n: u64| HashMap::from([(ORG_WIDE, n)]);
-    agreeing_prefixes(
-        start,
-        end,
-        &[ORG_WIDE],
-        MAX_OVERLAP_COUNTS,
-        |w| sentry_count(w).map(one),
-        |w| one(delivered(w)),
-    )
-    .get(&ORG_WIDE)
-    .copied()
 }
 
 /// The overlap's counts are searched only while this much of the stream's share is left.
@@ -1481,7 +1645,7 @@ const MAX_OVERLAP_COUNTS: usize = 10;
 
 /// Per unit (a project, or the org): the latest minute `agree` after `start` (and before
 /// `end`) such that Sentry counts in `[start, agree)` exactly what was delivered from it,
-/// found by halving. A unit is absent when no such minute is found, or when a count is below
+/// found by halving (`start` when none is found). A unit is absent when a count is below
 /// what was delivered (rows deleted: a deletion can hide a late row in an equal count, so
 /// nothing short of the whole range is trusted). Units whose search stands at the same place
 /// share one count (Sentry counts every unit in one query; late rows are mostly recent, so a
@@ -1533,7 +1697,6 @@ fn agreeing_prefixes(
         }
     }
     open.into_iter()
-        .filter(|&(_, (agree, _))| agree > start)
         .map(|(unit, (agree, _))| (unit, agree))
         .collect()
 }
@@ -1550,8 +1713,168 @@ fn minute_between(agree: i64, differ: i64) -> Option<i64> {
     (mid < differ).then_some(mid)
 }
 
-/// Per project of an `events` window: where its read starts, and how many ids it would add.
-type Reads = BTreeMap<u64, (i64, u64)>;
+/// Per project of an `events` window's overlap: the ranges `[from, to)` read again, and how
+/// many ids that would add (what Sentry counts above what was delivered).
+type Again = BTreeMap<u64, (Vec<(i64, i64)>, u64)>;
+
+/// The counts of `project` in the seconds of `[from, to)` (none when `to <= from`), from
+/// counts keyed by (project, second).
+fn seconds_of(
+    counts: &BTreeMap<(u64, i64), u64>,
+    project: u64,
+    from: i64,
+    to: i64,
+) -> BTreeMap<i64, u64> {
+    if to <= from {
+        return BTreeMap::new();
+    }
+    counts
+        .range((project, from)..(project, to))
+        .map(|(&(_, t), &n)| (t, n))
+        .collect()
+}
+
+/// The ranges to read of a project's `[from, wm)`, given Sentry's and the delivered counts
+/// per second of `[from, listed)`: each second whose counts differ, joined with the next
+/// when fewer rows than a page lie between them, and `[listed, wm)` whole.
+fn differing_ranges(
+    sentry: &BTreeMap<i64, u64>,
+    delivered: &BTreeMap<i64, u64>,
+    from: i64,
+    listed: i64,
+    wm: i64,
+) -> Vec<(i64, i64)> {
+    let mut seconds: Vec<i64> = sentry
+        .iter()
+        .filter(|&(t, n)| delivered.get(t) != Some(n))
+        .map(|(&t, _)| t)
+        .chain(
+            delivered
+                .keys()
+                .filter(|t| !sentry.contains_key(t))
+                .copied(),
+        )
+        .filter(|&t| t >= from && t < listed)
+        .collect();
+    seconds.sort_unstable();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for t in seconds {
+        match ranges.last_mut() {
+            Some(last)
+                if sentry.range(last.1..t).map(|(_, n)| n).sum::<u64>() < JOIN_BELOW_ROWS =>
+            {
+                last.1 = t + 1;
+            }
+            _ => ranges.push((t, t + 1)),
+        }
+    }
+    if listed < wm {
+        let tail_from = listed.max(from);
+        match ranges.last_mut() {
+            Some(last)
+                if sentry.range(last.1..tail_from).map(|(_, n)| n).sum::<u64>()
+                    < JOIN_BELOW_ROWS =>
+            {
+                last.1 = wm;
+            }
+            _ => ranges.push((tail_from, wm)),
+        }
+    }
+    ranges
+}
+
+/// Ranges read again are joined when fewer rows than this (a page) lie between them: one
+/// request more costs more than reading them.
+const JOIN_BELOW_ROWS: u64 = 100;
+
+/// Pages of per-second counts a window's plan may ask for; what they leave unlisted is read.
+const MAX_SECOND_PAGES: usize = 40;
+
+/// The parts of `range` (whose count as a whole differs from what was delivered) where
+/// Sentry counts other than what was delivered, in time order: halved, and each half that
+/// differs halved again, widest first, until a part is one second or holds fewer delivered
+/// rows than a page (reading it costs no more than counting it), or `max_counts` counts
+/// were made; what is not split further is read whole. When the first half agrees, the
+/// second is taken to differ without a count (the safe side); a count that fails (`None`)
+/// ends the search.
+fn differing_parts(
+    range: Window,
+    max_counts: usize,
+    mut sentry_count: impl FnMut(Window) -> Option<u64>,
+    delivered: impl Fn(Window) -> u64,
+) -> Vec<(i64, i64)> {
+    let mut open = std::collections::VecDeque::from([range]);
+    let mut parts: Vec<(i64, i64)> = Vec::new();
+    let mut counts = 0;
+    let mut deleted = false;
+    let mut differs = |w: Window, counts: &mut usize| -> Option<bool> {
+        if *counts >= max_counts {
+            return None;
+        }
+        *counts += 1;
+        let n = sentry_count(w)?;
+        let had = delivered(w);
+        deleted |= n < had;
+        Some(n != had)
+    };
+    while let Some(w) = open.pop_front() {
+        if w.end - w.start <= 1 || counts >= max_counts || delivered(w) < JOIN_BELOW_ROWS {
+            parts.push((w.start, w.end));
+            continue;
+        }
+        let mid = w.start + (w.end - w.start) / 2;
+        let (left, right) = (
+            Window {
+                start: w.start,
+                end: mid,
+            },
+            Window {
+                start: mid,
+                end: w.end,
+            },
+        );
+        match differs(left, &mut counts) {
+            None => {
+                counts = max_counts;
+                parts.push((w.start, w.end));
+            }
+            Some(false) => open.push_back(right),
+            Some(true) => {
+                open.push_back(left);
+                match differs(right, &mut counts) {
+                    Some(false) => {}
+                    Some(true) => open.push_back(right),
+                    None => {
+                        counts = max_counts;
+                        parts.push((right.start, right.end));
+                    }
+                }
+            }
+        }
+    }
+    // Rows were deleted: a deleted row and a late one in the same half would cancel out, so
+    // no count that agreed is trusted.
+    if deleted {
+        return vec![(range.start, range.end)];
+    }
+    parts.sort_unstable();
+    let mut joined = Vec::with_capacity(parts.len());
+    for p in parts {
+        push_range(&mut joined, p);
+    }
+    joined
+}
+
+/// How many counts the search for the parts of an Explore overlap that differ may make.
+const MAX_RANGE_COUNTS: usize = 120;
+
+/// Appends `r` to ranges in time order, joined with the last one when they touch.
+fn push_range(ranges: &mut Vec<(i64, i64)>, r: (i64, i64)) {
+    match ranges.last_mut() {
+        Some(last) if r.0 <= last.1 => last.1 = last.1.max(r.1),
+        _ => ranges.push(r),
+    }
+}
 
 /// How [`Collector::read`] ended.
 enum Read {
@@ -1780,34 +2103,78 @@ mod tests {
     }
 
     #[test]
-    fn an_overlap_is_read_again_only_from_where_the_counts_stop_agreeing() {
+    fn an_overlap_is_read_again_only_in_the_parts_whose_counts_differ() {
         let (start, end) = (999_960, 1_003_560);
-        // Sentry holds one row a second; two late rows (not delivered) at +3000 s and +3300 s.
-        let late = [start + 3000, start + 3300];
-        let sentry = |w: Window| Some((w.end - w.start) as u64);
-        let delivered = |w: Window| {
-            (w.end - w.start) as u64
-                - late.iter().filter(|&&t| t >= w.start && t < w.end).count() as u64
-        };
-        let agree = agreeing_prefix(start, end, sentry, delivered).expect("a prefix agrees");
-        assert!(agree <= late[0] && agree > late[0] - 120, "{agree}");
-        // A late row in the first minute: the whole range is read.
-        let first = |w: Window| (w.end - w.start) as u64 - u64::from(w.end > start);
-        assert_eq!(agreeing_prefix(start, end, sentry, first), None);
-        // Rows deleted (Sentry counts fewer than were delivered): the whole range.
-        let fewer = |w: Window| Some((w.end - w.start) as u64 - 1);
-        assert_eq!(
-            agreeing_prefix(start, end, fewer, |w| (w.end - w.start) as u64),
-            None
+        let all = Window { start, end };
+        // Sentry holds 300 rows a second; rows at +2100 s and +3000 s were not delivered
+        // (late).
+        let per_sec = |w: Window| (w.end - w.start) as u64 * 300;
+        let late = [start + 2100, start + 3000];
+        let within = |w: Window, t: i64| u64::from(t >= w.start && t < w.end);
+        let sentry = |w: Window| Some(per_sec(w));
+        let delivered = |w: Window| per_sec(w) - late.iter().map(|&t| within(w, t)).sum::<u64>();
+        let mut counts = 0;
+        let parts = differing_parts(
+            all,
+            MAX_RANGE_COUNTS,
+            |w| {
+                counts += 1;
+                sentry(w)
+            },
+            delivered,
         );
-        // A count that fails ends the search where it agreed so far.
-        let mut calls = 0;
-        let flaky = |w: Window| {
-            calls += 1;
-            (calls == 1).then_some((w.end - w.start) as u64)
-        };
-        let partial = agreeing_prefix(start, end, flaky, delivered);
-        assert_eq!(partial, Some(start + 1800));
+        assert_eq!(parts, [(late[0], late[0] + 1), (late[1], late[1] + 1)]);
+        assert!(counts <= 2 * 2 * 12, "{counts} counts");
+        // A row deleted at +1200 s: a deleted row and a late one in the same counted part
+        // cancel out (no count can tell), so once any count is below what was delivered no
+        // agreeing count is trusted and the whole range is read.
+        let deleted = start + 1200;
+        let parts = differing_parts(
+            all,
+            MAX_RANGE_COUNTS,
+            |w| Some(per_sec(w) - within(w, deleted)),
+            delivered,
+        );
+        assert_eq!(parts, [(start, end)]);
+        // Fewer rows a second: parts stop where they hold fewer than a page.
+        let sparse = differing_parts(
+            all,
+            MAX_RANGE_COUNTS,
+            |w| Some((w.end - w.start) as u64),
+            |w| (w.end - w.start) as u64 - within(w, late[1]),
+        );
+        assert_eq!(sparse.len(), 1);
+        let (a, b) = sparse[0];
+        assert!(
+            a <= late[1] && late[1] < b && b - a < 2 * JOIN_BELOW_ROWS as i64,
+            "{sparse:?}"
+        );
+        // Whatever the budget, and whether counts fail, every second with late rows is read
+        // (without deletions, nothing cancels them out).
+        let mut seed = 7u64;
+        for budget in [0, 1, 2, 3, 5, 8, 20, 60] {
+            for fail_at in [1, 2, 4, 9, usize::MAX] {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let extra = start + (seed >> 33) as i64 % (end - start);
+                let mut n = 0;
+                let parts = differing_parts(
+                    all,
+                    budget,
+                    |w| {
+                        n += 1;
+                        (n < fail_at).then(|| per_sec(w) + within(w, extra))
+                    },
+                    delivered,
+                );
+                for t in [late[0], late[1], extra] {
+                    assert!(
+                        parts.iter().any(|&(a, b)| a <= t && t < b),
+                        "{t} not read with budget {budget}, failing at {fail_at}: {parts:?}"
+                    );
+                }
+                assert!(parts.windows(2).all(|p| p[0].1 < p[1].0), "{parts:?}");
+            }
+        }
     }
 
     #[test]
@@ -1897,6 +2264,67 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(few.get(&1), Some(&(start + 1800)));
         assert_eq!(few.get(&2), Some(&(start + 1800)));
+    }
+
+    #[test]
+    fn only_the_seconds_whose_counts_differ_are_read_again() {
+        // Fifty events a second were delivered over [1000, 2000). Sentry now counts one more
+        // at 1020 and 1500 (late), one fewer at 1600 (deleted), none at 1700 (all deleted);
+        // 1010 differs too but lies before where the search found the counts agreeing.
+        let delivered: BTreeMap<i64, u64> = (1000..2000).map(|t| (t, 50)).collect();
+        let mut sentry = delivered.clone();
+        *sentry.get_mut(&1010).unwrap() += 1;
+        *sentry.get_mut(&1020).unwrap() += 1;
+        *sentry.get_mut(&1500).unwrap() += 1;
+        *sentry.get_mut(&1600).unwrap() -= 1;
+        sentry.remove(&1700);
+        let read = differing_ranges(&sentry, &delivered, 1015, 2000, 2000);
+        assert_eq!(
+            read,
+            [(1020, 1021), (1500, 1501), (1600, 1601), (1700, 1701)]
+        );
+        // Listed only up to 1800: the rest of the overlap is read whole.
+        let read = differing_ranges(&sentry, &delivered, 1015, 1800, 2000);
+        assert_eq!(read.last(), Some(&(1800, 2000)));
+        assert_eq!(read.len(), 5);
+        // Seconds with fewer rows than a page between them are read as one range, and so is
+        // an unlisted rest that close.
+        let quiet: BTreeMap<i64, u64> = (1000..2000).step_by(10).map(|t| (t, 1)).collect();
+        let mut late = quiet.clone();
+        late.insert(1205, 1);
+        late.insert(1405, 1);
+        late.insert(1905, 1);
+        assert_eq!(
+            differing_ranges(&late, &quiet, 1000, 2000, 2000),
+            [(1205, 1906)]
+        );
+        assert_eq!(
+            differing_ranges(&late, &quiet, 1000, 1900, 2400),
+            [(1205, 2400)]
+        );
+        // Counts that agree: nothing to read.
+        assert!(differing_ranges(&quiet, &quiet, 1000, 2000, 2000).is_empty());
+        // A listing cut short before a project's place (several late projects, one page
+        // budget): that project's part is read whole.
+        let keyed: BTreeMap<(u64, i64), u64> = [((1, 1500), 2), ((2, 1200), 1)].into();
+        assert!(seconds_of(&keyed, 1, 1600, 1300).is_empty());
+        assert_eq!(
+            seconds_of(&keyed, 1, 1000, 2000),
+            BTreeMap::from([(1500, 2)])
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            differing_ranges(&none, &none, 1600, 1300, 2000),
+            [(1600, 2000)]
+        );
+    }
+
+    #[test]
+    fn ranges_that_touch_are_read_as_one() {
+        let mut r = vec![(10, 20)];
+        push_range(&mut r, (20, 30));
+        push_range(&mut r, (40, 50));
+        assert_eq!(r, [(10, 30), (40, 50)]);
     }
 
     #[test]

@@ -332,6 +332,37 @@ impl SeenSet {
         counts
     }
 
+    /// How many ids each of `projects` has in each second of `[start, end)`, keyed by
+    /// (project, second); seconds without any are left out.
+    pub fn second_counts(
+        &self,
+        projects: &[u64],
+        start: i64,
+        end: i64,
+    ) -> BTreeMap<(u64, i64), u64> {
+        let (from, to) = (pack_time(start), pack_time(end));
+        self.look(
+            from / SLAB_SECS,
+            to.saturating_sub(1) / SLAB_SECS + 1,
+            false,
+        );
+        let slots: HashMap<u32, u64> = projects
+            .iter()
+            .filter_map(|p| Some((*self.project_index.get(p)?, *p)))
+            .collect();
+        let mut counts = BTreeMap::new();
+        for (_, bucket) in self.buckets.range(from / BUCKET_SECS..=to / BUCKET_SECS) {
+            for e in bucket.iter() {
+                if e.time >= from && e.time < to {
+                    if let Some(&p) = slots.get(&e.project) {
+                        *counts.entry((p, unpack_time(e.time))).or_default() += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+
     /// The ids held, with those of slabs not read yet (as many as their segments hold, an
     /// upper bound): what memory holds once every slab is read.
     pub fn len(&self) -> usize {

@@ -238,6 +238,7 @@ mod tests {
                 query_start: None,
                 query_rows: 0,
                 read_from: vec![],
+                read_to: vec![],
                 keyset: None,
                 dates_ignored: false,
                 last_row: None,

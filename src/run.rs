@@ -600,7 +600,8 @@ fn collect(
             let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
                 continue;
             };
-            let mut s = collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def);
+            let mut s =
+                collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def, pass == 1);
             s.shard = shard.to_string();
             if let Some(why) = &s.lease_lost {
                 lost = Some(why.clone());

@@ -276,23 +276,8 @@ impl<'e> SentryClient<'e> {
             ORG_READ,
         );
         let what = call.what.as_str();
-        let mut url = self.org_url("events/");
-        url.query_pairs_mut()
-            .append_pair("field", "project.id")
-            .append_pair("field", "count()")
-            .append_pair("dataset", "errors");
-        if only.is_empty() || only.len() > 100 {
-            url.query_pairs_mut().append_pair("project", "-1");
-        } else {
-            for p in only {
-                url.query_pairs_mut().append_pair("project", &p.to_string());
-            }
-        }
-        url.query_pairs_mut()
-            .append_pair("start", &rfc3339(window.start))
-            .append_pair("end", &rfc3339(window.end))
-            .append_pair("sort", "project.id")
-            .append_pair("per_page", "100");
+        let named = if only.len() > 100 { &[][..] } else { only };
+        let url = self.errors_query(&["project.id", "count()"], named, window, "project.id");
         let mut projects: Vec<ProjectRef> = Vec::new();
         let pages = self.for_each_page(&call, &url, |body| {
             let body: Body = serde_json::from_slice(body).map_err(|_| {
@@ -304,13 +289,7 @@ impl<'e> SentryClient<'e> {
                 let id = json_id(&row.project_id).ok_or_else(|| {
                     SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
                 })?;
-                // Sampled data may count in floats (any above 0 is at least one event); a
-                // row without a count has events.
-                let count = row
-                    .count
-                    .as_ref()
-                    .and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.ceil() as u64)))
-                    .unwrap_or(1);
+                let count = discover_count(row.count.as_ref());
                 if count > 0 && !projects.iter().any(|p| p.id == id) {
                     projects.push(ProjectRef { id, count });
                 }
@@ -327,6 +306,96 @@ impl<'e> SentryClient<'e> {
                 "{what}: Sentry refused the query (400): {detail}"
             ))),
         }
+    }
+
+    /// One page of per-second error counts of `projects` (at most [`MAX_SECOND_PROJECTS`])
+    /// from `start` (inclusive) to `end`: Discover `field=project.id&field=timestamp&
+    /// field=count()`, oldest second first. Rows are (project, second, count); the flag says
+    /// whether Sentry has more rows (its `next` link). Seconds of one project that Sentry
+    /// does not list have no events. The next page is asked for by time, not by offset
+    /// (from the last second listed, which is listed again whole), so rows that arrive or go
+    /// between pages cannot shift a second out of view.
+    pub fn second_counts_page(
+        &self,
+        projects: &[u64],
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<SecondCount>, bool), SentryError> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[serde(rename = "project.id")]
+            project_id: serde_json::Value,
+            timestamp: String,
+            #[serde(rename = "count()")]
+            count: Option<serde_json::Value>,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            data: Vec<Row>,
+        }
+        let call = Call::new(
+            "discover",
+            "the per-second counts of late projects (Discover)".into(),
+            ORG_READ,
+        );
+        let what = call.what.as_str();
+        let projects = &projects[..projects.len().min(MAX_SECOND_PROJECTS)];
+        let url = self.errors_query(
+            &["project.id", "timestamp", "count()"],
+            projects,
+            Window { start, end },
+            "timestamp",
+        );
+        let (body, next) = self
+            .get_with_link(&call, url, MAX_SMALL_BODY)?
+            .map_err(|detail| {
+                SentryError::Fatal(format!("{what}: Sentry refused the query (400): {detail}"))
+            })?;
+        let body: Body = serde_json::from_slice(&body).map_err(|_| {
+            SentryError::Malformed(format!(
+                "{what}: the body is not Discover's {{\"data\": [...]}}"
+            ))
+        })?;
+        let mut rows = Vec::with_capacity(body.data.len());
+        for row in body.data {
+            let id = json_id(&row.project_id).ok_or_else(|| {
+                SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
+            })?;
+            let second = crate::time::parse_rfc3339(&row.timestamp).ok_or_else(|| {
+                SentryError::Malformed(format!("{what}: a row's timestamp is not RFC 3339"))
+            })?;
+            if !projects.contains(&id) || second < start || second >= end {
+                return Err(SentryError::Malformed(format!(
+                    "{what}: a row is outside the projects or the range asked for"
+                )));
+            }
+            rows.push((id, second, discover_count(row.count.as_ref())));
+        }
+        Ok((rows, next.is_some()))
+    }
+
+    /// A Discover query of error events: `fields`, of the projects named (every project,
+    /// `project=-1`, when none are), over `range`, sorted by `sort`, full pages.
+    fn errors_query(&self, fields: &[&str], projects: &[u64], range: Window, sort: &str) -> Url {
+        let mut url = self.org_url("events/");
+        {
+            let mut q = url.query_pairs_mut();
+            for f in fields {
+                q.append_pair("field", f);
+            }
+            q.append_pair("dataset", "errors");
+            if projects.is_empty() {
+                q.append_pair("project", "-1");
+            }
+            for p in projects {
+                q.append_pair("project", &p.to_string());
+            }
+            q.append_pair("start", &rfc3339(range.start))
+                .append_pair("end", &rfc3339(range.end))
+                .append_pair("sort", sort)
+                .append_pair("per_page", "100");
+        }
+        url
     }
 
     /// How many rows a Discover / Explore dataset holds in `range` for the whole org, or
@@ -536,6 +605,12 @@ impl<'e> SentryClient<'e> {
 pub const ORG_WIDE: u64 = 0;
 /// Rows per Discover / Explore page (Sentry's maximum).
 pub const EXPLORE_PER_PAGE: u64 = 100;
+/// A row of per-second counts: (project, second, events).
+pub type SecondCount = (u64, i64, u64);
+
+/// Projects per per-second count query: fewer than a page's rows, so the rows of any one
+/// second fit in a page and paging by time always moves on.
+pub const MAX_SECOND_PROJECTS: usize = 50;
 const ORG_READ: &str = "Organization Read (org:read)";
 
 /// Sentry's 400 for a multi-project query in an org without `global-views`: "You cannot view
@@ -573,6 +648,13 @@ impl Call {
 }
 
 /// Sentry writes ids as strings ("42"); accept numbers too.
+/// A Discover `count()`: sampled data may count in floats (any above 0 is at least one
+/// event); a row without a count has events.
+fn discover_count(c: Option<&serde_json::Value>) -> u64 {
+    c.and_then(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.ceil() as u64)))
+        .unwrap_or(1)
+}
+
 fn json_id(v: &serde_json::Value) -> Option<u64> {
     match v {
         serde_json::Value::Number(n) => n.as_u64(),

@@ -671,3 +671,64 @@ fn spans_truth(rig: &Rig) -> BTreeSet<String> {
         .map(|r| r.id)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_datasets_overlap_is_read_again_only_in_the_parts_late_rows_arrived_in() {
+    let mut rig = Rig::without_rate_limits(2).await;
+    rig.set("streams", "spans");
+    rig.set("lookback", "2h");
+    rig.set("overlap", "1h");
+    rig.set("lag", "1m");
+    let mut rng = Rng::new(73);
+    let now = rig.clock.now();
+    // About two spans a second in each project.
+    for p in 1..=2 {
+        rig.sim.generate_rows(
+            &mut rng,
+            "spans",
+            p,
+            14_000,
+            now - 120 * MIN,
+            now - 120,
+            0.0,
+            60,
+        );
+    }
+    rig.run_ok().await;
+    let from = rig.clock.now();
+    rig.clock.advance(15 * MIN);
+    for p in 1..=2 {
+        rig.sim
+            .generate_rows(&mut rng, "spans", p, 1_800, from, from + 13 * MIN, 0.0, 60);
+    }
+    // Three late spans, spread over the overlap.
+    for (n, back) in [50 * MIN, 31 * MIN, 7 * MIN].into_iter().enumerate() {
+        rig.sim.add_row(sentry_sim::ExploreRow {
+            dataset: "spans",
+            id: format!("{:016x}", 0x1a7e0 + n),
+            project_id: 1 + n as u64 % 2,
+            timestamp: from - back,
+            received_at: rig.clock.now() - 60,
+            n: 7,
+        });
+    }
+    rig.sim.reset_counters();
+    let s = rig.run_ok().await;
+    let spans = stream_summary(&s, "spans");
+    assert_eq!(spans["events"], 3 + 2 * 1_800, "{spans}");
+    // The ~14,000 spans of the overlap are not read again: only the parts around the late
+    // ones, each fewer rows than a page or a second.
+    let dup = spans["duplicates_dropped"].as_u64().unwrap();
+    assert!(dup < 3 * 100, "{spans}");
+    let c = rig.sim.counters();
+    let discover = c.requests.get("discover").copied().unwrap_or(0);
+    assert!(discover < 120, "{c:?}");
+    let truth: BTreeSet<String> = rig
+        .sim
+        .rows_truth("spans", 0, i64::MAX, rig.clock.now())
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let lines = rig.stream_lines("spans").await;
+    assert_once("spans", &counts(ids(&lines, "id")), &truth, &truth);
+}

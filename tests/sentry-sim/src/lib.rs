@@ -888,9 +888,16 @@ impl Sim {
                 &json!({"detail": "You do not have permission to perform this action."}),
             );
         }
+        // `project=-1` (all projects) wins over projects named beside it.
+        let wanted = if projects.iter().any(|p| p == "-1") {
+            Vec::new()
+        } else {
+            wanted
+        };
         let dataset = params.get("dataset").unwrap_or("errors");
         if let Some(d) = DATASETS.iter().find(|d| **d == dataset) {
-            return self.explore(st, d, params, path, now, (!multi).then_some(wanted));
+            let wanted = (!wanted.is_empty()).then_some(wanted);
+            return self.explore(st, d, params, path, now, wanted);
         }
         if dataset != "errors" {
             return SimResponse::json(
@@ -898,10 +905,21 @@ impl Sim {
                 &json!({"detail": format!("Invalid dataset: {dataset}")}),
             );
         }
-        if fields != ["project.id", "count()"] {
+        let by_second = fields == ["project.id", "timestamp", "count()"];
+        if fields != ["project.id", "count()"] && !by_second {
             return SimResponse::json(
                 400,
-                &json!({"detail": "the simulator answers only field=project.id&field=count()"}),
+                &json!({"detail": "the simulator answers only field=project.id&field=count() and field=project.id&field=timestamp&field=count()"}),
+            );
+        }
+        let sorts = params.all("sort");
+        if sorts
+            .iter()
+            .any(|s| !fields.contains(&s.trim_start_matches('-').to_string()))
+        {
+            return SimResponse::json(
+                400,
+                &json!({"detail": "Cannot sort by a field that is not selected."}),
             );
         }
         let (start, end) = match params.date_range() {
@@ -912,10 +930,21 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
+        if by_second {
+            if sorts != ["timestamp"] {
+                return SimResponse::json(
+                    400,
+                    &json!({"detail": "the simulator sorts per-second counts only by timestamp"}),
+                );
+            }
+            // `project=-1` (or none): every project; otherwise the ones named.
+            let wanted = (!wanted.is_empty()).then_some(wanted);
+            return self.second_counts(st, params, path, now, (start, end), per_page, wanted);
+        }
         // Visible events with an event time in the range, per project (the ones with any).
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
         for (project, order) in &st.events.index().by_project {
-            if multi || wanted.contains(project) {
+            if wanted.is_empty() || wanted.contains(project) {
                 let range = event_range(&st.events, order, start, end);
                 let n = order.count_visible(range, now, |p| st.events[p as usize].received_at);
                 if n > 0 {
@@ -934,6 +963,65 @@ impl Sim {
         let body = json!({
             "data": rows,
             "meta": {"fields": {"project.id": "integer", "count()": "integer"}, "units": {"project.id": null, "count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": "errors", "dataScanned": "full"},
+        });
+        self.paged(body, path, params, offset, per_page, more)
+    }
+
+    /// Discover `field=project.id&field=timestamp&field=count()&sort=timestamp` on errors:
+    /// one row per project and second with visible events (`timestamp` is whole seconds),
+    /// sorted by the second only, so the projects of one second come back in a fresh order
+    /// on every query (Snuba sorts by what `sort` names and nothing else).
+    #[allow(clippy::too_many_arguments)]
+    fn second_counts(
+        &self,
+        st: &State,
+        params: &Params,
+        path: &str,
+        now: i64,
+        (start, end): (Option<i64>, Option<i64>),
+        per_page: usize,
+        wanted: Option<Vec<u64>>,
+    ) -> SimResponse {
+        let mut counts: BTreeMap<(i64, u64), u64> = BTreeMap::new();
+        for (project, order) in &st.events.index().by_project {
+            if wanted.as_ref().is_none_or(|w| w.contains(project)) {
+                let range = event_range(&st.events, order, start, end);
+                for &p in &order.positions()[range] {
+                    let e = &st.events[p as usize];
+                    if e.received_at <= now {
+                        *counts.entry((e.date_created, *project)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<((i64, u64), u64)> = counts.into_iter().collect();
+        let mut rng = Rng::new(self.next_query_seed());
+        let mut i = 0;
+        while i < rows.len() {
+            let j = i + rows[i..]
+                .iter()
+                .take_while(|r| r.0 .0 == rows[i].0 .0)
+                .count();
+            for k in (i + 1..j).rev() {
+                let m = i + rng.below((k - i + 1) as u64) as usize;
+                rows.swap(k, m);
+            }
+            i = j;
+        }
+        let offset = params.offset();
+        let page: Vec<Value> = rows
+            .iter()
+            .skip(offset)
+            .take(per_page)
+            .map(|((t, p), n)| {
+                let ts = format!("{}+00:00", time::rfc3339(*t).trim_end_matches('Z'));
+                json!({"project.id": p, "timestamp": ts, "count()": n})
+            })
+            .collect();
+        let more = rows.len() > offset + per_page;
+        let body = json!({
+            "data": page,
+            "meta": {"fields": {"project.id": "integer", "timestamp": "date", "count()": "integer"}, "units": {"project.id": null, "timestamp": null, "count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": "errors", "dataScanned": "full"},
         });
         self.paged(body, path, params, offset, per_page, more)
     }

@@ -272,6 +272,16 @@ impl Sim {
         }
     }
 
+    /// Adds one row to a dataset.
+    pub fn add_row(&self, row: ExploreRow) {
+        assert!(
+            DATASETS.contains(&row.dataset),
+            "unknown dataset {}",
+            row.dataset
+        );
+        self.state.lock().unwrap().rows.push(row);
+    }
+
     /// Answers Discover queries with `meta.dataScanned: "partial"` (sampled) or not.
     pub fn set_sampled(&self, sampled: bool) {
         self.state.lock().unwrap().sampled = sampled;
