@@ -138,6 +138,9 @@ struct Entry {
 struct Bucket {
     bulk: Vec<Entry>,
     recent: Vec<Entry>,
+    /// How many ids each project (by slot) has in the bucket: a count over whole minutes
+    /// reads these rather than every id.
+    counts: Vec<(u32, u32)>,
 }
 
 impl Bucket {
@@ -146,7 +149,39 @@ impl Bucket {
         self.recent.binary_search_by(by_key).is_ok() || self.bulk.binary_search_by(by_key).is_ok()
     }
 
+    fn count(&mut self, project: u32, n: u32) {
+        match self.counts.iter_mut().find(|(p, _)| *p == project) {
+            Some((_, c)) => *c += n,
+            None => self.counts.push((project, n)),
+        }
+    }
+
+    /// Counts the ids of each project again (after ids were dropped or set in bulk).
+    fn recount(&mut self) {
+        self.counts.clear();
+        let mut run: Option<(u32, u32)> = None;
+        for i in 0..self.bulk.len() + self.recent.len() {
+            let e = if i < self.bulk.len() {
+                self.bulk[i]
+            } else {
+                self.recent[i - self.bulk.len()]
+            };
+            run = match run {
+                Some((p, n)) if p == e.project => Some((p, n + 1)),
+                Some((p, n)) => {
+                    self.count(p, n);
+                    Some((e.project, 1))
+                }
+                None => Some((e.project, 1)),
+            };
+        }
+        if let Some((p, n)) = run {
+            self.count(p, n);
+        }
+    }
+
     fn insert(&mut self, entry: Entry) {
+        self.count(entry.project, 1);
         let at = self
             .recent
             .binary_search_by(|e| e.key.cmp(&entry.key))
@@ -201,6 +236,8 @@ pub struct SeenSet {
     set_apart: HashMap<[u8; 16], u32>,
     projects: Vec<u64>,
     project_index: HashMap<u64, u32>,
+    /// The last project looked up and its slot (pages come one project at a time).
+    last_slot: Option<(u64, u32)>,
     len: usize,
     /// Ids added since the last save, in the order added: what the next save writes.
     unsaved: Vec<Record>,
@@ -270,7 +307,13 @@ impl SeenSet {
     }
 
     fn project_slot(&mut self, project: u64) -> u32 {
+        if let Some((p, slot)) = self.last_slot {
+            if p == project {
+                return slot;
+            }
+        }
         if let Some(&i) = self.project_index.get(&project) {
+            self.last_slot = Some((project, i));
             return i;
         }
         let i = self.projects.len() as u32;
@@ -309,7 +352,14 @@ impl SeenSet {
         );
         let mut counts: HashMap<u64, u64> = HashMap::new();
         let mut per_slot = vec![0u64; self.projects.len()];
-        for (_, bucket) in self.buckets.range(start / BUCKET_SECS..=end / BUCKET_SECS) {
+        for (&minute, bucket) in self.buckets.range(start / BUCKET_SECS..=end / BUCKET_SECS) {
+            let first = minute * BUCKET_SECS;
+            if first >= start && u64::from(first) + u64::from(BUCKET_SECS) <= u64::from(end) {
+                for &(slot, n) in &bucket.counts {
+                    per_slot[slot as usize] += u64::from(n);
+                }
+                continue;
+            }
             for e in bucket.iter() {
                 if e.time >= start && e.time < end {
                     per_slot[e.project as usize] += 1;
@@ -456,6 +506,7 @@ impl SeenSet {
             let n = first.len();
             first.bulk.retain(|e| e.time >= before);
             first.recent.retain(|e| e.time >= before);
+            first.recount();
             self.len -= n - first.len();
         }
         let n = self.set_apart.len();
@@ -599,6 +650,7 @@ impl SeenSet {
             let bucket = self.buckets.entry(run[0].time / BUCKET_SECS).or_default();
             if bucket.len() == 0 {
                 bucket.bulk = run.to_vec();
+                bucket.recount();
                 self.len += run.len();
                 continue;
             }
@@ -684,6 +736,48 @@ mod tests {
         assert_eq!(counts.get(&1), Some(&2), "{counts:?}");
         assert_eq!(counts.get(&2), Some(&3), "{counts:?}");
         assert_eq!(counts.get(&SET_APART), Some(&1), "{counts:?}");
+    }
+
+    #[test]
+    fn counts_by_whole_minutes_agree_with_counting_every_id() {
+        // Ids of three projects over ten minutes, some loaded in bulk, some inserted, then
+        // pruned mid-minute: every range's counts equal a count of the records themselves.
+        let t = unpack_time(1_000 * SLAB_SECS);
+        let record = |i: u64| Record {
+            key: seen_key(&hex_id(i)),
+            time: pack_time(t + (i * 7 % 600) as i64),
+            project: 1 + i % 3,
+        };
+        let mut seen = SeenSet::from_records((0..400).map(record), t);
+        for i in 400..900 {
+            let r = record(i);
+            seen.insert_key(r.key, unpack_time(r.time), r.project);
+        }
+        let check = |seen: &SeenSet| {
+            for (from, to) in [
+                (0, 600),
+                (0, 60),
+                (60, 180),
+                (59, 181),
+                (5, 7),
+                (120, 600),
+                (590, 700),
+            ] {
+                let (start, end) = (t + from, t + to);
+                let mut want: HashMap<u64, u64> = HashMap::new();
+                for r in seen.iter_records() {
+                    let at = unpack_time(r.time);
+                    if at >= start && at < end {
+                        *want.entry(r.project).or_default() += 1;
+                    }
+                }
+                assert_eq!(seen.counts_in(start, end), want, "[{from}, {to})");
+            }
+        };
+        check(&seen);
+        seen.prune(t + 90);
+        check(&seen);
+        assert!(seen.counts_in(t, t + 600).values().sum::<u64>() < 900);
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn multipart_with(
     // so a random boundary needs no search through them: an 8 MiB search cost a tenth of the
     // component's compute. Bodies with a CR (gzip), and a boundary anyone can know, are
     // searched for the boundary itself.
-    if !random || data.contains(&b'\r') {
+    if !random || crate::bytes::contains_byte(&data, b'\r') {
         while contains(&data, boundary.as_bytes()) {
             boundary.push('x');
         }
