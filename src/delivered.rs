@@ -24,14 +24,22 @@ const BUCKET_SECS: u32 = 60;
 /// a backlog (a project's whole window) touches every slab of the window: a quarter of an
 /// hour keeps that to five segments for the default hour.
 pub const SLAB_SECS: u32 = 900;
-/// New ids of a bucket are kept sorted apart from its bulk, and merged in past this many, or
-/// past twice the square root of the bulk for a big minute (an insert then moves about that
-/// many entries, and a merge's cost spread over the inserts before it is about as much).
+/// New ids of a bucket are kept in a small hash table apart from its sorted bulk, and
+/// merged into it (sorted, from the back) past this many, or past a sixteenth of the bulk for
+/// a big minute: a merge moves the bulk once for that many inserts, and the table (at most
+/// half full) takes at most a quarter of the bulk's memory while it fills.
 const RECENT_MAX: usize = 64;
 
 fn recent_max(bulk: usize) -> usize {
-    RECENT_MAX.max(2 * bulk.isqrt())
+    RECENT_MAX.max(bulk / 16)
 }
+/// A bulk this big gets an index of where each first byte of the id starts, so a lookup
+/// searches about 1/256 of it (ids are random; a crafted skew only makes it slower).
+const INDEX_MIN: usize = 2048;
+/// A table slot without an id (project slots are indices into the set's project table,
+/// far below this).
+const EMPTY: u32 = u32::MAX;
+
 /// One record in KV: 16-byte id, 4-byte time, 8-byte project.
 pub const RECORD_BYTES: usize = 28;
 
@@ -132,70 +140,142 @@ struct Entry {
     project: u32,
 }
 
-/// The ids of one minute: a sorted bulk and a short sorted list of the newest, merged into
-/// the bulk when it passes [`RECENT_MAX`] (so an insert moves at most that many entries).
+/// The ids of one minute: a sorted bulk and a small open-addressing table of the newest,
+/// merged into the bulk when it passes [`recent_max`].
 #[derive(Debug, Clone, Default)]
 struct Bucket {
     bulk: Vec<Entry>,
+    /// For a bulk of at least [`INDEX_MIN`]: `index[b]` is where ids whose first byte is `b`
+    /// start in the bulk (257 entries); empty otherwise.
+    index: Vec<u32>,
+    /// A power-of-two table (or empty); a slot whose project is [`EMPTY`] holds nothing.
     recent: Vec<Entry>,
+    recent_len: usize,
     /// How many ids each project (by slot) has in the bucket: a count over whole minutes
     /// reads these rather than every id.
     counts: Vec<(u32, u32)>,
 }
 
+/// The table slot an id starts probing at. The multiplier is drawn once per instance, so
+/// ids chosen to collide (an event's id is the client's to pick) cannot be prepared.
+fn slot_of(key: &Words, mask: usize) -> usize {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without randomness the lookups stay correct, only predictable.
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b) | 1
+    });
+    let mixed = (key.0[0] ^ key.0[1].rotate_left(29)).wrapping_mul(seed);
+    (mixed >> 32) as usize & mask
+}
+
 impl Bucket {
     fn find(&self, key: &Words) -> bool {
-        let by_key = |e: &Entry| e.key.cmp(key);
-        self.recent.binary_search_by(by_key).is_ok() || self.bulk.binary_search_by(by_key).is_ok()
+        self.find_recent(key) || self.find_bulk(key)
+    }
+
+    fn find_bulk(&self, key: &Words) -> bool {
+        let range = if self.index.is_empty() {
+            &self.bulk[..]
+        } else {
+            let first = (key.0[0] >> 56) as usize;
+            &self.bulk[self.index[first] as usize..self.index[first + 1] as usize]
+        };
+        range.binary_search_by(|e| e.key.cmp(key)).is_ok()
+    }
+
+    fn find_recent(&self, key: &Words) -> bool {
+        if self.recent_len == 0 {
+            return false;
+        }
+        let mask = self.recent.len() - 1;
+        let mut at = slot_of(key, mask);
+        loop {
+            let e = &self.recent[at];
+            if e.project == EMPTY {
+                return false;
+            }
+            if e.key == *key {
+                return true;
+            }
+            at = (at + 1) & mask;
+        }
     }
 
     fn count(&mut self, project: u32, n: u32) {
-        match self.counts.iter_mut().find(|(p, _)| *p == project) {
-            Some((_, c)) => *c += n,
-            None => self.counts.push((project, n)),
-        }
+        add_count(&mut self.counts, project, n);
     }
 
     /// Counts the ids of each project again (after ids were dropped or set in bulk).
     fn recount(&mut self) {
-        self.counts.clear();
+        let mut counts = std::mem::take(&mut self.counts);
+        counts.clear();
         let mut run: Option<(u32, u32)> = None;
-        for i in 0..self.bulk.len() + self.recent.len() {
-            let e = if i < self.bulk.len() {
-                self.bulk[i]
-            } else {
-                self.recent[i - self.bulk.len()]
-            };
+        for e in self.iter() {
             run = match run {
                 Some((p, n)) if p == e.project => Some((p, n + 1)),
                 Some((p, n)) => {
-                    self.count(p, n);
+                    add_count(&mut counts, p, n);
                     Some((e.project, 1))
                 }
                 None => Some((e.project, 1)),
             };
         }
         if let Some((p, n)) = run {
-            self.count(p, n);
+            add_count(&mut counts, p, n);
         }
+        self.counts = counts;
     }
 
+    /// Adds an id not in the bucket (the caller checked with [`Bucket::find`]).
     fn insert(&mut self, entry: Entry) {
         self.count(entry.project, 1);
-        let at = self
-            .recent
-            .binary_search_by(|e| e.key.cmp(&entry.key))
-            .unwrap_or_else(|i| i);
-        self.recent.insert(at, entry);
-        if self.recent.len() > recent_max(self.bulk.len()) {
+        if (self.recent_len + 1) * 2 > self.recent.len() {
+            self.grow_recent();
+        }
+        let mask = self.recent.len() - 1;
+        let mut at = slot_of(&entry.key, mask);
+        while self.recent[at].project != EMPTY {
+            at = (at + 1) & mask;
+        }
+        self.recent[at] = entry;
+        self.recent_len += 1;
+        if self.recent_len > recent_max(self.bulk.len()) {
             self.merge_recent();
         }
     }
 
-    /// Merges the recent list into the bulk in place, from the back. The bulk grows by a
-    /// quarter at a time, so a growing minute wastes at most a fifth of its allocation.
+    /// Doubles the table (at most half full), placing its ids again.
+    fn grow_recent(&mut self) {
+        let size = (self.recent.len() * 2).max(8);
+        let old = std::mem::replace(&mut self.recent, vec![empty_entry(); size]);
+        let mask = size - 1;
+        for e in old.into_iter().filter(|e| e.project != EMPTY) {
+            let mut at = slot_of(&e.key, mask);
+            while self.recent[at].project != EMPTY {
+                at = (at + 1) & mask;
+            }
+            self.recent[at] = e;
+        }
+    }
+
+    /// Merges the table's ids into the bulk in place, from the back, and frees the table.
+    /// The bulk grows by a quarter at a time, so a growing minute
+    /// wastes at most a fifth of its allocation.
     fn merge_recent(&mut self) {
-        let add = self.recent.len();
+        if self.recent_len == 0 {
+            return;
+        }
+        // The table's ids, sorted, at its front.
+        let mut add = 0;
+        for i in 0..self.recent.len() {
+            if self.recent[i].project != EMPTY {
+                self.recent.swap(add, i);
+                add += 1;
+            }
+        }
+        self.recent[..add].sort_unstable_by_key(|e| e.key);
         let have = self.bulk.len();
         if self.bulk.capacity() < have + add {
             self.bulk.reserve_exact(add.max(have / 4));
@@ -213,15 +293,70 @@ impl Bucket {
             }
             k -= 1;
         }
-        self.recent.clear();
+        self.recent = Vec::new();
+        self.recent_len = 0;
+        self.reindex();
+    }
+
+    /// Sets a bulk of ids sorted by key (the bucket holds nothing yet).
+    fn set_bulk(&mut self, bulk: Vec<Entry>) {
+        self.bulk = bulk;
+        self.reindex();
+        self.recount();
+    }
+
+    /// Keeps only the ids `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+        self.merge_recent();
+        self.bulk.retain(keep);
+        self.reindex();
+        self.recount();
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        if self.bulk.len() < INDEX_MIN {
+            return;
+        }
+        self.index.reserve_exact(257);
+        let mut at = 0;
+        for first in 0..=256u64 {
+            while at < self.bulk.len() && (self.bulk[at].key.0[0] >> 56) < first {
+                at += 1;
+            }
+            self.index.push(at as u32);
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.bulk.iter().chain(self.recent.iter())
+        let recent = self.recent.iter().filter(|e| e.project != EMPTY);
+        self.bulk.iter().chain(recent)
     }
 
     fn len(&self) -> usize {
-        self.bulk.len() + self.recent.len()
+        self.bulk.len() + self.recent_len
+    }
+
+    /// Bytes allocated for ids.
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        (self.bulk.capacity() + self.recent.capacity()) * std::mem::size_of::<Entry>()
+            + self.index.capacity() * 4
+    }
+}
+
+fn empty_entry() -> Entry {
+    Entry {
+        key: Words([0, 0]),
+        time: 0,
+        project: EMPTY,
+    }
+}
+
+fn add_count(counts: &mut Vec<(u32, u32)>, project: u32, n: u32) {
+    match counts.iter_mut().find(|(p, _)| *p == project) {
+        Some((_, c)) => *c += n,
+        None => counts.push((project, n)),
     }
 }
 
@@ -504,9 +639,7 @@ impl SeenSet {
         self.len -= dropped;
         if let Some(first) = self.buckets.values_mut().next() {
             let n = first.len();
-            first.bulk.retain(|e| e.time >= before);
-            first.recent.retain(|e| e.time >= before);
-            first.recount();
+            first.retain(|e| e.time >= before);
             self.len -= n - first.len();
         }
         let n = self.set_apart.len();
@@ -649,8 +782,7 @@ impl SeenSet {
         for run in entries.chunk_by(|a, b| a.time / BUCKET_SECS == b.time / BUCKET_SECS) {
             let bucket = self.buckets.entry(run[0].time / BUCKET_SECS).or_default();
             if bucket.len() == 0 {
-                bucket.bulk = run.to_vec();
-                bucket.recount();
+                bucket.set_bulk(run.to_vec());
                 self.len += run.len();
                 continue;
             }
@@ -701,6 +833,45 @@ mod tests {
         let back = SeenSet::from_records(seen.records(), 0);
         assert_eq!(back, seen);
         assert!(back.unsaved().is_empty());
+    }
+
+    #[test]
+    fn big_minutes_find_every_id_whatever_the_ids_first_bytes() {
+        // Enough ids in one minute for the bulk's index and many table merges: random ids,
+        // and ids that all share their first bytes (all in one slice of the index).
+        let t = 1_790_000_040;
+        for skewed in [false, true] {
+            let key = |i: u64| {
+                let mut k = [0u8; 16];
+                k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                k[8..].copy_from_slice(&i.to_be_bytes());
+                if skewed {
+                    k[..4].copy_from_slice(&[0xAB; 4]);
+                }
+                k
+            };
+            let mut seen = SeenSet::default();
+            for i in 0..40_000u64 {
+                assert!(seen.insert_key(key(i), t + (i % 20) as i64, i % 4), "{i}");
+                // Every tenth id again at once: found in the table or the bulk.
+                if i % 10 == 0 {
+                    assert!(!seen.insert_key(key(i / 2), t + (i / 2 % 20) as i64, 0));
+                }
+            }
+            assert_eq!(seen.len(), 40_000);
+            for i in 0..40_000u64 {
+                assert!(seen.contains_at(&key(i), t + (i % 20) as i64), "{i}");
+            }
+            assert!(!seen.contains_at(&key(40_000), t));
+            // Pruned in the middle of the minute: only the later seconds' ids stay.
+            seen.prune(t + 10);
+            assert_eq!(seen.len(), 20_000);
+            for i in 0..40_000u64 {
+                let at = t + (i % 20) as i64;
+                assert_eq!(seen.contains_at(&key(i), at), at >= t + 10, "{i}");
+            }
+            assert_eq!(seen.counts_in(t, t + 60).values().sum::<u64>(), 20_000);
+        }
     }
 
     #[test]
@@ -803,11 +974,7 @@ mod tests {
         for i in 0..200_000u64 {
             seen.insert_key(seen_key(&hex_id(i * 31)), t + (i % 600) as i64, 1);
         }
-        let allocated: usize = seen
-            .buckets
-            .values()
-            .map(|b| (b.bulk.capacity() + b.recent.capacity()) * std::mem::size_of::<Entry>())
-            .sum();
+        let allocated: usize = seen.buckets.values().map(Bucket::allocated).sum();
         assert_eq!(std::mem::size_of::<Entry>(), 24);
         let per_id = allocated as f64 / seen.len() as f64;
         assert!(per_id < 24.0 * 1.35, "{per_id} bytes an id");
