@@ -219,7 +219,12 @@ impl HttpClient for SpinHttp {
                         if bytes.len() + chunk.len() > req.max_response_bytes {
                             return Err(TransportError::BodyTooLarge(req.max_response_bytes));
                         }
-                        bytes.extend_from_slice(&chunk);
+                        if bytes.is_empty() {
+                            // Most pages arrive in one read: kept, not copied.
+                            bytes = chunk;
+                        } else {
+                            bytes.extend_from_slice(&chunk);
+                        }
                     }
                     Err(StreamError::Closed) => break,
                     Err(StreamError::LastOperationFailed(_)) => {
