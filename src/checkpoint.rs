@@ -377,19 +377,22 @@ impl<'a> CheckpointStore<'a> {
                     }
                 };
                 match read {
-                    Ok(bytes) => Some(
-                        bytes[SEGMENT_MAGIC.len()..]
-                            .chunks_exact(RECORD_BYTES)
-                            .map(Record::decode)
-                            .collect::<Vec<_>>(),
-                    ),
+                    Ok(bytes) => Some(bytes),
                     Err(e) => {
                         failed = Some(e);
                         None
                     }
                 }
             });
-            seen.load_records(records.flatten(), capacity);
+            // Decoded as the set takes them, not gathered first.
+            let records = records.flat_map(|bytes| {
+                let n = (bytes.len() - SEGMENT_MAGIC.len()) / RECORD_BYTES;
+                (0..n).map(move |i| {
+                    let at = SEGMENT_MAGIC.len() + i * RECORD_BYTES;
+                    Record::decode(&bytes[at..at + RECORD_BYTES])
+                })
+            });
+            seen.load_records(records, capacity);
             if let Some(e) = failed {
                 return Err(e);
             }

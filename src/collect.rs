@@ -685,10 +685,12 @@ impl Collector<'_, '_> {
             };
             let mut adds: BTreeMap<u64, u64> = counted.iter().map(|p| (p.id, p.count)).collect();
             for (&p, (_, n)) in again.iter().flatten() {
-                *adds.entry(p).or_default() += n;
+                let add = adds.entry(p).or_default();
+                *add = add.saturating_add(*n);
             }
             adds.retain(|&p, _| self.shard.includes(p));
-            let total: u64 = adds.values().sum();
+            // (Counts are Sentry's to state: added without wrapping.)
+            let total = adds.values().fold(0u64, |a, &n| a.saturating_add(n));
             let end = fit_to_count(new_part.start, window.end, total, self.seen.len());
             if end < window.end && fits < MAX_FITS {
                 fits += 1;
@@ -868,7 +870,7 @@ impl Collector<'_, '_> {
             return Err(Stop::OutOfTime);
         }
         // (Projects the halving found deleted events in are absent: read from the start.)
-        for (p, reads) in self.late_seconds(&agreed, wm)? {
+        for (p, reads) in self.late_seconds(&agreed, start, wm)? {
             if let Some(entry) = again.get_mut(&p) {
                 entry.0 = reads;
             }
@@ -885,6 +887,7 @@ impl Collector<'_, '_> {
     fn late_seconds(
         &mut self,
         late: &BTreeMap<u64, i64>,
+        start: i64,
         wm: i64,
     ) -> Result<BTreeMap<u64, Vec<(i64, i64)>>, Stop> {
         let mut out = BTreeMap::new();
@@ -927,7 +930,8 @@ impl Collector<'_, '_> {
                 counted.retain(|&(_, t), _| t < listed);
                 let last = rows.iter().map(|&(_, t, _)| t).max();
                 for (p, t, n) in rows {
-                    *counted.entry((p, t)).or_default() += n;
+                    let c = counted.entry((p, t)).or_default();
+                    *c = c.saturating_add(n);
                 }
                 match last {
                     _ if !more => listed = wm,
@@ -940,13 +944,14 @@ impl Collector<'_, '_> {
             for &(p, agree) in chunk {
                 let sentry = seconds_of(&counted, p, agree, listed);
                 let had = seconds_of(&delivered, p, agree, listed);
-                // A second with fewer events than delivered: events were deleted, and a
-                // deleted one and a late one in the same second would cancel out.
+                // A second with fewer events than delivered: events were deleted. A deleted
+                // one and a late one cancel out in a count, so the halving's agreement
+                // before `agree` is not trusted either: the whole overlap is read.
                 let deleted = had
                     .iter()
                     .any(|(t, &n)| sentry.get(t).copied().unwrap_or(0) < n);
                 let reads = if deleted {
-                    vec![(agree, wm)]
+                    vec![(start, wm)]
                 } else {
                     differing_ranges(&sentry, &had, agree, listed, wm)
                 };
@@ -1734,6 +1739,16 @@ fn seconds_of(
         .collect()
 }
 
+/// How many rows Sentry counts in the seconds `[from, to)` (saturating).
+fn rows_between(sentry: &BTreeMap<i64, u64>, from: i64, to: i64) -> u64 {
+    if from >= to {
+        return 0;
+    }
+    sentry
+        .range(from..to)
+        .fold(0u64, |a, (_, &n)| a.saturating_add(n))
+}
+
 /// The ranges to read of a project's `[from, wm)`, given Sentry's and the delivered counts
 /// per second of `[from, listed)`: each second whose counts differ, joined with the next
 /// when fewer rows than a page lie between them, and `[listed, wm)` whole.
@@ -1760,9 +1775,7 @@ fn differing_ranges(
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     for t in seconds {
         match ranges.last_mut() {
-            Some(last)
-                if sentry.range(last.1..t).map(|(_, n)| n).sum::<u64>() < JOIN_BELOW_ROWS =>
-            {
+            Some(last) if rows_between(sentry, last.1, t) < JOIN_BELOW_ROWS => {
                 last.1 = t + 1;
             }
             _ => ranges.push((t, t + 1)),
@@ -1771,10 +1784,7 @@ fn differing_ranges(
     if listed < wm {
         let tail_from = listed.max(from);
         match ranges.last_mut() {
-            Some(last)
-                if sentry.range(last.1..tail_from).map(|(_, n)| n).sum::<u64>()
-                    < JOIN_BELOW_ROWS =>
-            {
+            Some(last) if rows_between(sentry, last.1, tail_from) < JOIN_BELOW_ROWS => {
                 last.1 = wm;
             }
             _ => ranges.push((tail_from, wm)),

@@ -154,20 +154,26 @@ struct Bucket {
     /// How many ids each project (by slot) has in the bucket: a count over whole minutes
     /// reads these rather than every id.
     counts: Vec<(u32, u32)>,
+    /// Where in `counts` the last insert counted (inserts come a page of one project at a
+    /// time): looked at first.
+    last_count: usize,
 }
 
-/// The table slot an id starts probing at. The multiplier is drawn once per instance, so
-/// ids chosen to collide (an event's id is the client's to pick) cannot be prepared.
+/// The table slot an id starts probing at: a folded 128-bit product of the id's two halves,
+/// each first mixed with its own secret drawn once per instance, so ids chosen to collide
+/// (an event's id is the client's to pick) cannot be prepared without knowing both.
 fn slot_of(key: &Words, mask: usize) -> usize {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        let mut b = [0u8; 8];
+    static SEEDS: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    let seeds = SEEDS.get_or_init(|| {
+        let mut b = [0u8; 16];
         // Without randomness the lookups stay correct, only predictable.
         let _ = getrandom::fill(&mut b);
-        u64::from_le_bytes(b) | 1
+        let half = |h: &[u8]| u64::from_le_bytes(h.try_into().expect("8 bytes"));
+        [half(&b[..8]), half(&b[8..])]
     });
-    let mixed = (key.0[0] ^ key.0[1].rotate_left(29)).wrapping_mul(seed);
-    (mixed >> 32) as usize & mask
+    let product = u128::from(key.0[0] ^ seeds[0]).wrapping_mul(u128::from(key.0[1] ^ seeds[1]) | 1);
+    let folded = (product as u64) ^ ((product >> 64) as u64);
+    (folded >> 32) as usize & mask
 }
 
 impl Bucket {
@@ -203,34 +209,46 @@ impl Bucket {
         }
     }
 
-    fn count(&mut self, project: u32, n: u32) {
-        add_count(&mut self.counts, project, n);
+    fn count(&mut self, project: u32) {
+        if let Some((p, n)) = self.counts.get_mut(self.last_count) {
+            if *p == project {
+                *n += 1;
+                return;
+            }
+        }
+        self.last_count = match self.counts.iter().position(|(p, _)| *p == project) {
+            Some(at) => {
+                self.counts[at].1 += 1;
+                at
+            }
+            None => {
+                self.counts.push((project, 1));
+                self.counts.len() - 1
+            }
+        };
     }
 
-    /// Counts the ids of each project again (after ids were dropped or set in bulk).
-    fn recount(&mut self) {
-        let mut counts = std::mem::take(&mut self.counts);
-        counts.clear();
-        let mut run: Option<(u32, u32)> = None;
+    /// Counts the ids of each project again (after ids were dropped or set in bulk), in one
+    /// pass whatever the number of projects (`slots`: how many the set knows).
+    fn recount(&mut self, slots: usize) {
+        let mut per_slot = vec![0u32; slots];
         for e in self.iter() {
-            run = match run {
-                Some((p, n)) if p == e.project => Some((p, n + 1)),
-                Some((p, n)) => {
-                    add_count(&mut counts, p, n);
-                    Some((e.project, 1))
-                }
-                None => Some((e.project, 1)),
-            };
+            per_slot[e.project as usize] += 1;
         }
-        if let Some((p, n)) = run {
-            add_count(&mut counts, p, n);
-        }
-        self.counts = counts;
+        self.counts.clear();
+        self.counts.extend(
+            per_slot
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(slot, &n)| (slot as u32, n)),
+        );
+        self.last_count = 0;
     }
 
     /// Adds an id not in the bucket (the caller checked with [`Bucket::find`]).
     fn insert(&mut self, entry: Entry) {
-        self.count(entry.project, 1);
+        self.count(entry.project);
         if (self.recent_len + 1) * 2 > self.recent.len() {
             self.grow_recent();
         }
@@ -298,19 +316,20 @@ impl Bucket {
         self.reindex();
     }
 
-    /// Sets a bulk of ids sorted by key (the bucket holds nothing yet).
-    fn set_bulk(&mut self, bulk: Vec<Entry>) {
+    /// Sets a bulk of ids sorted by key (the bucket holds nothing yet); `slots` as in
+    /// [`Bucket::recount`].
+    fn set_bulk(&mut self, bulk: Vec<Entry>, slots: usize) {
         self.bulk = bulk;
         self.reindex();
-        self.recount();
+        self.recount(slots);
     }
 
     /// Keeps only the ids `keep` accepts.
-    fn retain(&mut self, keep: impl Fn(&Entry) -> bool) {
+    fn retain(&mut self, keep: impl Fn(&Entry) -> bool, slots: usize) {
         self.merge_recent();
         self.bulk.retain(keep);
         self.reindex();
-        self.recount();
+        self.recount(slots);
     }
 
     fn reindex(&mut self) {
@@ -350,13 +369,6 @@ fn empty_entry() -> Entry {
         key: Words([0, 0]),
         time: 0,
         project: EMPTY,
-    }
-}
-
-fn add_count(counts: &mut Vec<(u32, u32)>, project: u32, n: u32) {
-    match counts.iter_mut().find(|(p, _)| *p == project) {
-        Some((_, c)) => *c += n,
-        None => counts.push((project, n)),
     }
 }
 
@@ -639,7 +651,7 @@ impl SeenSet {
         self.len -= dropped;
         if let Some(first) = self.buckets.values_mut().next() {
             let n = first.len();
-            first.retain(|e| e.time >= before);
+            first.retain(|e| e.time >= before, self.projects.len());
             self.len -= n - first.len();
         }
         let n = self.set_apart.len();
@@ -782,7 +794,7 @@ impl SeenSet {
         for run in entries.chunk_by(|a, b| a.time / BUCKET_SECS == b.time / BUCKET_SECS) {
             let bucket = self.buckets.entry(run[0].time / BUCKET_SECS).or_default();
             if bucket.len() == 0 {
-                bucket.set_bulk(run.to_vec());
+                bucket.set_bulk(run.to_vec(), self.projects.len());
                 self.len += run.len();
                 continue;
             }

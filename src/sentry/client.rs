@@ -356,7 +356,8 @@ impl<'e> SentryClient<'e> {
                 "{what}: the body is not Discover's {{\"data\": [...]}}"
             ))
         })?;
-        let mut rows = Vec::with_capacity(body.data.len());
+        let full = body.data.len() >= 100;
+        let mut rows: Vec<SecondCount> = Vec::with_capacity(body.data.len());
         for row in body.data {
             let id = json_id(&row.project_id).ok_or_else(|| {
                 SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
@@ -369,9 +370,18 @@ impl<'e> SentryClient<'e> {
                     "{what}: a row is outside the projects or the range asked for"
                 )));
             }
+            // Paging by time relies on the order asked for: a second listed out of order
+            // could hide seconds of the next page, so such a listing is not used.
+            if rows.last().is_some_and(|&(_, before, _)| second < before) {
+                return Err(SentryError::Malformed(format!(
+                    "{what}: the rows are not in time order"
+                )));
+            }
             rows.push((id, second, discover_count(row.count.as_ref())));
         }
-        Ok((rows, next.is_some()))
+        // A full page without a next link is asked past once more: a lost Link header
+        // must not end the listing early (seconds not listed would look empty).
+        Ok((rows, next.is_some() || full))
     }
 
     /// A Discover query of error events: `fields`, of the projects named (every project,
@@ -399,16 +409,26 @@ impl<'e> SentryClient<'e> {
     }
 
     /// How many rows a Discover / Explore dataset holds in `range` for the whole org, or
-    /// `None` when the org cannot query several projects at once.
+    /// `None` when Sentry cannot say exactly: the org cannot query several projects at once,
+    /// or the answer came from sampled data (`meta.dataScanned: "partial"`). The count is of
+    /// stored rows: `disableAggregateExtrapolation=1`, or `count()` of spans sent at a sample
+    /// rate below 1 is extrapolated by their weight, and never equals the rows delivered.
     pub fn dataset_count(&self, dataset: &str, range: Window) -> Result<Option<u64>, SentryError> {
         #[derive(Deserialize)]
         struct Row {
             #[serde(rename = "count()")]
             count: serde_json::Value,
         }
+        #[derive(Deserialize, Default)]
+        struct Meta {
+            #[serde(rename = "dataScanned")]
+            data_scanned: Option<String>,
+        }
         #[derive(Deserialize)]
         struct Body {
             data: Vec<Row>,
+            #[serde(default)]
+            meta: Option<Meta>,
         }
         let call = Call::new(
             "discover",
@@ -422,23 +442,32 @@ impl<'e> SentryClient<'e> {
             .append_pair("dataset", dataset)
             .append_pair("project", "-1")
             .append_pair("start", &rfc3339(range.start))
-            .append_pair("end", &rfc3339(range.end));
+            .append_pair("end", &rfc3339(range.end))
+            .append_pair("disableAggregateExtrapolation", "1")
+            .append_pair("sampling", EXPLORE_SAMPLING);
         let mut total = None;
+        let mut sampled = false;
         let pages = self.for_each_page(&call, &url, |body| {
             let body: Body = serde_json::from_slice(body).map_err(|_| {
                 SentryError::Malformed(format!(
                     "{what}: the body is not Discover's {{\"data\": [...]}}"
                 ))
             })?;
+            sampled |= body
+                .meta
+                .and_then(|m| m.data_scanned)
+                .is_some_and(|d| d == "partial");
             for row in body.data {
                 let n = json_id(&row.count).ok_or_else(|| {
                     SentryError::Malformed(format!("{what}: count() is not a whole number"))
                 })?;
-                total = Some(total.unwrap_or(0) + n);
+                total = Some(total.unwrap_or(0u64).saturating_add(n));
             }
             Ok(())
         })?;
         match pages {
+            // An estimate cannot say that nothing arrived late: as if there were no count.
+            Ok(()) if sampled => Ok(None),
             Ok(()) => Ok(Some(total.unwrap_or(0))),
             Err(detail) if is_no_global_views(&detail) => Ok(None),
             Err(detail) => Err(SentryError::Fatal(format!(
@@ -559,7 +588,9 @@ impl<'e> SentryClient<'e> {
                         // order, so the row id breaks ties.
                         .append_pair("sort", "timestamp")
                         .append_pair("sort", def.shape.id_field)
-                        .append_pair("per_page", &EXPLORE_PER_PAGE.to_string());
+                        .append_pair("per_page", &EXPLORE_PER_PAGE.to_string())
+                        // Every stored row, not a downsampled tier's sample.
+                        .append_pair("sampling", EXPLORE_SAMPLING);
                 }
                 let what = if unit == ORG_WIDE {
                     format!("the {} dataset (Explore)", dataset.name)
@@ -607,6 +638,10 @@ pub const ORG_WIDE: u64 = 0;
 pub const EXPLORE_PER_PAGE: u64 = 100;
 /// A row of per-second counts: (project, second, events).
 pub type SecondCount = (u64, i64, u64);
+
+/// Explore's sampling mode for everything the collector asks of a dataset: the full data
+/// (`NORMAL` may answer a large range from a downsampled tier, `meta.dataScanned: "partial"`).
+const EXPLORE_SAMPLING: &str = "HIGHEST_ACCURACY";
 
 /// Projects per per-second count query: fewer than a page's rows, so the rows of any one
 /// second fit in a page and paging by time always moves on.

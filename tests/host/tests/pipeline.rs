@@ -1006,6 +1006,66 @@ async fn the_overlap_is_read_again_only_where_late_events_arrived() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_seen_in_one_second_reads_the_whole_overlap_again() {
+    // Events deleted in a project's overlap and late ones arriving there can cancel out in a
+    // count: here one deletion and one late event in the overlap's first half, so the halving
+    // finds that half agreeing; later, a late event (where the halving stops agreeing), a
+    // deletion, and another late event. Seeing the deletion in the per-second counts must
+    // send the whole overlap to be read again, not only from where the halving stopped
+    // agreeing (which loses the first late event).
+    let mut rig = Rig::without_rate_limits(2).await;
+    rig.set("lookback", "3h");
+    rig.set("overlap", "1h");
+    rig.set("lag", "1m");
+    let mut rng = Rng::new(73);
+    let now = rig.clock.now();
+    for p in 1..=2 {
+        rig.sim
+            .generate(&mut rng, p, 600, now - 3 * HOUR, now - 120, 0.0, 60);
+    }
+    rig.run_ok().await;
+    let from = rig.clock.now();
+    rig.clock.advance(HOUR / 2);
+    let delivered = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    let pick = |lo: i64, hi: i64| {
+        delivered
+            .iter()
+            .find(|e| {
+                e.project_id == 2 && e.date_created >= from - lo && e.date_created < from - hi
+            })
+            .map(|e| e.event_id.clone())
+            .expect("an event of project 2 there")
+    };
+    // One deleted 55-50 minutes back, one 9-7 minutes back.
+    rig.sim
+        .delete_events(&[pick(55 * 60, 50 * 60), pick(9 * 60, 7 * 60)]);
+    for (n, back) in [48 * 60, 20 * 60, 5 * 60].into_iter().enumerate() {
+        rig.sim.add_event(sentry_sim::Event {
+            event_id: format!("{:032x}", 0x1a7e0 + n),
+            project_id: 2,
+            group_id: 1001,
+            date_created: from - back,
+            received_at: rig.clock.now() - 60,
+            title: format!("late {n}"),
+            padding: 0,
+        });
+    }
+    rig.run_ok().await;
+    let truth = rig.sim.truth(0, i64::MAX, rig.clock.now());
+    assert_eq!(
+        truth.iter().filter(|e| e.title.starts_with("late")).count(),
+        3
+    );
+    // Deleted events stay in the bucket (they were delivered); every event Sentry has is
+    // there once.
+    let got = rig.delivered().await;
+    for e in &truth {
+        let n = got.iter().filter(|(id, _, _)| *id == e.event_id).count();
+        assert_eq!(n, 1, "{} ({}) delivered {n} times", e.event_id, e.title);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn busy_projects_read_again_only_the_seconds_late_events_arrived_in() {
     let mut rig = Rig::without_rate_limits(4).await;
     rig.set("lookback", "2h");

@@ -679,6 +679,11 @@ async fn a_busy_datasets_overlap_is_read_again_only_in_the_parts_late_rows_arriv
     rig.set("lookback", "2h");
     rig.set("overlap", "1h");
     rig.set("lag", "1m");
+    // As in production: spans sent at a 25% sample rate (`count()` is extrapolated by
+    // their weight unless asked not to be), and a store that answers large ranges from a
+    // downsampled tier unless asked for the full data.
+    rig.sim.set_sample_weight(4.0);
+    rig.sim.set_sampled(true);
     let mut rng = Rng::new(73);
     let now = rig.clock.now();
     // About two spans a second in each project.

@@ -274,8 +274,12 @@ struct State {
     audit: Vec<AuditEntry>,
     /// Indexed by dataset and project, oldest first.
     rows: Table<ExploreRow>,
-    /// Discover answers say `dataScanned: "partial"`.
+    /// Discover answers say `dataScanned: "partial"` (for spans and logs, unless the query
+    /// asks `sampling=HIGHEST_ACCURACY`).
     sampled: bool,
+    /// The sampling weight of every span and log (1 / the SDK's sample rate): `count()`
+    /// of those datasets is extrapolated by it unless `disableAggregateExtrapolation=1`.
+    sample_weight: f64,
     counters: Counters,
     buckets: BTreeMap<&'static str, Bucket>,
     /// The next N project-events requests get a 429 that resets this many seconds later.
@@ -387,6 +391,15 @@ impl Sim {
 
     pub fn add_event(&self, event: Event) {
         self.state.lock().unwrap().events.push(event);
+    }
+
+    /// Deletes events now, as Sentry's "delete and discard" does (gone from every list).
+    pub fn delete_events(&self, ids: &[String]) {
+        self.state
+            .lock()
+            .unwrap()
+            .events
+            .retain(|e| !ids.contains(&e.event_id));
     }
 
     /// Adds `count` events to a project with event times uniform in `[from, to)`. Each is

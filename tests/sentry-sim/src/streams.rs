@@ -282,9 +282,17 @@ impl Sim {
         self.state.lock().unwrap().rows.push(row);
     }
 
-    /// Answers Discover queries with `meta.dataScanned: "partial"` (sampled) or not.
+    /// Answers Discover queries with `meta.dataScanned: "partial"` (sampled) or not. Spans
+    /// and logs queried with `sampling=HIGHEST_ACCURACY` scan the full data, as on Sentry.
     pub fn set_sampled(&self, sampled: bool) {
         self.state.lock().unwrap().sampled = sampled;
+    }
+
+    /// Spans and logs carry this sampling weight (sent at a sample rate of 1 / `weight`):
+    /// `count()` over them is extrapolated, as Sentry's is, unless the query says
+    /// `disableAggregateExtrapolation=1`.
+    pub fn set_sample_weight(&self, weight: f64) {
+        self.state.lock().unwrap().sample_weight = weight;
     }
 
     /// Audit entries in `[start, end)` (whole seconds).
@@ -641,6 +649,9 @@ impl Sim {
             Ok(n) => n,
             Err(r) => return r,
         };
+        // Spans and logs live in the EAP store, which has sampling modes and extrapolation.
+        let eap = dataset != "transactions";
+        let partial = st.sampled && !(eap && params.get("sampling") == Some("HIGHEST_ACCURACY"));
         // What the query selects, by a plain filter.
         let selected = |r: &ExploreRow| {
             r.dataset == dataset
@@ -669,14 +680,17 @@ impl Sim {
             lo..hi.max(lo)
         };
         if fields == ["count()"] {
-            let count = match indexed {
+            let mut count = match indexed {
                 Some(order) => order.count_visible(in_range(order), now, received),
                 None => st.rows.iter().filter(|r| selected(r)).count(),
             };
+            if eap && params.get("disableAggregateExtrapolation") != Some("1") {
+                count = (count as f64 * st.sample_weight.max(1.0)).round() as usize;
+            }
             // An aggregate without other fields: one row for the whole range.
             let body = json!({
                 "data": [{"count()": count}],
-                "meta": {"fields": {"count()": "integer"}, "units": {"count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if st.sampled { "partial" } else { "full" }},
+                "meta": {"fields": {"count()": "integer"}, "units": {"count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if partial { "partial" } else { "full" }},
             });
             return self.paged(body, path, params, 0, 1, false);
         }
@@ -812,7 +826,7 @@ impl Sim {
         }
         let body = json!({
             "data": page,
-            "meta": {"fields": types, "units": {}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if st.sampled { "partial" } else { "full" }},
+            "meta": {"fields": types, "units": {}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if partial { "partial" } else { "full" }},
         });
         self.paged(body, path, params, offset, per_page, more)
     }
