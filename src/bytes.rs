@@ -8,7 +8,7 @@
 
 /// Bytes that end a plain run inside a JSON string: the closing quote, an escape, and control
 /// characters (which JSON forbids raw in strings).
-pub static STRING_STOP: [bool; 256] = {
+static STRING_STOP: [bool; 256] = {
     let mut t = [false; 256];
     let mut c = 0;
     while c < 0x20 {

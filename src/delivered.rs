@@ -252,11 +252,7 @@ impl Bucket {
         if (self.recent_len + 1) * 2 > self.recent.len() {
             self.grow_recent();
         }
-        let mask = self.recent.len() - 1;
-        let mut at = slot_of(&entry.key, mask);
-        while self.recent[at].project != EMPTY {
-            at = (at + 1) & mask;
-        }
+        let at = free_slot(&self.recent, &entry.key);
         self.recent[at] = entry;
         self.recent_len += 1;
         if self.recent_len > recent_max(self.bulk.len()) {
@@ -268,19 +264,15 @@ impl Bucket {
     fn grow_recent(&mut self) {
         let size = (self.recent.len() * 2).max(8);
         let old = std::mem::replace(&mut self.recent, vec![empty_entry(); size]);
-        let mask = size - 1;
         for e in old.into_iter().filter(|e| e.project != EMPTY) {
-            let mut at = slot_of(&e.key, mask);
-            while self.recent[at].project != EMPTY {
-                at = (at + 1) & mask;
-            }
+            let at = free_slot(&self.recent, &e.key);
             self.recent[at] = e;
         }
     }
 
     /// Merges the table's ids into the bulk in place, from the back, and frees the table.
-    /// The bulk grows by a quarter at a time, so a growing minute
-    /// wastes at most a fifth of its allocation.
+    /// The bulk grows by a quarter at a time, so a growing minute wastes at most a fifth of
+    /// its allocation.
     fn merge_recent(&mut self) {
         if self.recent_len == 0 {
             return;
@@ -362,6 +354,16 @@ impl Bucket {
         (self.bulk.capacity() + self.recent.capacity()) * std::mem::size_of::<Entry>()
             + self.index.capacity() * 4
     }
+}
+
+/// The first free slot of `table` (power-of-two sized, never full) on `key`'s probe path.
+fn free_slot(table: &[Entry], key: &Words) -> usize {
+    let mask = table.len() - 1;
+    let mut at = slot_of(key, mask);
+    while table[at].project != EMPTY {
+        at = (at + 1) & mask;
+    }
+    at
 }
 
 fn empty_entry() -> Entry {
@@ -466,6 +468,7 @@ impl SeenSet {
         let i = self.projects.len() as u32;
         self.projects.push(project);
         self.project_index.insert(project, i);
+        self.last_slot = Some((project, i));
         i
     }
 
@@ -758,8 +761,6 @@ impl SeenSet {
     /// floor and repeats are dropped.
     pub fn load_records(&mut self, records: impl IntoIterator<Item = Record>, capacity: usize) {
         let mut entries: Vec<Entry> = Vec::with_capacity(capacity);
-        // Ids come in runs of one project: look the project up once a run.
-        let mut last: Option<(u64, u32)> = None;
         for r in records {
             if r.time < self.floor {
                 continue;
@@ -770,14 +771,8 @@ impl SeenSet {
                 }
                 continue;
             }
-            let project = match last {
-                Some((p, slot)) if p == r.project => slot,
-                _ => {
-                    let slot = self.project_slot(r.project);
-                    last = Some((r.project, slot));
-                    slot
-                }
-            };
+            // (Ids come in runs of one project: `project_slot` answers those from its cache.)
+            let project = self.project_slot(r.project);
             entries.push(Entry {
                 key: Words::of(&r.key),
                 time: r.time,

@@ -356,7 +356,7 @@ impl<'e> SentryClient<'e> {
                 "{what}: the body is not Discover's {{\"data\": [...]}}"
             ))
         })?;
-        let full = body.data.len() >= 100;
+        let full = body.data.len() >= DISCOVER_PER_PAGE;
         let mut rows: Vec<SecondCount> = Vec::with_capacity(body.data.len());
         for row in body.data {
             let id = json_id(&row.project_id).ok_or_else(|| {
@@ -403,7 +403,7 @@ impl<'e> SentryClient<'e> {
             q.append_pair("start", &rfc3339(range.start))
                 .append_pair("end", &rfc3339(range.end))
                 .append_pair("sort", sort)
-                .append_pair("per_page", "100");
+                .append_pair("per_page", &DISCOVER_PER_PAGE.to_string());
         }
         url
     }
@@ -419,7 +419,7 @@ impl<'e> SentryClient<'e> {
             #[serde(rename = "count()")]
             count: serde_json::Value,
         }
-        #[derive(Deserialize, Default)]
+        #[derive(Deserialize)]
         struct Meta {
             #[serde(rename = "dataScanned")]
             data_scanned: Option<String>,
@@ -427,7 +427,6 @@ impl<'e> SentryClient<'e> {
         #[derive(Deserialize)]
         struct Body {
             data: Vec<Row>,
-            #[serde(default)]
             meta: Option<Meta>,
         }
         let call = Call::new(
@@ -636,6 +635,9 @@ impl<'e> SentryClient<'e> {
 pub const ORG_WIDE: u64 = 0;
 /// Rows per Discover / Explore page (Sentry's maximum).
 pub const EXPLORE_PER_PAGE: u64 = 100;
+/// Rows a Discover query of error events asks for a page (Sentry's most).
+const DISCOVER_PER_PAGE: usize = 100;
+
 /// A row of per-second counts: (project, second, events).
 pub type SecondCount = (u64, i64, u64);
 
@@ -682,7 +684,6 @@ impl Call {
     }
 }
 
-/// Sentry writes ids as strings ("42"); accept numbers too.
 /// A Discover `count()`: sampled data may count in floats (any above 0 is at least one
 /// event); a row without a count has events.
 fn discover_count(c: Option<&serde_json::Value>) -> u64 {
@@ -690,6 +691,7 @@ fn discover_count(c: Option<&serde_json::Value>) -> u64 {
         .unwrap_or(1)
 }
 
+/// Sentry writes ids as strings ("42"); accept numbers too.
 fn json_id(v: &serde_json::Value) -> Option<u64> {
     match v {
         serde_json::Value::Number(n) => n.as_u64(),
