@@ -8,12 +8,12 @@
 
 use std::time::Instant;
 
-use sentry_logs_collector::checkpoint::SeenSet;
 use sentry_logs_collector::collect::absorb;
-use sentry_logs_collector::sentry::client::Window;
+use sentry_logs_collector::delivered::SeenSet;
 use sentry_logs_collector::sentry::pages::parse_page;
 use sentry_logs_collector::streams;
 use sentry_logs_collector::time::rfc3339;
+use sentry_logs_collector::window::Window;
 
 const PER_PAGE: usize = 100;
 const ROUNDS: usize = 400;

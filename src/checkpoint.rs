@@ -14,11 +14,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::delivered::SeenSet;
 use crate::delivered::{pack_time, sort_for_segment, Record, RECORD_BYTES, SLAB_SECS};
-pub use crate::delivered::{seen_key, SeenSet};
 use crate::ports::KeyValue;
-use crate::sentry::client::Window;
+use crate::report::SaveStats;
 use crate::state;
+use crate::window::Window;
 
 /// Ids a segment holds at most: 28 bytes each, under the 1 MB a hosted KV value may be.
 pub const SEGMENT_IDS: usize = 35_000;
@@ -62,17 +63,6 @@ pub struct IdsAt {
     pub chunks: u32,
     pub slot: u8,
     pub chunk_epoch: u64,
-}
-
-/// What a save wrote to KV.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SaveStats {
-    pub bytes: u64,
-    pub writes: u64,
-    /// Bytes of the ids that were new since the last save (28 each).
-    pub new_id_bytes: u64,
-    /// Keys the stream's state uses after the save.
-    pub keys: u64,
 }
 
 /// Where a run stopped inside a window; the next run resumes exactly there.
@@ -230,7 +220,7 @@ impl Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingObject {
     pub name: String,
-    /// The object's content id ([`crate::gcs::Content::id`]; the SHA-256 of the content in
+    /// The object's content id, as the upload names it (the SHA-256 of the content in
     /// records of earlier versions, whose objects carry it as `sha256`).
     #[serde(alias = "sha256")]
     pub content: String,
@@ -750,6 +740,7 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::seen_key;
     use crate::ports::memory::MemKv;
     use std::cell::RefCell;
 

@@ -11,23 +11,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
-
 use crate::checkpoint::{
-    seen_key, Checkpoint, CheckpointStore, Keyset, PendingObject, SaveError, SeenSet,
-    WindowProgress, Writer,
+    Checkpoint, CheckpointStore, Keyset, PendingObject, SaveError, WindowProgress, Writer,
 };
 use crate::config::Config;
+use crate::delivered::SeenSet;
 use crate::gcs::{self, GcsClient};
+use crate::identity::seen_key;
 use crate::lease::{Fenced, Lease};
 use crate::ports::Env;
-use crate::sentry::client::{is_no_global_views, SentryClient, Window, ORG_WIDE};
+use crate::report::{ObjectSummary, StreamSummary};
+use crate::sentry::client::{is_no_global_views, SentryClient, ORG_WIDE};
 use crate::sentry::pages::{Item, Parsed};
 use crate::sentry::SentryError;
 use crate::shard::Shard;
 use crate::state::{self, StreamStatus};
 use crate::streams::{Kind, Order, StreamDef};
 use crate::time::{parse_rfc3339, rfc3339};
+use crate::window::Window;
 
 /// Rows one Discover / Explore query can page through by offset: reaching it means the
 /// window may hold more, so the query starts again at the last timestamp read.
@@ -48,106 +49,6 @@ pub const BAD_ITEM_TRIES: u32 = 3;
 /// item from being set apart twice, and stays out of every project's overlap count (the item's
 /// own time may be unreadable, so it cannot be counted where Sentry counts it).
 pub(crate) const QUARANTINED: u64 = crate::delivered::SET_APART;
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ObjectSummary {
-    pub name: String,
-    pub events: usize,
-    pub bytes: usize,
-    pub already_present: bool,
-}
-
-/// What one run did for the stream.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StreamSummary {
-    pub stream: &'static str,
-    /// `i/n`, or `0/1` for the whole org.
-    pub shard: String,
-    pub window_start: Option<String>,
-    pub window_end: Option<String>,
-    /// The last window of the run was read to its end (the watermark moved there).
-    pub window_finished: bool,
-    /// Nothing new to read yet (`now - lag` is not past the watermark).
-    pub up_to_date: bool,
-    pub watermark: Option<String>,
-    pub projects_active: usize,
-    /// Projects left out by `max_projects`; their events in those windows are not collected.
-    pub projects_cut: usize,
-    pub pages: u64,
-    /// Lines written: events, issues, audit-log entries or rows, by stream.
-    pub events: u64,
-    pub duplicates_dropped: u64,
-    pub outside_window_dropped: u64,
-    pub objects: Vec<ObjectSummary>,
-    pub bytes: u64,
-    pub sentry_requests: u64,
-    pub rate_limited: u64,
-    pub retries: u64,
-    pub waited_secs: f64,
-    pub gcs_requests: u64,
-    /// Oldest-first streams: queries started again because they reached the offset cap.
-    pub queries_split: u64,
-    /// Projects (`events`) or datasets (Explore streams) whose overlap was not read again, or
-    /// only from a later minute, because Sentry counted before it exactly what was already
-    /// delivered from it.
-    pub overlap_skipped: usize,
-    /// Items without a readable id or time, set apart in the stream's quarantine prefix after
-    /// [`BAD_ITEM_TRIES`] reads of their page.
-    pub quarantined: u64,
-    /// What saving the checkpoint wrote to KV: values, bytes, and of those the bytes of ids
-    /// new since the save before (28 each); and the keys the stream's state used at the end.
-    pub state: StateWrites,
-    /// Where the stream's time went, by the component's clock (host calls included).
-    pub timing: Timing,
-    pub warnings: Vec<String>,
-    pub error: Option<String>,
-    /// The error may go away by itself (a 5xx, a timeout); otherwise someone must act.
-    pub error_is_transient: bool,
-    /// The run lost the shard's lease while collecting the stream (why): it stopped without
-    /// writing, and the run ends.
-    #[serde(skip)]
-    pub lease_lost: Option<String>,
-}
-
-/// What a stream's checkpoint saves wrote to KV in a run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StateWrites {
-    pub saves: u64,
-    pub writes: u64,
-    pub bytes: u64,
-    pub new_id_bytes: u64,
-    /// The most any one save wrote.
-    pub max_save_bytes: u64,
-    pub keys: u64,
-    /// Delivered ids held at the end of the run.
-    pub ids: u64,
-}
-
-impl StateWrites {
-    fn add(&mut self, s: crate::checkpoint::SaveStats) {
-        self.saves += 1;
-        self.writes += s.writes;
-        self.bytes += s.bytes;
-        self.new_id_bytes += s.new_id_bytes;
-        self.max_save_bytes = self.max_save_bytes.max(s.bytes);
-        self.keys = s.keys;
-    }
-}
-
-/// Milliseconds spent, by part of the pipeline.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Timing {
-    /// Reading the checkpoint and delivered ids, and settling a pending object.
-    pub load_ms: f64,
-    /// Saving checkpoints (KV writes included).
-    pub save_ms: f64,
-    /// Window checks, de-duplication and NDJSON lines, page by page.
-    pub absorb_ms: f64,
-    /// Hashing (and gzipping) objects before their upload.
-    pub hash_ms: f64,
-    /// Checking and splitting page bodies into items.
-    pub parse_ms: f64,
-}
 
 /// Events read but not yet written.
 #[derive(Default)]
@@ -478,7 +379,7 @@ fn save_fenced(
     gcs: &GcsClient,
     cp: &mut Checkpoint,
     seen: &mut SeenSet,
-) -> Result<crate::checkpoint::SaveStats, Stop> {
+) -> Result<crate::report::SaveStats, Stop> {
     lease.check_time(env.clock.now()).map_err(fenced)?;
     let failed = |e: String| {
         Stop::WriteFailed(Failure {
@@ -2344,7 +2245,7 @@ mod tests {
         // The last hour held 800,000 ids: 222 a second.
         for n in 0..800_000u64 {
             seen.insert_key(
-                crate::checkpoint::seen_key(&format!("{n:032x}")),
+                crate::identity::seen_key(&format!("{n:032x}")),
                 wm - 3600 + (n % 3600) as i64,
                 1,
             );

@@ -13,14 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::ports::VariableSource;
 use crate::secret::Secret;
-
-/// Where a setting's value comes from (Spin variables in the component, a map in tests).
-pub trait VariableSource {
-    /// `Ok(None)` when the variable is not defined at all; then the default in [`SETTINGS`]
-    /// applies. `Err` carries the provider's message (it must not contain a value).
-    fn get(&self, name: &str) -> Result<Option<String>, String>;
-}
 
 /// One configuration setting, as declared in `spin.toml`'s `[variables]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

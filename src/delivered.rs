@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rsa::sha2::{Digest, Sha256};
+use crate::identity::seen_key;
 
 /// The most ids a set holds: 24 bytes each (36 MB at the cap, within the 64 MiB an instance
 /// needs in all). A window that would pass it stops the stream with a message naming
@@ -51,35 +51,6 @@ pub fn pack_time(t: i64) -> u32 {
 /// Unix seconds of a packed time.
 pub fn unpack_time(t: u32) -> i64 {
     i64::from(t) + EPOCH_2000
-}
-
-/// The 16 bytes an id is kept as: a 32-hex-digit Sentry event id exactly, anything else as
-/// the first 16 bytes of its SHA-256.
-pub fn seen_key(id: &str) -> [u8; 16] {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut key = [0u8; 16];
-    let hex = id.as_bytes();
-    let parsed = hex.len() == 32
-        && hex.chunks_exact(2).enumerate().all(|(i, pair)| {
-            match (nibble(pair[0]), nibble(pair[1])) {
-                (Some(h), Some(l)) => {
-                    key[i] = h << 4 | l;
-                    true
-                }
-                _ => false,
-            }
-        });
-    if !parsed {
-        key.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
-    }
-    key
 }
 
 /// One delivered id as KV keeps it.

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, SeenSet, ShardFloor};
+use crate::checkpoint::{Checkpoint, ShardFloor};
+use crate::delivered::SeenSet;
 use crate::ports::KeyValue;
 use crate::shard::Shard;
 use crate::state;
@@ -163,7 +164,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::WindowProgress;
     use crate::ports::memory::MemKv;
-    use crate::sentry::client::Window;
+    use crate::window::Window;
 
     fn shard(s: &str) -> Shard {
         Shard::parse(s).unwrap()
@@ -218,7 +219,7 @@ mod tests {
         let old_shards = [shard("0/2"), shard("1/2")];
         for p in 1..=40u64 {
             let i = old_shards.iter().position(|s| s.includes(p)).unwrap();
-            ids[i].insert_key(crate::checkpoint::seen_key(&format!("{p:032x}")), 9_500, p);
+            ids[i].insert_key(crate::identity::seen_key(&format!("{p:032x}")), 9_500, p);
         }
         let ahead = Checkpoint {
             watermark: Some(10_000),

@@ -11,12 +11,14 @@ pub mod delivered;
 pub mod gcs;
 pub mod hex;
 pub mod http_api;
+pub mod identity;
 pub mod jwt;
 pub mod layout;
 pub mod lease;
 pub mod platform;
 pub mod ports;
 pub mod push_auth;
+pub mod report;
 pub mod retry;
 pub mod run;
 pub mod secret;
@@ -26,6 +28,7 @@ pub mod state;
 pub mod status_page;
 pub mod streams;
 pub mod time;
+pub mod window;
 
 /// Runs `f` with the Spin implementations of the ports.
 pub fn with_spin_env<T>(f: impl FnOnce(&ports::Env) -> T) -> T {

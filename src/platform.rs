@@ -10,7 +10,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 use wasi::io::streams::StreamError;
 
-use crate::config::VariableSource;
+use crate::ports::VariableSource;
 use crate::ports::{
     Clock, HttpClient, InboundResponse, KeyValue, Method, OutboundRequest, TransportError,
 };

@@ -4,7 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::VariableSource;
+/// Where a setting's value comes from (Spin variables in the component, a map in tests).
+pub trait VariableSource {
+    /// `Ok(None)` when the variable is not defined at all; then the default in `config`'s
+    /// `SETTINGS` applies. `Err` carries the provider's message (it must not contain a value).
+    fn get(&self, name: &str) -> Result<Option<String>, String>;
+}
 
 /// An outbound HTTP request. The URL is always built by the component from configured bases,
 /// never taken from a response.

@@ -7,12 +7,13 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::checkpoint::{CheckpointStore, SaveError, Writer};
-use crate::collect::{self, StreamSummary};
+use crate::collect;
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
 use crate::layout::{self, LayoutError};
 use crate::lease::{self, Claim, Lease};
 use crate::ports::{Env, WaitMeter};
+use crate::report::{RunSummary, StreamSummary};
 use crate::sentry::client::{SentryClient, ORG_WIDE};
 use crate::sentry::{region, SentryError};
 use crate::shard::{Shard, MAX_SHARDS};
@@ -110,29 +111,6 @@ impl fmt::Display for RunError {
 }
 
 impl std::error::Error for RunError {}
-
-/// The run's report, printed to the log and returned to HTTP callers.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub trigger: &'static str,
-    pub shard: String,
-    pub started_at: String,
-    pub finished_at: String,
-    pub org: String,
-    pub region_url: String,
-    pub time_budget_secs: u64,
-    /// Access tokens minted at the token endpoint during the run (exchange mode).
-    pub tokens_minted: u32,
-    pub streams: Vec<StreamSummary>,
-    /// Runs recorded in this state store so far, this one included.
-    pub runs: u64,
-    /// Milliseconds the run spent computing rather than waiting on HTTP, rate limits or KV.
-    pub busy_ms: f64,
-    /// Milliseconds the run spent in KV calls.
-    pub kv_ms: f64,
-    /// The run's wall time in milliseconds, as the component measured it.
-    pub elapsed_ms: f64,
-}
 
 /// A run that another run's lease kept from starting.
 #[derive(Debug, Clone, Serialize)]

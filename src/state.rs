@@ -100,7 +100,7 @@ impl StreamStatus {
     }
 
     pub fn from_summary(
-        s: &crate::collect::StreamSummary,
+        s: &crate::report::StreamSummary,
         watermark: Option<i64>,
         now: i64,
     ) -> StreamStatus {

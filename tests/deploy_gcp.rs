@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sentry_logs_collector::config::{Config, VariableSource};
+use sentry_logs_collector::config::Config;
+use sentry_logs_collector::ports::VariableSource;
 
 const PROJECT: &str = "acme-secops";
 const BUCKET: &str = "acme-sentry-events";

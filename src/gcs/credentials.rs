@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::GcsError;
+use super::error::GcsError;
 use crate::config::GcsAuth;
 use crate::jwt::RsaSigner;
 use crate::ports::{Env, Method, OutboundRequest};

@@ -11,10 +11,10 @@
 
 pub mod crc32c;
 pub mod credentials;
+pub mod error;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 
 use base64::engine::general_purpose::STANDARD;
@@ -28,27 +28,10 @@ use crate::ports::{Env, Method, OutboundRequest, TransportError};
 use crate::retry;
 use crate::time::{compact, Utc};
 use credentials::Credentials;
+pub use error::GcsError;
 
 /// Written into every object's custom metadata, to tell our objects from anyone else's.
 pub const WRITER: &str = concat!("sentry-logs-collector/", env!("CARGO_PKG_VERSION"));
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GcsError {
-    /// Retrying will not help: credentials, permissions, a conflicting object.
-    Fatal(String),
-    /// Failed after retries inside the budget; the next run tries again.
-    Transient(String),
-}
-
-impl fmt::Display for GcsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GcsError::Fatal(m) | GcsError::Transient(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for GcsError {}
 
 /// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}{shard}-{windowStart}-{windowEnd}-{seq}-{digest}.ndjson[.gz]`,
 /// dated by the window's end (`shard` is empty, or `.s{i}of{n}`). Deterministic for the same

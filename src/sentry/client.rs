@@ -14,6 +14,7 @@ use crate::ports::{Env, InboundResponse, TransportError};
 use crate::retry;
 use crate::streams::{Kind, StreamDef};
 use crate::time::rfc3339;
+use crate::window::Window;
 
 /// Whether a request that timed out at `now` was cut off by the deadline after starting with
 /// `left_at_start` seconds to go, too few for a busy Sentry (or host) to answer: time ran out.
@@ -42,19 +43,6 @@ pub struct RequestStats {
     pub waited_secs: f64,
     /// Time spent parsing page bodies (compute, not waiting).
     pub parse_secs: f64,
-}
-
-/// A half-open window `[start, end)` in whole Unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Window {
-    pub start: i64,
-    pub end: i64,
-}
-
-impl Window {
-    pub fn contains(&self, t: i64) -> bool {
-        self.start <= t && t < self.end
-    }
 }
 
 /// One page of a list endpoint: its items and the `next` cursor, if there is a next page.

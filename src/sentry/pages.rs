@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use crate::bytes::{is_ascii, plain_run};
-use crate::checkpoint::seen_key;
+use crate::identity::seen_key;
 use crate::time::parse_rfc3339;
 
 /// What the page's JSON wraps its items in.
