@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance benchmark (README "Performance"): builds the component and the hot-path
+# The performance benchmark (docs/performance.md): builds the component and the hot-path
 # micro-benchmark for wasm32-wasip2, runs the micro-benchmark natively and in wasm, then the
 # end-to-end scenarios against the Sentry simulator with sentry.io's rate limits and 50 ms per
 # request, and the scale scenario (a million events and spans an hour, in 25-second slices

@@ -1,6 +1,6 @@
 //! A Spin-compatible host for sentry-logs-collector, built on wasmtime.
 //!
-//! It does for this app what `spin up` does (see the README's "collector-host" section):
+//! It does for this app what `spin up` does (see `docs/testing.md`, "collector-host"):
 //! loads `spin.toml`, resolves variables like Spin, implements `fermyon:spin/key-value@2.0.0`
 //! (persisted under the state directory) and `fermyon:spin/variables@2.0.0`, enforces
 //! `allowed_outbound_hosts` on every outbound request, calls the cron export, and serves the

@@ -1,5 +1,5 @@
 //! The deployment guides, as a new user would follow them. Every command in a `sh` block of
-//! `docs/deploy.md`, `docs/migrating-from-the-python-recipe.md` and the README is classified:
+//! the README and every page under `docs/` is classified:
 //! - run verbatim here: `curl` against `collector-host serve` (as `spin up` would serve it),
 //!   with `APP_URL` and `COLLECTOR_SECRET` in the environment; `deploy/gcp/setup.sh` with a
 //!   recording `gcloud`; the Kubernetes CronJobs' shell command, through an HTTP proxy that is
@@ -167,7 +167,7 @@ struct Plan {
     remote: Vec<String>,
 }
 
-fn classify(docs: &[(&str, String)]) -> Plan {
+fn classify(docs: &[(String, String)]) -> Plan {
     let mut plan = Plan::default();
     for (doc, text) in docs {
         for line in commands(text) {
@@ -269,15 +269,23 @@ fn classify(docs: &[(&str, String)]) -> Plan {
     plan
 }
 
-fn docs() -> Vec<(&'static str, String)> {
-    [
-        "docs/deploy.md",
-        "docs/migrating-from-the-python-recipe.md",
-        "README.md",
-    ]
-    .into_iter()
-    .map(|d| (d, read(d)))
-    .collect()
+/// The README and every page under `docs/`.
+fn docs() -> Vec<(String, String)> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    names.sort();
+    names.push("README.md".into());
+    names
+        .into_iter()
+        .map(|d| {
+            let text = read(&d);
+            (d, text)
+        })
+        .collect()
 }
 
 fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {

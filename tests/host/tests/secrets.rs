@@ -189,7 +189,7 @@ async fn no_secret_appears_in_output_responses_state_or_objects() {
         &format!("{:?}\n{}\n{}", inv.outcome, inv.stdout, inv.stderr),
     );
     // The exchanged access token lives in KV, under its one record, by design (Spin keeps
-    // nothing between requests; the README says who can read it); nowhere else.
+    // nothing between requests; docs/deploy.md says who can read it); nowhere else.
     let exchanged = issued.all();
     assert_eq!(exchanged.len(), 1);
     let kv = rig.kv_snapshot();
