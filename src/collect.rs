@@ -21,7 +21,7 @@ use crate::identity::seen_key;
 use crate::lease::{Fenced, Lease};
 use crate::ports::Env;
 use crate::report::{ObjectSummary, StreamSummary};
-use crate::sentry::client::{is_no_global_views, SentryClient, ORG_WIDE};
+use crate::sentry::client::{is_no_global_views, Answer, SentryClient, ORG_WIDE};
 use crate::sentry::pages::{Item, Parsed};
 use crate::sentry::SentryError;
 use crate::shard::Shard;
@@ -931,8 +931,8 @@ impl Collector<'_, '_> {
                 other => other?,
             };
             let page = match answer {
-                Ok(page) => page,
-                Err(detail)
+                Answer::Data(page) => page,
+                Answer::Refused(detail)
                     if unit == ORG_WIDE
                         && matches!(self.def.kind, Kind::Explore(_) | Kind::Issues)
                         && is_no_global_views(&detail) =>
@@ -958,7 +958,7 @@ impl Collector<'_, '_> {
                     self.bad_reads = 0;
                     continue;
                 }
-                Err(detail) => {
+                Answer::Refused(detail) => {
                     let whom = if unit == ORG_WIDE {
                         String::new()
                     } else {

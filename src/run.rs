@@ -14,6 +14,7 @@ use crate::layout::{self, LayoutError};
 use crate::lease::{self, Claim, Lease};
 use crate::ports::{Env, WaitMeter};
 use crate::report::{RunSummary, StreamSummary};
+use crate::retry::Deadline;
 use crate::sentry::client::{SentryClient, ORG_WIDE};
 use crate::sentry::{region, SentryError};
 use crate::shard::{Shard, MAX_SHARDS};
@@ -152,8 +153,8 @@ pub fn run_with(
     let streams = chosen_streams(config, options)?;
     let budget = config.timing.time_budget.as_secs();
     check_layout(env, &streams, &options.shard)?;
-    let gcs =
-        GcsClient::new(*env, &config.gcs, started + budget as f64).map_err(RunError::Storage)?;
+    let gcs = GcsClient::new(*env, &config.gcs, Deadline(started + budget as f64))
+        .map_err(RunError::Storage)?;
     gcs.check_credentials().map_err(RunError::Storage)?;
     // The shard's lease, and the whole org's when this shard reads the org-wide streams
     // (they have one checkpoint, shared with any unsharded run).
@@ -289,8 +290,8 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
     }
     let started = env.clock.now();
     let budget = config.timing.time_budget.as_secs();
-    let gcs =
-        GcsClient::new(*env, &config.gcs, started + budget as f64).map_err(RunError::Storage)?;
+    let gcs = GcsClient::new(*env, &config.gcs, Deadline(started + budget as f64))
+        .map_err(RunError::Storage)?;
     gcs.check_credentials().map_err(RunError::Storage)?;
     let new: Vec<Shard> = (0..to).map(|index| Shard { index, count: to }).collect();
     let mut involved: Vec<Shard> = new.clone();

@@ -1,4 +1,6 @@
 //! UTC calendar arithmetic for timestamps (RFC 3339 text, object-name date folders).
+//! Hand-written, not chrono's (linked already through spin-sdk, so size is not why): its RFC 3339
+//! parser refuses the naive times Sentry also writes, and this runs once per page of rows.
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 /// Algorithm: Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms" (civil_from_days).

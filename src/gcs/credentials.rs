@@ -14,7 +14,7 @@ use super::error::GcsError;
 use crate::config::GcsAuth;
 use crate::jwt::RsaSigner;
 use crate::ports::{Env, Method, OutboundRequest};
-use crate::retry;
+use crate::retry::{self, Attempt, Deadline, Failure};
 use crate::secret::Secret;
 use crate::state::{self, keys};
 
@@ -126,7 +126,7 @@ impl Credentials {
     }
 
     /// A bearer token valid for at least the next few minutes.
-    pub fn token(&mut self, env: &Env, deadline: f64) -> Result<Secret, GcsError> {
+    pub fn token(&mut self, env: &Env, deadline: Deadline) -> Result<Secret, GcsError> {
         let now = env.clock.now();
         if let Some((token, expires)) = &self.current {
             if *expires - RENEW_BEFORE_SECS > now {
@@ -212,66 +212,106 @@ fn exchange(
     signer: &RsaSigner,
     email: &str,
     token_uri: &url::Url,
-    deadline: f64,
+    deadline: Deadline,
 ) -> Result<(Secret, f64), GcsError> {
-    let mut attempt = 0;
-    loop {
-        let now = env.clock.now();
-        let iat = now as i64 - BACKDATE_SECS;
-        let assertion = signer
-            .sign(&AssertionClaims {
-                iss: email,
-                scope: EXCHANGE_SCOPE,
-                aud: token_uri.as_str(),
-                iat,
-                exp: iat + LIFETIME_SECS,
-            })
-            .map_err(|e| GcsError::Fatal(format!("gcp_service_account_key: {e}")))?;
-        let mut request = OutboundRequest::get(token_uri.clone())
-            .header("content-type", "application/x-www-form-urlencoded");
-        request.method = Method::Post;
-        request.body =
-            form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]).into_bytes();
-        request.max_response_bytes = 64 * 1024;
-        request.bound_by(deadline, env.clock.now());
-        let failure = match env.http.send(&request) {
-            Ok(resp) => match retry::verdict(resp.status) {
-                retry::Verdict::Success => {
-                    let body: TokenResponse = serde_json::from_slice(&resp.body)
-                        .map_err(|_| GcsError::Transient("the token endpoint answered 200 without an access_token".into()))?;
-                    if body.access_token.is_empty() || !body.access_token.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(GcsError::Transient("the token endpoint returned an unusable access_token".into()));
-                    }
-                    let lifetime = body.expires_in.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(3600.0).min(86400.0);
-                    return Ok((Secret::new(body.access_token), env.clock.now() + lifetime));
-                }
-                retry::Verdict::Retry => format!("the token endpoint answered {}", resp.status),
-                retry::Verdict::Fail => {
-                    let err: Option<TokenError> = serde_json::from_slice(&resp.body).ok();
-                    let (code, description) = err
-                        .map(|e| (e.error.unwrap_or_default(), e.error_description.unwrap_or_default()))
-                        .unwrap_or_default();
-                    let description: String = description.chars().filter(|c| !c.is_control()).take(200).collect();
-                    return Err(GcsError::Fatal(format!(
-                        "gcp_service_account_key was refused by the token endpoint ({} {code}: {description}); check that the key is current, not deleted, and that the machine's clock is right",
-                        resp.status
-                    )));
-                }
-            },
-            Err(crate::ports::TransportError::Denied(_)) => {
-                return Err(GcsError::Fatal(
-                    "the token endpoint is not in allowed_outbound_hosts: set gcp_token_origin to the key's token_uri origin".into(),
-                ))
-            }
-            Err(e) => format!("the token endpoint: {e}"),
-        };
-        attempt += 1;
-        let wait = retry::backoff(attempt - 1, env.clock.now().fract());
-        if attempt >= retry::MAX_ATTEMPTS || env.clock.now() + wait >= deadline {
-            return Err(GcsError::Transient(format!(
-                "{failure} ({attempt} attempts)"
-            )));
+    let jitter = || env.clock.now().fract();
+    let policy = retry::Retry {
+        clock: env.clock,
+        deadline,
+        min_request_secs: 0.0,
+        jitter: &jitter,
+        on_retry: &|_| {},
+    };
+    policy.run(
+        || exchange_once(env, signer, email, token_uri, deadline),
+        |failure, attempts, _| {
+            GcsError::Transient(format!("{} ({attempts} attempts)", failure.message))
+        },
+    )
+}
+
+/// One attempt of [`exchange`], its answer classified.
+fn exchange_once(
+    env: &Env,
+    signer: &RsaSigner,
+    email: &str,
+    token_uri: &url::Url,
+    deadline: Deadline,
+) -> Attempt<(Secret, f64), GcsError> {
+    let now = env.clock.now();
+    let iat = now as i64 - BACKDATE_SECS;
+    let assertion = match signer.sign(&AssertionClaims {
+        iss: email,
+        scope: EXCHANGE_SCOPE,
+        aud: token_uri.as_str(),
+        iat,
+        exp: iat + LIFETIME_SECS,
+    }) {
+        Ok(a) => a,
+        Err(e) => {
+            return Attempt::Done(Err(GcsError::Fatal(format!(
+                "gcp_service_account_key: {e}"
+            ))))
         }
-        env.clock.sleep(wait);
+    };
+    let mut request = OutboundRequest::get(token_uri.clone())
+        .header("content-type", "application/x-www-form-urlencoded");
+    request.method = Method::Post;
+    request.body =
+        form_encode(&[("grant_type", JWT_BEARER), ("assertion", &assertion)]).into_bytes();
+    request.max_response_bytes = 64 * 1024;
+    request.bound_by(deadline.at(), env.clock.now());
+    match env.http.send(&request) {
+        Ok(resp) => match retry::verdict(resp.status) {
+            retry::Verdict::Success => Attempt::Done(minted(env, &resp.body)),
+            retry::Verdict::Retry => Attempt::Failed(Failure::new(format!(
+                "the token endpoint answered {}",
+                resp.status
+            ))),
+            retry::Verdict::Fail => Attempt::Done(Err(refused(resp.status, &resp.body))),
+        },
+        Err(crate::ports::TransportError::Denied(_)) => Attempt::Done(Err(GcsError::Fatal(
+            "the token endpoint is not in allowed_outbound_hosts: set gcp_token_origin to the key's token_uri origin".into(),
+        ))),
+        Err(e) => Attempt::Failed(Failure::new(format!("the token endpoint: {e}"))),
     }
+}
+
+/// The token and its expiry from the endpoint's 200.
+fn minted(env: &Env, body: &[u8]) -> Result<(Secret, f64), GcsError> {
+    let body: TokenResponse = serde_json::from_slice(body).map_err(|_| {
+        GcsError::Transient("the token endpoint answered 200 without an access_token".into())
+    })?;
+    if body.access_token.is_empty() || !body.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(GcsError::Transient(
+            "the token endpoint returned an unusable access_token".into(),
+        ));
+    }
+    let lifetime = body
+        .expires_in
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(3600.0)
+        .min(86400.0);
+    Ok((Secret::new(body.access_token), env.clock.now() + lifetime))
+}
+
+/// The error for a refusal of the key (Google's `error` and `error_description`, bounded).
+fn refused(status: u16, body: &[u8]) -> GcsError {
+    let err: Option<TokenError> = serde_json::from_slice(body).ok();
+    let (code, description) = err
+        .map(|e| {
+            (
+                e.error.unwrap_or_default(),
+                e.error_description.unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    let description: String = description
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    GcsError::Fatal(format!(
+        "gcp_service_account_key was refused by the token endpoint ({status} {code}: {description}); check that the key is current, not deleted, and that the machine's clock is right"
+    ))
 }

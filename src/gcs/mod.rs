@@ -1,15 +1,16 @@
-//! Writing NDJSON objects to Cloud Storage: create-only multipart uploads with retries, and the
-//! object-naming scheme.
+//! Cloud Storage: create-only multipart uploads of NDJSON objects, their names and content
+//! ids, and the listings and reads that leases and pending-object checks need.
 //!
 //! - Uploads: <https://cloud.google.com/storage/docs/uploading-objects#uploading-an-object>
 //!   (`uploadType=multipart`, metadata then bytes).
 //! - `ifGenerationMatch=0` makes the write create-only: a second write of the same name gets
-//!   412. Names are deterministic and carry a digest of the content, so a 412 on a retry (the
-//!   first attempt landed, its reply was lost) is checked against the stored object's hash and
-//!   then counted as done. Nothing is ever overwritten, so the SecOps feed never re-ingests.
-//! - Retries: <https://cloud.google.com/storage/docs/retry-strategy> (408, 429, 5xx, timeouts).
+//!   412. Names are deterministic and carry the content id (a 64-bit hash and the CRC-32C of
+//!   the bytes), so a 412 on a retry (the first attempt landed, its reply was lost) is checked
+//!   against the stored object's `content` metadata and then counted as done. Nothing is ever
+//!   overwritten, so the SecOps feed never re-ingests.
+//! - Retries: <https://cloud.google.com/storage/docs/retry-strategy> (408, 429, 5xx, timeouts),
+//!   through the crate's one retry loop, with a token Cloud Storage refuses renewed once.
 
-pub mod crc32c;
 pub mod credentials;
 pub mod error;
 
@@ -25,7 +26,7 @@ use serde_json::json;
 
 use crate::config::GcsConfig;
 use crate::ports::{Env, Method, OutboundRequest, TransportError};
-use crate::retry;
+use crate::retry::{self, Attempt, Deadline, Failure};
 use crate::time::{compact, Utc};
 use credentials::Credentials;
 pub use error::GcsError;
@@ -33,8 +34,9 @@ pub use error::GcsError;
 /// Written into every object's custom metadata, to tell our objects from anyone else's.
 pub const WRITER: &str = concat!("sentry-logs-collector/", env!("CARGO_PKG_VERSION"));
 
-/// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}{shard}-{windowStart}-{windowEnd}-{seq}-{digest}.ndjson[.gz]`,
-/// dated by the window's end (`shard` is empty, or `.s{i}of{n}`). Deterministic for the same
+/// `PREFIX{stream}/YYYY/MM/DD/HH/{org}-{stream}{shard}-{windowStart}-{windowEnd}-{seq}-{content}.ndjson[.gz]`,
+/// dated by the window's end (`shard` is empty, or `.s{i}of{n}`; `content` the first 16 digits
+/// of the content id). Deterministic for the same
 /// window, shard, sequence number and content, and unique otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn object_name(
@@ -234,12 +236,12 @@ pub struct GcsClient<'e> {
     env: Env<'e>,
     cfg: &'e GcsConfig,
     credentials: RefCell<Credentials>,
-    deadline: f64,
+    deadline: Deadline,
     pub requests: std::cell::Cell<u64>,
 }
 
 impl<'e> GcsClient<'e> {
-    pub fn new(env: Env<'e>, cfg: &'e GcsConfig, deadline: f64) -> Result<Self, GcsError> {
+    pub fn new(env: Env<'e>, cfg: &'e GcsConfig, deadline: Deadline) -> Result<Self, GcsError> {
         Ok(GcsClient {
             env,
             cfg,
@@ -278,48 +280,56 @@ impl<'e> GcsClient<'e> {
         what: &str,
         mut request: OutboundRequest,
     ) -> Result<crate::ports::InboundResponse, GcsError> {
-        let mut attempt = 0;
         let mut renewed = false;
         let auth_at = request.headers.len();
         request
             .headers
             .push(("authorization".into(), String::new()));
-        loop {
-            let token = self
-                .credentials
-                .borrow_mut()
-                .token(&self.env, self.deadline)?;
-            request.headers[auth_at].1 = format!("Bearer {}", token.expose());
-            request.bound_by(self.deadline, self.env.clock.now());
-            self.requests.set(self.requests.get() + 1);
-            let failure = match self.env.http.send(&request) {
-                Ok(resp) if resp.status == 401 && !renewed => {
-                    renewed = true;
-                    self.credentials.borrow_mut().invalidate(&self.env);
-                    continue;
-                }
-                Ok(resp) => match retry::verdict(resp.status) {
-                    retry::Verdict::Retry => {
-                        format!("{what}: Cloud Storage answered {}", resp.status)
+        let jitter = || self.env.clock.now().fract();
+        let policy = retry::Retry {
+            clock: self.env.clock,
+            deadline: self.deadline,
+            min_request_secs: 0.0,
+            jitter: &jitter,
+            on_retry: &|_| {},
+        };
+        policy.run(
+            || {
+                let token = match self
+                    .credentials
+                    .borrow_mut()
+                    .token(&self.env, self.deadline)
+                {
+                    Ok(token) => token,
+                    Err(e) => return Attempt::Done(Err(e)),
+                };
+                request.headers[auth_at].1 = format!("Bearer {}", token.expose());
+                request.bound_by(self.deadline.at(), self.env.clock.now());
+                self.requests.set(self.requests.get() + 1);
+                match self.env.http.send(&request) {
+                    // A token Cloud Storage refuses is renewed, once.
+                    Ok(resp) if resp.status == 401 && !renewed => {
+                        renewed = true;
+                        self.credentials.borrow_mut().invalidate(&self.env);
+                        Attempt::Renewed
                     }
-                    _ => return Ok(resp),
-                },
-                Err(TransportError::Denied(_)) => {
-                    return Err(GcsError::Fatal(format!(
+                    Ok(resp) => match retry::verdict(resp.status) {
+                        retry::Verdict::Retry => Attempt::Failed(Failure::new(format!(
+                            "{what}: Cloud Storage answered {}",
+                            resp.status
+                        ))),
+                        _ => Attempt::Done(Ok(resp)),
+                    },
+                    Err(TransportError::Denied(_)) => Attempt::Done(Err(GcsError::Fatal(format!(
                         "{what}: gcs_endpoint is not in allowed_outbound_hosts"
-                    )))
+                    )))),
+                    Err(e) => Attempt::Failed(Failure::new(format!("{what}: {e}"))),
                 }
-                Err(e) => format!("{what}: {e}"),
-            };
-            attempt += 1;
-            let wait = retry::backoff(attempt - 1, self.env.clock.now().fract());
-            if attempt >= retry::MAX_ATTEMPTS || self.env.clock.now() + wait >= self.deadline {
-                return Err(GcsError::Transient(format!(
-                    "{failure} ({attempt} attempts)"
-                )));
-            }
-            self.env.clock.sleep(wait);
-        }
+            },
+            |failure, attempts, _| {
+                GcsError::Transient(format!("{} ({attempts} attempts)", failure.message))
+            },
+        )
     }
 
     /// A create-only multipart upload of `data` with the object resource `metadata`; the
@@ -522,6 +532,40 @@ fn stored_content(object: &ObjectResource) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The crate computes the checksum Cloud Storage verifies (Castagnoli, reflected), on
+    /// RFC 3720's vectors and against a bit-at-a-time reference at every length.
+    #[test]
+    fn crc32c_is_castagnolis_checksum() {
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c::crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c::crc32c(&[0xFFu8; 32]), 0x62A8_AB43);
+        assert_eq!(crc32c::crc32c(b""), 0);
+        fn bitwise(data: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in data {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 {
+                        (crc >> 1) ^ 0x82F6_3B78
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in 0..data.len() {
+            assert_eq!(
+                crc32c::crc32c(&data[..len]),
+                bitwise(&data[..len]),
+                "length {len}"
+            );
+        }
+    }
 
     #[test]
     fn multipart_body_has_metadata_then_content_and_a_boundary_absent_from_both() {

@@ -11,7 +11,7 @@ use super::ratelimit::Pacer;
 use super::{authorized_get, classify_status, link, SentryError};
 use crate::config::SentryConfig;
 use crate::ports::{Env, InboundResponse, TransportError};
-use crate::retry;
+use crate::retry::{self, Attempt, Failure};
 use crate::streams::{Kind, StreamDef};
 use crate::time::rfc3339;
 use crate::window::Window;
@@ -43,6 +43,24 @@ pub struct RequestStats {
     pub waited_secs: f64,
     /// Time spent parsing page bodies (compute, not waiting).
     pub parse_secs: f64,
+}
+
+/// What Sentry answered a request the client did not fail on: the data, or a 400 with
+/// Sentry's detail, which only the caller can read (a 400 may mean "no multi-project queries").
+#[derive(Debug)]
+pub enum Answer<T> {
+    Data(T),
+    Refused(String),
+}
+
+impl<T> Answer<T> {
+    /// The data, or the refusal's detail made an error by `refused`.
+    pub fn or_refused<E>(self, refused: impl FnOnce(String) -> E) -> Result<T, E> {
+        match self {
+            Answer::Data(t) => Ok(t),
+            Answer::Refused(detail) => Err(refused(detail)),
+        }
+    }
 }
 
 /// One page of a list endpoint: its items and the `next` cursor, if there is a next page.
@@ -118,89 +136,111 @@ impl<'e> SentryClient<'e> {
         Ok(())
     }
 
-    /// GET with pacing and retries. Returns only 2xx responses; `Ok(Err(detail))` hands a
-    /// non-retryable 400's body back so the caller can read Sentry's detail.
+    /// GET with pacing and retries. Returns only 2xx responses as data; a non-retryable 400
+    /// is handed back with its body, so the caller can read Sentry's detail.
     fn get(
         &self,
         call: &Call,
         url: Url,
         max_bytes: usize,
-    ) -> Result<Result<InboundResponse, String>, SentryError> {
+    ) -> Result<Answer<InboundResponse>, SentryError> {
+        let endpoint = call.endpoint;
+        let deadline = retry::Deadline(self.deadline.get());
+        let on_retry = |wait: f64| {
+            let mut stats = self.stats.borrow_mut();
+            stats.retries += 1;
+            stats.waited_secs += wait;
+        };
+        let jitter = || self.jitter();
+        let policy = retry::Retry {
+            clock: self.env.clock,
+            deadline,
+            min_request_secs: MIN_REQUEST_SECS,
+            jitter: &jitter,
+            on_retry: &on_retry,
+        };
+        policy.run(
+            || {
+                if let Err(e) = self.wait_until(self.pacer.borrow().ready_at(endpoint)) {
+                    return Attempt::Done(Err(e));
+                }
+                let failure = self.attempt(call, &url, max_bytes);
+                let not_before = self.pacer.borrow().ready_at(endpoint);
+                match failure {
+                    Attempt::Failed(f) => Attempt::Failed(Failure { not_before, ..f }),
+                    done => done,
+                }
+            },
+            |failure, attempts, why| match why {
+                retry::GaveUp::Attempts => {
+                    SentryError::Transient(format!("{}, {attempts} attempts", failure.message))
+                }
+                // A 429 waits for its reset, which the run's share may not reach: time ran
+                // out. Any other failure the budget leaves no time to retry is reported as
+                // the failure: the operator must see a Sentry that keeps failing.
+                retry::GaveUp::Time if failure.message.contains("(429)") => SentryError::OutOfTime,
+                retry::GaveUp::Time => SentryError::Transient(format!(
+                    "{}; no time left in this run to retry",
+                    failure.message
+                )),
+            },
+        )
+    }
+
+    /// One request of [`SentryClient::get`], its answer classified: 2xx and a 400 with
+    /// Sentry's detail are done, 429s, 5xx, timeouts and Snuba's query timeouts worth another
+    /// attempt, anything else an error naming what to fix.
+    fn attempt(
+        &self,
+        call: &Call,
+        url: &Url,
+        max_bytes: usize,
+    ) -> Attempt<Answer<InboundResponse>, SentryError> {
         let (endpoint, what) = (call.endpoint, call.what.as_str());
-        let mut attempt = 0;
-        loop {
-            self.wait_until(self.pacer.borrow().ready_at(endpoint))?;
-            let mut request = authorized_get(self.cfg, url.clone());
-            request.max_response_bytes = max_bytes;
-            let now = self.env.clock.now();
-            request.bound_by(self.deadline.get(), now);
-            let left_at_start = self.deadline.get() - now;
-            self.stats.borrow_mut().requests += 1;
-            let transient = match self.env.http.send(&request) {
-                Err(TransportError::Denied(m)) => {
-                    return Err(super::from_transport(what, TransportError::Denied(m)))
-                }
-                Err(TransportError::BodyTooLarge(n)) => {
-                    return Err(SentryError::Malformed(format!(
-                        "{what}: the response is larger than {n} bytes"
-                    )))
-                }
-                // Cut off by the run's own deadline (its share for this stream), having
-                // started with only a few seconds left: time ran out, Sentry did not fail.
-                Err(TransportError::Timeout(_))
-                    if cut_by_deadline(
-                        left_at_start,
-                        self.env.clock.now(),
-                        self.deadline.get(),
-                    ) =>
-                {
-                    return Err(SentryError::OutOfTime)
-                }
-                Err(e) => format!("{what}: {e}"),
-                Ok(resp) => {
-                    let now = self.env.clock.now();
-                    self.pacer
-                        .borrow_mut()
-                        .observe(endpoint, &resp, now, self.jitter());
-                    match resp.status {
-                        200..=299 => return Ok(Ok(resp)),
-                        429 => {
-                            let mut stats = self.stats.borrow_mut();
-                            stats.rate_limited += 1;
-                            format!("{what}: rate limited (429)")
-                        }
-                        400 => {
-                            let detail = String::from_utf8_lossy(&resp.body);
-                            if detail.contains(QUERY_TIMEOUT) {
-                                format!("{what}: Sentry's query timed out")
-                            } else {
-                                return Ok(Err(detail.chars().take(300).collect()));
-                            }
-                        }
-                        s if s >= 500 => format!("{what}: Sentry answered {s}"),
-                        _ => return Err(classify_status(what, call.permission, &resp)),
-                    }
-                }
-            };
-            attempt += 1;
-            if attempt >= retry::MAX_ATTEMPTS {
-                return Err(SentryError::Transient(format!(
-                    "{transient}, {attempt} attempts"
-                )));
+        let mut request = authorized_get(self.cfg, url.clone());
+        request.max_response_bytes = max_bytes;
+        let now = self.env.clock.now();
+        request.bound_by(self.deadline.get(), now);
+        let left_at_start = self.deadline.get() - now;
+        self.stats.borrow_mut().requests += 1;
+        let failed = |message: String| Attempt::Failed(Failure::new(message));
+        match self.env.http.send(&request) {
+            Err(TransportError::Denied(m)) => {
+                Attempt::Done(Err(super::from_transport(what, TransportError::Denied(m))))
             }
-            self.stats.borrow_mut().retries += 1;
-            // A 429 already set the endpoint's wait; others back off. A failure that the
-            // budget leaves no time to retry is reported as the failure, not as time running
-            // out: the operator must see a Sentry that keeps failing.
-            let backoff_until = self.env.clock.now() + retry::backoff(attempt - 1, self.jitter());
-            let until = backoff_until.max(self.pacer.borrow().ready_at(endpoint));
-            match self.wait_until(until) {
-                Err(SentryError::OutOfTime) if !transient.contains("(429)") => {
-                    return Err(SentryError::Transient(format!(
-                        "{transient}; no time left in this run to retry"
-                    )));
+            Err(TransportError::BodyTooLarge(n)) => Attempt::Done(Err(SentryError::Malformed(
+                format!("{what}: the response is larger than {n} bytes"),
+            ))),
+            // Cut off by the run's own deadline (its share for this stream), having started
+            // with only a few seconds left: time ran out, Sentry did not fail.
+            Err(TransportError::Timeout(_))
+                if cut_by_deadline(left_at_start, self.env.clock.now(), self.deadline.get()) =>
+            {
+                Attempt::Done(Err(SentryError::OutOfTime))
+            }
+            Err(e) => failed(format!("{what}: {e}")),
+            Ok(resp) => {
+                let now = self.env.clock.now();
+                self.pacer
+                    .borrow_mut()
+                    .observe(endpoint, &resp, now, self.jitter());
+                match resp.status {
+                    200..=299 => Attempt::Done(Ok(Answer::Data(resp))),
+                    429 => {
+                        self.stats.borrow_mut().rate_limited += 1;
+                        failed(format!("{what}: rate limited (429)"))
+                    }
+                    400 => {
+                        let detail = String::from_utf8_lossy(&resp.body);
+                        if detail.contains(QUERY_TIMEOUT) {
+                            failed(format!("{what}: Sentry's query timed out"))
+                        } else {
+                            Attempt::Done(Ok(Answer::Refused(detail.chars().take(300).collect())))
+                        }
+                    }
+                    s if s >= 500 => failed(format!("{what}: Sentry answered {s}")),
+                    _ => Attempt::Done(Err(classify_status(what, call.permission, &resp))),
                 }
-                other => other?,
             }
         }
     }
@@ -212,13 +252,13 @@ impl<'e> SentryClient<'e> {
     }
 
     /// GETs every page of a list endpoint, following `next` cursors, handing each body to
-    /// `on_page`. `Ok(Err(detail))` is a 400 with Sentry's detail.
+    /// `on_page`; [`Answer::Refused`] is a 400 with Sentry's detail.
     fn for_each_page(
         &self,
         call: &Call,
         base: &Url,
         mut on_page: impl FnMut(&[u8]) -> Result<(), SentryError>,
-    ) -> Result<Result<(), String>, SentryError> {
+    ) -> Result<Answer<()>, SentryError> {
         let mut cursor: Option<String> = None;
         loop {
             let mut url = base.clone();
@@ -226,13 +266,13 @@ impl<'e> SentryClient<'e> {
                 url.query_pairs_mut().append_pair("cursor", c);
             }
             let (body, next) = match self.get_with_link(call, url, MAX_SMALL_BODY)? {
-                Ok(page) => page,
-                Err(detail) => return Ok(Err(detail)),
+                Answer::Data(page) => page,
+                Answer::Refused(detail) => return Ok(Answer::Refused(detail)),
             };
             on_page(&body)?;
             match next {
                 Some(c) => cursor = Some(c),
-                None => return Ok(Ok(())),
+                None => return Ok(Answer::Data(())),
             }
         }
     }
@@ -285,12 +325,12 @@ impl<'e> SentryClient<'e> {
             Ok(())
         })?;
         match pages {
-            Ok(()) => {
+            Answer::Data(()) => {
                 projects.sort_by_key(|p| p.id);
                 Ok(Some(projects))
             }
-            Err(detail) if is_no_global_views(&detail) => Ok(None),
-            Err(detail) => Err(SentryError::Fatal(format!(
+            Answer::Refused(detail) if is_no_global_views(&detail) => Ok(None),
+            Answer::Refused(detail) => Err(SentryError::Fatal(format!(
                 "{what}: Sentry refused the query (400): {detail}"
             ))),
         }
@@ -334,11 +374,11 @@ impl<'e> SentryClient<'e> {
             Window { start, end },
             "timestamp",
         );
-        let (body, next) = self
-            .get_with_link(&call, url, MAX_SMALL_BODY)?
-            .map_err(|detail| {
-                SentryError::Fatal(format!("{what}: Sentry refused the query (400): {detail}"))
-            })?;
+        let (body, next) =
+            self.get_with_link(&call, url, MAX_SMALL_BODY)?
+                .or_refused(|detail| {
+                    SentryError::Fatal(format!("{what}: Sentry refused the query (400): {detail}"))
+                })?;
         let body: Body = serde_json::from_slice(&body).map_err(|_| {
             SentryError::Malformed(format!(
                 "{what}: the body is not Discover's {{\"data\": [...]}}"
@@ -454,10 +494,10 @@ impl<'e> SentryClient<'e> {
         })?;
         match pages {
             // An estimate cannot say that nothing arrived late: as if there were no count.
-            Ok(()) if sampled => Ok(None),
-            Ok(()) => Ok(Some(total.unwrap_or(0))),
-            Err(detail) if is_no_global_views(&detail) => Ok(None),
-            Err(detail) => Err(SentryError::Fatal(format!(
+            Answer::Data(()) if sampled => Ok(None),
+            Answer::Data(()) => Ok(Some(total.unwrap_or(0))),
+            Answer::Refused(detail) if is_no_global_views(&detail) => Ok(None),
+            Answer::Refused(detail) => Err(SentryError::Fatal(format!(
                 "{what}: Sentry refused the query (400): {detail}"
             ))),
         }
@@ -486,7 +526,7 @@ impl<'e> SentryClient<'e> {
             }
             Ok(())
         })?
-        .map_err(|detail| {
+        .or_refused(|detail| {
             SentryError::Fatal(format!(
                 "{what}: Sentry refused the request (400): {detail}"
             ))
@@ -497,7 +537,7 @@ impl<'e> SentryClient<'e> {
     }
 
     /// One page of a stream: the request for `unit` (a project id, or [`ORG_WIDE`]) over
-    /// `[start, end)`, continuing at `cursor`. `Ok(Err(detail))` is a 400 with Sentry's
+    /// `[start, end)`, continuing at `cursor`. [`Answer::Refused`] is a 400 with Sentry's
     /// detail (the caller decides whether it means "no multi-project queries").
     pub fn stream_page(
         &self,
@@ -505,7 +545,7 @@ impl<'e> SentryClient<'e> {
         unit: u64,
         range: Window,
         cursor: Option<&str>,
-    ) -> Result<Result<Page, String>, SentryError> {
+    ) -> Result<Answer<Page>, SentryError> {
         let (call, mut url) = match def.kind {
             Kind::Events => {
                 let mut url = self.region.clone();
@@ -591,33 +631,35 @@ impl<'e> SentryClient<'e> {
             url.query_pairs_mut().append_pair("cursor", c);
         }
         let (body, next) = match self.get_with_link(&call, url, MAX_PAGE_BYTES)? {
-            Ok(page) => page,
-            Err(detail) => return Ok(Err(detail)),
+            Answer::Data(page) => page,
+            Answer::Refused(detail) => return Ok(Answer::Refused(detail)),
         };
         let started = self.env.clock.now();
         let parsed = parse_page(body, &def.shape);
         self.stats.borrow_mut().parse_secs += (self.env.clock.now() - started).max(0.0);
         let parsed = parsed.map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
-        Ok(Ok(Page { parsed, next }))
+        Ok(Answer::Data(Page { parsed, next }))
     }
 
     /// A 2xx body and the `next` cursor from its Link header.
-    #[allow(clippy::type_complexity)]
     fn get_with_link(
         &self,
         call: &Call,
         url: Url,
         max_bytes: usize,
-    ) -> Result<Result<(Vec<u8>, Option<String>), String>, SentryError> {
+    ) -> Result<Answer<LinkedBody>, SentryError> {
         let resp = match self.get(call, url, max_bytes)? {
-            Ok(resp) => resp,
-            Err(detail) => return Ok(Err(detail)),
+            Answer::Data(resp) => resp,
+            Answer::Refused(detail) => return Ok(Answer::Refused(detail)),
         };
         let next = link::next_cursor(resp.header("link"))
             .map_err(|e| SentryError::Malformed(format!("{}: {e}", call.what)))?;
-        Ok(Ok((resp.body, next)))
+        Ok(Answer::Data((resp.body, next)))
     }
 }
+
+/// A 2xx body and the `next` cursor of its Link header.
+type LinkedBody = (Vec<u8>, Option<String>);
 
 /// The unit of an org-wide read (`project=-1`); Sentry project ids start at 1.
 pub const ORG_WIDE: u64 = 0;
