@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use sentry_logs_collector::collect::absorb;
+use sentry_logs_collector::collect::read::absorb;
 use sentry_logs_collector::delivered::SeenSet;
 use sentry_logs_collector::sentry::pages::parse_page;
 use sentry_logs_collector::streams;

@@ -51,21 +51,16 @@ impl Deadline {
     pub fn at(self) -> f64 {
         self.0
     }
-
-    /// Seconds left at `now` (negative once passed).
-    pub fn left(self, now: f64) -> f64 {
-        self.0 - now
-    }
 }
 
 /// What one attempt came to, as the service's classifier reads its answer.
 pub enum Attempt<T, E> {
     /// Finished: the answer, or a failure another attempt cannot help.
     Done(Result<T, E>),
-    /// Failed in a way another attempt may not: why, for the report.
+    /// Failed in a way another attempt may help: why, for the report.
     Failed(Failure),
-    /// Try again at once without counting an attempt (a credential was just renewed; the
-    /// classifier allows this once).
+    /// Try again at once without counting an attempt (a credential was just renewed). Once
+    /// per run of the loop: a second renewal counts as a failed attempt.
     Renewed,
 }
 
@@ -118,10 +113,15 @@ impl Retry<'_> {
         give_up: impl FnOnce(Failure, u32, GaveUp) -> E,
     ) -> Result<T, E> {
         let mut attempts = 0;
+        let mut renewed = false;
         loop {
             let failure = match attempt() {
                 Attempt::Done(result) => return result,
-                Attempt::Renewed => continue,
+                Attempt::Renewed if !renewed => {
+                    renewed = true;
+                    continue;
+                }
+                Attempt::Renewed => Failure::new("the credential was refused again".into()),
                 Attempt::Failed(failure) => failure,
             };
             attempts += 1;
@@ -226,7 +226,7 @@ mod tests {
         let out = retry(&clock, 10_000.0, &none)
             .run(fail, |f, n, why| format!("{} {n} {why:?}", f.message));
         assert_eq!(out, Err(format!("503 {MAX_ATTEMPTS} Attempts")));
-        // 1 + 2 + 4 s of backoff, then 8 s would leave less than a second before 10 s.
+        // 1 + 2 + 4 s of backoff, then 8 s would leave less than a second before 15 s.
         let clock = Stopped(std::cell::Cell::new(0.0));
         let out =
             retry(&clock, 15.0, &none).run(fail, |f, n, why| format!("{} {n} {why:?}", f.message));

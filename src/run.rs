@@ -398,9 +398,15 @@ fn migrate_held(
         let store = CheckpointStore::new(env.kv, &name);
         let state = store.load().map_err(RunError::State)?;
         let mut summary = StreamSummary::default();
-        let (cp, seen) =
-            collect::settle_pending(&store, gcs, lease_of(shard)?, *env, state, &mut summary)
-                .map_err(|stop| RunError::State(collect::stop_message(stop)))?;
+        let (cp, seen) = collect::commit::settle_pending(
+            &store,
+            gcs,
+            lease_of(shard)?,
+            *env,
+            state,
+            &mut summary,
+        )
+        .map_err(|stop| RunError::State(collect::commit::stop_message(stop)))?;
         loaded.push((*shard, cp, seen));
     }
     // Before every KV write: every lease involved still has time left.
@@ -413,7 +419,7 @@ fn migrate_held(
     };
     let overlap = config.timing.overlap.as_secs() as i64;
     // Ids kept under no project (quarantined items) go to every new shard.
-    let unowned = |p: u64| p == collect::QUARANTINED || p == ORG_WIDE;
+    let unowned = |p: u64| p == collect::collector::QUARANTINED || p == ORG_WIDE;
     let mut report = Vec::new();
     for to in new {
         let name = layout::state_name(to);

@@ -67,7 +67,7 @@ fn sources() -> Vec<(String, PathBuf)> {
 }
 
 /// The code of a file without its comments, string and char literals (blanked), and without
-/// its unit tests (`#[cfg(test)] mod tests`, which may use anything).
+/// the items only tests build (`#[cfg(test)]`, which may use anything).
 fn code(text: &str) -> String {
     let b = text.as_bytes();
     let mut out = String::with_capacity(b.len());
@@ -103,10 +103,28 @@ fn code(text: &str) -> String {
             i += 1;
         }
     }
-    match out.find("#[cfg(test)]\nmod tests") {
-        Some(at) => out[..at].to_string(),
-        None => out,
+    // Items only tests build (`#[cfg(test)]`: unit tests, test doubles) may use anything.
+    while let Some(at) = out.find("#[cfg(test)]") {
+        let rest = &out[at..];
+        let end = match (rest.find('{'), rest.find(';')) {
+            (Some(open), semi) if semi.is_none_or(|s| open < s) => {
+                let mut depth = 0;
+                let close = rest[open..].char_indices().find_map(|(k, c)| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    (depth == 0).then_some(open + k + 1)
+                });
+                close.unwrap_or(rest.len())
+            }
+            (_, Some(semi)) => semi + 1,
+            _ => rest.len(),
+        };
+        out.replace_range(at..at + end, "");
     }
+    out
 }
 
 /// The paths under `crate::` (or a module's `super::`, or a package's child) a file's code
@@ -188,6 +206,56 @@ fn module_of(path: &[String], known: &BTreeMap<String, u32>) -> Option<String> {
         .find(|m| known.contains_key(m))
 }
 
+/// The modules a file's code (see [`code`]) uses: `name` is its module, `package` whether
+/// it is a package's `mod.rs`.
+fn uses(name: &str, package: bool, code: &str, known: &BTreeMap<String, u32>) -> BTreeSet<String> {
+    let parent: Vec<String> = name.split("::").map(String::from).collect();
+    let mut used = BTreeSet::new();
+    for p in paths_after(code, "crate::") {
+        // A path naming no module names an item of the crate root (`lib`).
+        used.insert(module_of(&p, known).unwrap_or_else(|| "lib".to_string()));
+    }
+    // `super::` is the parent module (of a package's `mod.rs` too: the package's
+    // parent), once per `super`; `self::` the module itself.
+    let mut base = parent[..parent.len() - 1].to_vec();
+    if name == "lib" {
+        base.clear();
+    }
+    for p in paths_after(code, "super::") {
+        let ups = p.iter().take_while(|s| *s == "super").count();
+        let keep = base.len().saturating_sub(ups);
+        let full: Vec<String> = base[..keep]
+            .iter()
+            .cloned()
+            .chain(p[ups..].to_vec())
+            .collect();
+        used.insert(module_of(&full, known).unwrap_or_else(|| "lib".to_string()));
+    }
+    let own: &[String] = if name == "lib" { &[] } else { &parent };
+    for p in paths_after(code, "self::") {
+        let full: Vec<String> = own.iter().cloned().chain(p).collect();
+        used.extend(module_of(&full, known));
+    }
+    // A package's `mod.rs` names its children bare (`credentials::Credentials`).
+    if package {
+        for child in known
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{name}::")))
+        {
+            for p in paths_after(code, &format!("{child}::")) {
+                let full: Vec<String> = parent
+                    .iter()
+                    .cloned()
+                    .chain([child.to_string()])
+                    .chain(p)
+                    .collect();
+                used.extend(module_of(&full, known));
+            }
+        }
+    }
+    used
+}
+
 #[test]
 fn every_import_points_down_the_layers_of_the_architecture_document() {
     let known = layers();
@@ -207,39 +275,8 @@ fn every_import_points_down_the_layers_of_the_architecture_document() {
             path.display()
         );
         let code = code(&text);
-        let parent: Vec<String> = name.split("::").map(String::from).collect();
         let package = path.ends_with("mod.rs");
-        let mut used = BTreeSet::new();
-        for p in paths_after(&code, "crate::") {
-            used.extend(module_of(&p, &known));
-        }
-        // `super::` from a child names its package; a package's `mod.rs` names its children
-        // bare (`credentials::Credentials`).
-        let base = if package {
-            parent.clone()
-        } else {
-            parent[..parent.len() - 1].to_vec()
-        };
-        for p in paths_after(&code, "super::") {
-            let full: Vec<String> = base.iter().cloned().chain(p).collect();
-            used.extend(module_of(&full, &known));
-        }
-        if package {
-            for child in known
-                .keys()
-                .filter_map(|k| k.strip_prefix(&format!("{name}::")))
-            {
-                for p in paths_after(&code, &format!("{child}::")) {
-                    let full: Vec<String> = parent
-                        .iter()
-                        .cloned()
-                        .chain([child.to_string()])
-                        .chain(p)
-                        .collect();
-                    used.extend(module_of(&full, &known));
-                }
-            }
-        }
+        let mut used = uses(name, package, &code, &known);
         used.remove(name);
         for u in used {
             if known[&u] >= known[name] {
@@ -272,4 +309,64 @@ fn the_import_reader_sees_what_it_must() {
         .collect();
     let expected: BTreeSet<String> = ["a", "p", "p::c"].iter().map(|s| s.to_string()).collect();
     assert_eq!(found, expected);
+    // `super::` from a package's `mod.rs` is the package's parent; `super::super`, `self::`
+    // and items of the crate root are resolved too.
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(uses("p", true, "use super::a::X;", &known), set(&["a"]));
+    assert_eq!(
+        uses("p::c", false, "use super::super::b::X;", &known),
+        set(&["b"])
+    );
+    assert_eq!(
+        uses("p", true, "pub use self::c::Y;", &known),
+        set(&["p::c"])
+    );
+    assert_eq!(uses("a", false, "crate::helper();", &known), set(&["lib"]));
+}
+
+/// Every function of the pipeline (`src/collect/`) reads in one sitting: at most this many
+/// lines, its doc comment not counted.
+const MAX_PIPELINE_FN_LINES: usize = 80;
+
+#[test]
+fn no_function_of_the_pipeline_is_longer_than_a_screen() {
+    let mut long = Vec::new();
+    for (name, path) in sources() {
+        if name != "collect" && !name.starts_with("collect::") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = code(&text);
+        let lines: Vec<&str> = code.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            let indent = line.len() - line.trim_start().len();
+            let head = line.trim_start();
+            let is_fn = ["fn ", "pub fn ", "pub(super) fn ", "pub(crate) fn "]
+                .iter()
+                .any(|p| head.starts_with(p));
+            if !is_fn || head.ends_with(';') {
+                i += 1;
+                continue;
+            }
+            let close = format!("{}}}", " ".repeat(indent));
+            let end = (i..lines.len())
+                .find(|&j| lines[j] == close)
+                .unwrap_or(lines.len() - 1);
+            if end + 1 - i > MAX_PIPELINE_FN_LINES {
+                long.push(format!("{}: {} ({} lines)", name, head, end + 1 - i));
+            }
+            i = end + 1;
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_PIPELINE_FN_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }

@@ -175,14 +175,21 @@ impl<'e> SentryClient<'e> {
                 retry::GaveUp::Attempts => {
                     SentryError::Transient(format!("{}, {attempts} attempts", failure.message))
                 }
-                // A 429 waits for its reset, which the run's share may not reach: time ran
-                // out. Any other failure the budget leaves no time to retry is reported as
-                // the failure: the operator must see a Sentry that keeps failing.
-                retry::GaveUp::Time if failure.message.contains("(429)") => SentryError::OutOfTime,
-                retry::GaveUp::Time => SentryError::Transient(format!(
-                    "{}; no time left in this run to retry",
-                    failure.message
-                )),
+                // A retry the budget leaves no time for still counts as one. A 429 waits for
+                // its reset, which the run's share may not reach: time ran out. Any other
+                // failure is reported as the failure: the operator must see a Sentry that
+                // keeps failing.
+                retry::GaveUp::Time => {
+                    self.stats.borrow_mut().retries += 1;
+                    if failure.message.contains("(429)") {
+                        SentryError::OutOfTime
+                    } else {
+                        SentryError::Transient(format!(
+                            "{}; no time left in this run to retry",
+                            failure.message
+                        ))
+                    }
+                }
             },
         )
     }
