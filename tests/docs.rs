@@ -37,32 +37,28 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
-/// The anchors of a document's headings (outside code blocks).
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// A document's lines outside code blocks (fenced with three backticks or tildes).
+fn prose(text: &str) -> impl Iterator<Item = &str> {
     let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.insert(slug(line.trim_start_matches('#')));
-        }
-    }
-    out
+    text.lines().filter(move |line| {
+        let fence = line.trim_start().starts_with("```") || line.trim_start().starts_with("~~~");
+        fenced ^= fence;
+        !fence && !fenced
+    })
 }
 
-/// The targets of a document's inline links `[text](target)`, outside code blocks and spans.
+/// The anchors of a document's headings.
+fn anchors(text: &str) -> BTreeSet<String> {
+    prose(text)
+        .filter(|line| line.starts_with('#'))
+        .map(|line| slug(line.trim_start_matches('#')))
+        .collect()
+}
+
+/// The targets of a document's inline links `[text](target)`, outside code spans.
 fn links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose(text) {
         // Code spans may hold `](` that is not a link.
         let plain: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
         let mut rest = plain.as_str();
