@@ -29,6 +29,12 @@ fn word(w: &[u8]) -> u64 {
     u64::from_le_bytes(w.try_into().expect("8 bytes"))
 }
 
+/// The high bit of each byte of `v` that is zero (the lowest flag is exact; borrows only
+/// reach higher bytes, so a flag above it may be false).
+fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(splat(1)) & !v & splat(0x80)
+}
+
 /// Whether every byte is ASCII (most pages are: the full UTF-8 check runs only on the others).
 pub fn is_ascii(b: &[u8]) -> bool {
     let mut words = b.chunks_exact(8);
@@ -48,11 +54,8 @@ pub fn plain_run(b: &[u8]) -> Option<usize> {
     let mut words = b.chunks_exact(8);
     for w in &mut words {
         let x = word(w);
-        let zero_in = |v: u64| v.wrapping_sub(splat(1)) & !v;
-        let quote = zero_in(x ^ splat(b'"'));
-        let escape = zero_in(x ^ splat(b'\\'));
-        let control = x.wrapping_sub(splat(0x20)) & !x;
-        let stops = (quote | escape | control) & splat(0x80);
+        let control = x.wrapping_sub(splat(0x20)) & !x & splat(0x80);
+        let stops = zero_bytes(x ^ splat(b'"')) | zero_bytes(x ^ splat(b'\\')) | control;
         if stops != 0 {
             return Some(at + stops.trailing_zeros() as usize / 8);
         }
@@ -69,13 +72,12 @@ pub fn plain_run(b: &[u8]) -> Option<usize> {
 /// `usize` at a time).
 pub fn contains_byte(b: &[u8], byte: u8) -> bool {
     let needle = splat(byte);
-    let zero_in = |v: u64| v.wrapping_sub(splat(1)) & !v & splat(0x80);
     let mut blocks = b.chunks_exact(32);
     for block in &mut blocks {
-        let hit = zero_in(word(&block[..8]) ^ needle)
-            | zero_in(word(&block[8..16]) ^ needle)
-            | zero_in(word(&block[16..24]) ^ needle)
-            | zero_in(word(&block[24..]) ^ needle);
+        let hit = zero_bytes(word(&block[..8]) ^ needle)
+            | zero_bytes(word(&block[8..16]) ^ needle)
+            | zero_bytes(word(&block[16..24]) ^ needle)
+            | zero_bytes(word(&block[24..]) ^ needle);
         if hit != 0 {
             return true;
         }

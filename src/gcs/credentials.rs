@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::GcsError;
+use super::error::{with_retries, GcsError};
 use crate::config::GcsAuth;
 use crate::jwt::RsaSigner;
 use crate::ports::{Env, Method, OutboundRequest};
@@ -214,20 +214,9 @@ fn exchange(
     token_uri: &url::Url,
     deadline: Deadline,
 ) -> Result<(Secret, f64), GcsError> {
-    let jitter = || env.clock.now().fract();
-    let policy = retry::Retry {
-        clock: env.clock,
-        deadline,
-        min_request_secs: 0.0,
-        jitter: &jitter,
-        on_retry: &|_| {},
-    };
-    policy.run(
-        || exchange_once(env, signer, email, token_uri, deadline),
-        |failure, attempts, _| {
-            GcsError::Transient(format!("{} ({attempts} attempts)", failure.message))
-        },
-    )
+    with_retries(env.clock, deadline, || {
+        exchange_once(env, signer, email, token_uri, deadline)
+    })
 }
 
 /// One attempt of [`exchange`], its answer classified.

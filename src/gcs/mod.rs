@@ -285,51 +285,38 @@ impl<'e> GcsClient<'e> {
         request
             .headers
             .push(("authorization".into(), String::new()));
-        let jitter = || self.env.clock.now().fract();
-        let policy = retry::Retry {
-            clock: self.env.clock,
-            deadline: self.deadline,
-            min_request_secs: 0.0,
-            jitter: &jitter,
-            on_retry: &|_| {},
-        };
-        policy.run(
-            || {
-                let token = match self
-                    .credentials
-                    .borrow_mut()
-                    .token(&self.env, self.deadline)
-                {
-                    Ok(token) => token,
-                    Err(e) => return Attempt::Done(Err(e)),
-                };
-                request.headers[auth_at].1 = format!("Bearer {}", token.expose());
-                request.bound_by(self.deadline.at(), self.env.clock.now());
-                self.requests.set(self.requests.get() + 1);
-                match self.env.http.send(&request) {
-                    // A token Cloud Storage refuses is renewed, once.
-                    Ok(resp) if resp.status == 401 && !renewed => {
-                        renewed = true;
-                        self.credentials.borrow_mut().invalidate(&self.env);
-                        Attempt::Renewed
-                    }
-                    Ok(resp) => match retry::verdict(resp.status) {
-                        retry::Verdict::Retry => Attempt::Failed(Failure::new(format!(
-                            "{what}: Cloud Storage answered {}",
-                            resp.status
-                        ))),
-                        _ => Attempt::Done(Ok(resp)),
-                    },
-                    Err(TransportError::Denied(_)) => Attempt::Done(Err(GcsError::Fatal(format!(
-                        "{what}: gcs_endpoint is not in allowed_outbound_hosts"
-                    )))),
-                    Err(e) => Attempt::Failed(Failure::new(format!("{what}: {e}"))),
+        error::with_retries(self.env.clock, self.deadline, || {
+            let token = match self
+                .credentials
+                .borrow_mut()
+                .token(&self.env, self.deadline)
+            {
+                Ok(token) => token,
+                Err(e) => return Attempt::Done(Err(e)),
+            };
+            request.headers[auth_at].1 = format!("Bearer {}", token.expose());
+            request.bound_by(self.deadline.at(), self.env.clock.now());
+            self.requests.set(self.requests.get() + 1);
+            match self.env.http.send(&request) {
+                // A token Cloud Storage refuses is renewed, once.
+                Ok(resp) if resp.status == 401 && !renewed => {
+                    renewed = true;
+                    self.credentials.borrow_mut().invalidate(&self.env);
+                    Attempt::Renewed
                 }
-            },
-            |failure, attempts, _| {
-                GcsError::Transient(format!("{} ({attempts} attempts)", failure.message))
-            },
-        )
+                Ok(resp) => match retry::verdict(resp.status) {
+                    retry::Verdict::Retry => Attempt::Failed(Failure::new(format!(
+                        "{what}: Cloud Storage answered {}",
+                        resp.status
+                    ))),
+                    _ => Attempt::Done(Ok(resp)),
+                },
+                Err(TransportError::Denied(_)) => Attempt::Done(Err(GcsError::Fatal(format!(
+                    "{what}: gcs_endpoint is not in allowed_outbound_hosts"
+                )))),
+                Err(e) => Attempt::Failed(Failure::new(format!("{what}: {e}"))),
+            }
+        })
     }
 
     /// A create-only multipart upload of `data` with the object resource `metadata`; the
