@@ -41,6 +41,30 @@ pub fn fake_gcs_binary() -> Result<PathBuf> {
     bail!("fake-gcs-server is not installed: run scripts/setup.sh")
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux: the socket's
+/// inode in /proc/net/tcp among the process's descriptors). A port chosen before the emulator
+/// binds it can be taken by another test's emulator, and then requests this test believes
+/// are its own land in a bucket that vanishes with the other test. Elsewhere: assumed.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want)
+        })
+    })
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -110,13 +134,19 @@ impl FakeGcs {
             if gcs.child.try_wait()?.is_some() {
                 bail!("fake-gcs-server exited (port {port} taken?)");
             }
-            if let Ok((200, body)) = gcs.call("GET", "/storage/v1/b", None).await {
-                let listing: Value = serde_json::from_str(&body).unwrap_or_default();
+            // Asked once per try: refused connections are expected until the emulator binds.
+            let ready =
+                crate::testing::http_request(gcs.addr(), "GET", "/storage/v1/b", &[], b"").await;
+            if let Some(resp) = ready.ok().filter(|r| r.status == 200) {
+                let listing: Value = serde_json::from_slice(&resp.body).unwrap_or_default();
                 if listing["items"]
                     .as_array()
                     .is_some_and(|items| !items.is_empty())
                 {
                     bail!("port {port} answers with another emulator's buckets");
+                }
+                if !listens_on(gcs.child.id(), port) {
+                    bail!("port {port} answers, but not from the emulator this test started");
                 }
                 break;
             }

@@ -12,7 +12,9 @@
 //! in one second, whose ties the simulator orders differently on every query; projects
 //! deleted in the middle of a run; items Sentry serves without an id.
 //!
-//! `CHAOS_SEQUENCES` (default 200) sets how many sequences run; `CHAOS_SEED` the first seed.
+//! `CHAOS_SEQUENCES` (default 200) sets how many sequences run; `CHAOS_SEED` the first seed;
+//! `CHAOS_SAME_SEED=1` makes every sequence replay that seed, ten at a time, each a minute of
+//! wall clock later than the one before (a failure that depends on load or on the time of day).
 //! `CHAOS_SCALE=1000000` runs them at that many events and as many spans an hour (with a
 //! 1 h overlap and lookback, two sequences at a time): the benchmark's scale, with faults.
 
@@ -156,7 +158,7 @@ fn remember(summary: &serde_json::Value, label: &str, history: &mut Vec<String>)
     }
 }
 
-async fn sequence(seed: u64) -> Tally {
+async fn sequence(seed: u64, shift: i64) -> Tally {
     let mut history: Vec<String> = Vec::new();
     let mut t = Tally {
         sequences: 1,
@@ -169,6 +171,7 @@ async fn sequence(seed: u64) -> Tally {
         ..SimOptions::default()
     })
     .await;
+    rig.clock.advance(shift);
     add_projects(&rig.sim, 6);
     // Every twentieth sequence keeps its state in Redis behind a jittery link.
     let jittery = seed.is_multiple_of(20);
@@ -204,6 +207,7 @@ async fn sequence(seed: u64) -> Tally {
     let mut first_start: BTreeMap<&str, i64> = BTreeMap::new();
     let steps = 4 + rng.below(3);
     for _ in 0..steps {
+        let faults_before = t.faults.clone();
         let mut faults = KvFaults {
             key_prefix: "v1/".into(),
             ..KvFaults::default()
@@ -214,6 +218,8 @@ async fn sequence(seed: u64) -> Tally {
         } else {
             "20s"
         };
+        let tight = format!("{}s", 6 + (shift / 60) % 14);
+        let budget = if std::env::var("CHAOS_TIGHT").is_ok() { tight.as_str() } else { budget };
         rig.set("time_budget", budget);
         if rng.chance(0.2) {
             let status = [500, 502, 503][rng.below(3) as usize];
@@ -359,6 +365,12 @@ async fn sequence(seed: u64) -> Tally {
             }
         };
         *t.outcomes.entry(outcome).or_default() += 1;
+        let injected: Vec<&str> = t
+            .faults
+            .iter()
+            .filter(|(k, v)| faults_before.get(*k) != Some(*v))
+            .map(|(k, _)| *k)
+            .collect();
         for summary in inv
             .stdout
             .lines()
@@ -367,13 +379,13 @@ async fn sequence(seed: u64) -> Tally {
             note_starts(&summary, &mut first_start);
             remember(
                 &summary,
-                &format!("run {} ({outcome})", t.runs),
+                &format!("run {} ({outcome}, {injected:?})", t.runs),
                 &mut history,
             );
         }
         if std::env::var("CHAOS_VERBOSE").is_ok() {
             eprintln!(
-                "seed {seed} run {}: {outcome} faults {faults:?}\n{:?}\n{}\n{}",
+                "seed {seed} run {}: {outcome} injected {injected:?} kv {faults:?}\n{:?}\n{}\n{}",
                 t.runs, inv.outcome, inv.stdout, inv.stderr
             );
         }
@@ -455,8 +467,10 @@ async fn sequence(seed: u64) -> Tally {
             *counts.entry(id).or_default() += 1;
         }
         let lost = truth.iter().filter(|id| !counts.contains_key(*id)).count() as u64;
+        // What was lost (time, project) and how the stream's windows went: part of the
+        // failure's message, the one thing CI is sure to show.
+        let mut report = String::new();
         if lost > 0 {
-            // What was lost (time, project) and how the stream's windows went, for the report.
             let missing: BTreeSet<&String> = truth
                 .iter()
                 .filter(|id| !counts.contains_key(*id))
@@ -479,8 +493,8 @@ async fn sequence(seed: u64) -> Tally {
                     .collect(),
             };
             where_.sort();
-            eprintln!(
-                "seed {seed}: {stream}: lost (time, project) {where_:?} of [{start}, {end}); runs:\n{}",
+            report = format!(
+                "\nlost (time, project) {where_:?} of [{start}, {end}); runs:\n{}",
                 history
                     .iter()
                     .filter(|h| h.contains(&format!(" {stream}:")))
@@ -498,7 +512,7 @@ async fn sequence(seed: u64) -> Tally {
             .keys()
             .filter(|id| !truth.contains(*id) && !gone.contains(*id) && !poisoned.contains(*id))
             .count();
-        assert_eq!(lost, 0, "seed {seed}: {stream}: {lost} lost: {t:?}");
+        assert_eq!(lost, 0, "seed {seed}: {stream}: {lost} lost: {t:?}{report}");
         assert_eq!(
             duplicated, 0,
             "seed {seed}: {stream}: {duplicated} duplicates ({} runs failed after an object of theirs landed): {t:?}",
@@ -534,8 +548,12 @@ async fn chaos_sequences_lose_nothing() {
     let started = std::time::Instant::now();
     // At most `parallel` at a time, a new one as soon as any ends (a slow sequence holds up
     // no batch).
+    // `CHAOS_SAME_SEED=1`: every sequence replays `CHAOS_SEED` (a timing-dependent failure,
+    // reproduced under the suite's load).
+    let same = std::env::var("CHAOS_SAME_SEED").is_ok_and(|v| v == "1");
     let mut running = futures::stream::iter(first..first + sequences)
-        .map(|s| async move { (s, tokio::spawn(sequence(s)).await) })
+        .map(|s| if same { (first, (s - first) as i64 * 60) } else { (s, 0) })
+        .map(|(s, shift)| async move { (s, tokio::spawn(sequence(s, shift)).await) })
         .buffer_unordered(parallel);
     while let Some((seed, done)) = running.next().await {
         match done {
