@@ -174,6 +174,24 @@ pub struct Checkpoint {
     /// its floor (later than the watermark), so they are read from there, less the overlap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub floors: Vec<ShardFloor>,
+    /// The live track: where its first window started. No live window reads before it; the
+    /// backfill track reads up to it (the seam).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<i64>,
+    /// The backfill track: how far back from the seam it has read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillPos>,
+}
+
+/// What a backfill track has read: `[low, seam)`, less `gap` (the end of a window that was
+/// cut short to fit in memory: it is read next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillPos {
+    /// The live track's origin when the backfill began: nothing at or after it is read.
+    pub seam: i64,
+    pub low: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<(i64, i64)>,
 }
 
 /// Everything the projects of `shard` (of an earlier layout, `i/n`) had before `at` was

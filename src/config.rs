@@ -71,6 +71,7 @@ pub const SETTINGS: &[Setting] = &[
     optional("overlap", "1h", false, "how far each window reaches back before the watermark, for late events"),
     optional("lag", "1m", false, "how far behind now each window ends, for ingestion delay"),
     optional("max_window", "24h", false, "the longest window one run covers"),
+    optional("backfill_start", "", false, "read every stream's history from this date or duration back (90d) up to where live collection began; empty: no backfill"),
     optional("push_oidc_audience", "", false, "audience of Google-signed OIDC tokens on /pubsub, /run, /status"),
     optional("push_oidc_emails", "", false, "comma-separated service-account emails allowed to call"),
     optional("push_jwks_url", "https://www.googleapis.com/oauth2/v3/certs", false, "JWKS for OIDC token signatures"),
@@ -212,6 +213,8 @@ pub struct Config {
     pub streams: Vec<String>,
     pub timing: Timing,
     pub push: PushAuth,
+    /// `backfill_start` as written (a date or a duration back from now), if set.
+    pub backfill_start: Option<String>,
 }
 
 /// An allowed-host pattern with Spin's `allowed_outbound_hosts` meaning: a scheme, a host that
@@ -291,6 +294,14 @@ impl Config {
             .and_then(|v| c.check(v, |s| duration_between(s, 60, 7 * 86400)));
 
         let push = push_auth(&mut c);
+        let backfill_start = c.value("backfill_start").and_then(|v| {
+            c.check(v, |s: String| {
+                if s.is_empty() {
+                    return Ok(None);
+                }
+                crate::time::parse_start(&s, 0).map(|_| Some(s))
+            })
+        });
 
         if let (Some(lookback), Some(lag)) = (lookback, lag) {
             if lag >= lookback {
@@ -320,6 +331,7 @@ impl Config {
             lag,
             max_window,
             push,
+            backfill_start,
         ) {
             (
                 Some(bucket),
@@ -340,6 +352,7 @@ impl Config {
                 Some(lag),
                 Some(max_window),
                 Some(push),
+                Some(backfill_start),
             ) if c.problems.is_empty() => Ok(Config {
                 gcs: GcsConfig {
                     bucket,
@@ -365,6 +378,7 @@ impl Config {
                     max_window,
                 },
                 push,
+                backfill_start,
             }),
             _ => Err(ConfigError {
                 problems: c.problems,

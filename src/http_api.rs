@@ -5,7 +5,8 @@
 //! | `POST /pubsub` | OIDC or shared secret | a Pub/Sub push envelope starts a run |
 //! | `POST /run` (or `GET`) | OIDC or shared secret | a scheduler or an operator starts a run |
 //! | `GET /healthz` | none | liveness and whether the configuration is valid |
-//! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress (HTML for browsers) |
+//! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress; backfills (HTML for browsers) |
+//! | `POST /backfill` | OIDC or shared secret | starts, changes or cancels a stream's backfill (409 with the reason when it cannot) |
 //!
 //! Status codes of a run, chosen for Pub/Sub (2xx acks; anything else is redelivered with
 //! backoff, and after N attempts goes to a dead-letter topic):
@@ -95,6 +96,8 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
         "/run" => &["POST", "GET"],
         // Changes the deployment's shard layout: an operator's act, never a fetch.
         "/migrate" => &["POST"],
+        // Starts, changes or cancels a stream's backfill: an operator's act too.
+        "/backfill" => &["POST"],
         _ => return ApiResponse::error(404, "no such route"),
     };
     if !allowed.contains(&req.method.as_str()) {
@@ -144,6 +147,21 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
                     Ok(done) => {
                         println!("{}", serde_json::to_string(&done).unwrap_or_default());
                         ApiResponse::json(200, &json!(done))
+                    }
+                    Err(e) => run_error(e),
+                },
+                Err(e) => ApiResponse::error(400, &e),
+            }
+        }
+        "/backfill" => {
+            match backfill_query(&req.query, config.push.shared_secret_param.as_deref()) {
+                Ok(ask) => match run::request_backfill(env, &config, &ask) {
+                    Ok(answer) => {
+                        println!("{}", serde_json::to_string(&answer).unwrap_or_default());
+                        ApiResponse::json(200, &answer)
+                    }
+                    Err(RunError::Busy(m)) => {
+                        ApiResponse::json(409, &json!({ "error": m, "retryable": false }))
                     }
                     Err(e) => run_error(e),
                 },
@@ -233,6 +251,39 @@ pub fn migrate_shards(query: &str, secret_param: Option<&str>) -> Result<u32, St
             "shards must be a number from 1 to {}",
             crate::shard::MAX_SHARDS
         )),
+    }
+}
+
+/// `/backfill?stream=S&start=T` (a date, a time or a duration back from now) or
+/// `/backfill?stream=S&cancel=true`. Any other parameter (but the shared secret's) is refused.
+pub fn backfill_query(query: &str, secret_param: Option<&str>) -> Result<run::BackfillAsk, String> {
+    let mut stream = None;
+    let mut start = None;
+    let mut cancel = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "stream" if stream.is_none() => stream = Some(v.into_owned()),
+            "start" if start.is_none() => start = Some(v.into_owned()),
+            "cancel" if cancel.is_none() => cancel = Some(v.into_owned()),
+            p if Some(p) == secret_param => {}
+            other => {
+                return Err(format!(
+                    "unknown or repeated query parameter {other:?}; use stream with start or cancel=true"
+                ))
+            }
+        }
+    }
+    let stream = stream.ok_or("say which stream: /backfill?stream=events&start=90d")?;
+    if !KNOWN_STREAMS.contains(&stream.as_str()) {
+        return Err(format!(
+            "stream must be one of {}",
+            KNOWN_STREAMS.join(", ")
+        ));
+    }
+    match (start, cancel.as_deref()) {
+        (Some(start), None) => Ok(run::BackfillAsk::Start { stream, start }),
+        (None, Some("true")) => Ok(run::BackfillAsk::Cancel { stream }),
+        _ => Err("give start (a date such as 2026-09-01, or a duration back such as 90d) or cancel=true, not both".into()),
     }
 }
 
@@ -391,7 +442,17 @@ fn status_view(env: &Env, config: &Config) -> StatusView {
         })
         .collect();
     let last: Option<LastRun> = state::load(env.kv, keys::LAST_RUN).ok().flatten();
+    let mut backfill: Vec<crate::backfill::Status> = env
+        .kv
+        .keys()
+        .unwrap_or_default()
+        .iter()
+        .filter(|k| k.starts_with(crate::backfill::Status::PREFIX))
+        .filter_map(|k| state::load(env.kv, k).ok().flatten())
+        .collect();
+    backfill.sort_by(|a, b| (&a.stream, &a.shard).cmp(&(&b.stream, &b.shard)));
     StatusView {
+        backfill,
         now,
         org: config.sentry.org.clone(),
         runs: last.as_ref().map_or(0, |l| l.runs),

@@ -151,9 +151,14 @@ pub fn merge(
     for (_, _, ids) in old {
         seen.extend_where(ids, |project| to.includes(project) || carried(project));
     }
+    // The live track began where the earliest old shard's did (a backfill reads up to there).
+    let origins: Vec<i64> = old.iter().filter_map(|(_, cp, _)| cp.origin).collect();
     let cp = Checkpoint {
         watermark: Some(watermark),
         floors,
+        origin: (origins.len() == old.len())
+            .then(|| origins.iter().copied().min())
+            .flatten(),
         ..Checkpoint::default()
     };
     Some((cp, seen))

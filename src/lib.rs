@@ -3,6 +3,7 @@
 //! The entry points below are thin: they build the Spin implementations of the core's ports
 //! ([`platform`]) and call the core ([`run`], [`http_api`]), which knows nothing about Spin.
 
+pub mod backfill;
 pub mod bytes;
 pub mod checkpoint;
 pub mod collect;

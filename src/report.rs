@@ -16,6 +16,9 @@ pub struct RunSummary {
     /// Access tokens minted at the token endpoint during the run (exchange mode).
     pub tokens_minted: u32,
     pub streams: Vec<StreamSummary>,
+    /// The backfill tracks that ran (with what live collection left of the run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backfill: Vec<StreamSummary>,
     /// Runs recorded in this state store so far, this one included.
     pub runs: u64,
     /// Milliseconds the run spent computing rather than waiting on HTTP, rate limits or KV.
@@ -24,6 +27,21 @@ pub struct RunSummary {
     pub kv_ms: f64,
     /// The run's wall time in milliseconds, as the component measured it.
     pub elapsed_ms: f64,
+}
+
+/// Where a backfill track stands after a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackfillProgress {
+    pub start: String,
+    pub seam: String,
+    /// Read from here to the seam.
+    pub read_back_to: String,
+    pub done: bool,
+    /// Seconds of the range left to read.
+    pub secs_left: i64,
+    /// Why it read nothing now, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// What a save wrote to KV.
@@ -49,6 +67,13 @@ pub struct ObjectSummary {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamSummary {
     pub stream: &'static str,
+    /// `backfill` for a backfill track (its `watermark` is how far back it has read, down
+    /// from the seam); empty for live collection.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub track: &'static str,
+    /// A backfill track: the range it reads, `[start, seam)`, and what is left to read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillProgress>,
     /// `i/n`, or `0/1` for the whole org.
     pub shard: String,
     pub window_start: Option<String>,

@@ -6,8 +6,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::backfill;
 use crate::checkpoint::{CheckpointStore, SaveError, Writer};
-use crate::collect;
+use crate::collect::{self, collector::Track};
 use crate::config::{Config, ConfigError};
 use crate::gcs::{GcsClient, GcsError};
 use crate::layout::{self, LayoutError};
@@ -19,8 +20,9 @@ use crate::sentry::client::{SentryClient, ORG_WIDE};
 use crate::sentry::{region, SentryError};
 use crate::shard::{Shard, MAX_SHARDS};
 use crate::state::{self, keys, LastRun, StreamStatus};
-use crate::streams::{self, StreamDef};
+use crate::streams::{self, Kind, StreamDef};
 use crate::time::rfc3339;
+use crate::window::Window;
 
 /// Time kept back from the budget for writing the last object and the checkpoint: Sentry
 /// pages stop this long before the budget ends.
@@ -272,6 +274,22 @@ pub fn migrate(env: &Env, config: &Config, to: u32) -> Result<Migrated, RunError
         return Err(RunError::Options(format!(
             "shards must be a number from 1 to {MAX_SHARDS}"
         )));
+    }
+    // A backfill of `events` reads per shard, down from each shard's own origin: a new
+    // layout's shards would not know what the old ones' backfills read.
+    if let Some(def) = streams::by_name(layout::SHARDED_STREAM) {
+        let request = backfill::load_request(env.kv, def.name).map_err(RunError::State)?;
+        if let Some(r) = request.filter(|r| r.cancelled_at.is_none()) {
+            let (_, covered) = backfill_positions(env, def)?;
+            if covered.is_none_or(|c| c.low > r.start || c.gap.is_some()) {
+                return Err(RunError::Busy(format!(
+                    "a backfill of {} is in progress (from {}): change the shard layout once it is done, or POST /backfill?stream={}&cancel=true first",
+                    def.name,
+                    rfc3339(r.start),
+                    def.name
+                )));
+            }
+        }
     }
     let seen_before = layout_state(env)?;
     let (old, leftovers, from) = split_layout(&seen_before);
@@ -585,8 +603,17 @@ fn collect(
             let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
                 continue;
             };
-            let mut s =
-                collect::collect_stream(*env, config, &sentry, gcs, lease, read_as, def, pass == 1);
+            let mut s = collect::collect_stream(
+                *env,
+                config,
+                &sentry,
+                gcs,
+                lease,
+                read_as,
+                def,
+                pass == 1,
+                Track::Live,
+            );
             s.shard = shard.to_string();
             if let Some(why) = &s.lease_lost {
                 lost = Some(why.clone());
@@ -617,6 +644,29 @@ fn collect(
             collect::save_status(*env, def, read_as, &summaries[i]);
         }
     }
+    // Live first: a backfill gets only what is left, and only once every live stream is
+    // caught up (so live collection is never more than this run behind because of it).
+    let live_done = work
+        .iter()
+        .all(|&(i, _, _)| summaries[i].up_to_date && summaries[i].error.is_none());
+    let backfills = if lost.is_none() && live_done {
+        let jobs: Vec<_> = work
+            .iter()
+            .map(|&(_, def, read_as)| (def, read_as))
+            .collect();
+        run_backfills(
+            env,
+            config,
+            &sentry,
+            gcs,
+            leases,
+            &jobs,
+            shard,
+            sentry_deadline,
+        )
+    } else {
+        Vec::new()
+    };
     let summary = RunSummary {
         trigger: trigger.as_str(),
         shard: shard.to_string(),
@@ -627,13 +677,302 @@ fn collect(
         time_budget_secs: config.timing.time_budget.as_secs(),
         tokens_minted: gcs.tokens_minted(),
         streams: summaries,
+        backfill: backfills,
         runs,
         busy_ms: 0.0,
         kv_ms: 0.0,
         elapsed_ms: 0.0,
     };
-    if summary.streams.iter().any(|s| s.error.is_some()) {
+    if summary
+        .streams
+        .iter()
+        .chain(&summary.backfill)
+        .any(|s| s.error.is_some())
+    {
         return Err(RunError::Streams(Box::new(summary)));
     }
     Ok(summary)
+}
+
+/// The backfill tracks of `jobs` that have a request (the `backfill_start` variable's, or a
+/// `POST /backfill`'s), each with an equal share of the time left before `deadline`.
+#[allow(clippy::too_many_arguments)]
+fn run_backfills(
+    env: &Env,
+    config: &Config,
+    sentry: &SentryClient,
+    gcs: &GcsClient,
+    leases: &[Lease],
+    jobs: &[(&'static StreamDef, Shard)],
+    shard: Shard,
+    deadline: f64,
+) -> Vec<StreamSummary> {
+    let mut todo = Vec::new();
+    let mut out = Vec::new();
+    for &(def, read_as) in jobs {
+        let live_name = format!("{}{}", def.name, read_as.suffix());
+        let origin = match CheckpointStore::new(env.kv, &live_name).load_lazy() {
+            Ok((cp, _)) => cp.origin,
+            Err(_) => continue,
+        };
+        let now = env.clock.now() as i64;
+        let request = match apply_variable(env, config, def, &live_name, origin, now) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(StreamSummary {
+                    stream: def.name,
+                    track: "backfill",
+                    shard: shard.to_string(),
+                    error: Some(e),
+                    error_is_transient: true,
+                    ..StreamSummary::default()
+                });
+                continue;
+            }
+        };
+        let (Some(request), Some(seam)) = (request, origin) else {
+            continue;
+        };
+        if request.cancelled_at.is_some() {
+            continue;
+        }
+        todo.push((def, read_as, request, seam));
+    }
+    for (k, (def, read_as, mut request, seam)) in todo.iter().cloned().enumerate() {
+        let now = env.clock.now();
+        let share = (deadline - now) / (todo.len() - k) as f64;
+        if share < MIN_SECOND_PASS_SECS {
+            break;
+        }
+        sentry.set_deadline(now + share);
+        if request.estimate.is_none() {
+            if let Ok(e) = estimate(
+                sentry,
+                def,
+                Window {
+                    start: request.start,
+                    end: seam,
+                },
+            ) {
+                request.estimate = Some(e);
+                let _ = backfill::save_request(env.kv, def.name, &request);
+            }
+        }
+        let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
+            continue;
+        };
+        let track = Track::Backfill {
+            start: request.start,
+            seam,
+        };
+        let mut s =
+            collect::collect_stream(*env, config, sentry, gcs, lease, read_as, def, false, track);
+        s.shard = shard.to_string();
+        let lost = s.lease_lost.is_some();
+        collect::save_backfill_status(*env, def, read_as, &s, &request);
+        out.push(s);
+        if lost {
+            break;
+        }
+    }
+    out
+}
+
+/// The stream's backfill request, after applying `backfill_start` if its value changed since
+/// it was last applied (a request it cannot honour is recorded, cancelled, with the reason).
+fn apply_variable(
+    env: &Env,
+    config: &Config,
+    def: &'static StreamDef,
+    live_name: &str,
+    origin: Option<i64>,
+    now: i64,
+) -> Result<Option<backfill::Request>, String> {
+    let current = backfill::load_request(env.kv, def.name)?;
+    let Some(value) = &config.backfill_start else {
+        return Ok(current);
+    };
+    if current.as_ref().and_then(|r| r.variable.as_ref()) == Some(value) {
+        return Ok(current);
+    }
+    // Not before the live track began: the variable then waits for the first window.
+    let Some(origin) = origin else {
+        return Ok(current);
+    };
+    let start = backfill::parse_start(value, now).map_err(|e| format!("backfill_start {e}"))?;
+    let covered = CheckpointStore::new(env.kv, &backfill::state_name(live_name))
+        .load_lazy()
+        .map(|(cp, _)| cp.backfill)
+        .unwrap_or(None);
+    let refused = backfill::refusal(def, start, now, Some(origin), covered.as_ref());
+    if let Some(why) = &refused {
+        eprintln!("warning: backfill_start={value}: {why}");
+    }
+    let request = backfill::Request {
+        start,
+        requested_at: now,
+        by: format!("backfill_start={value}"),
+        variable: Some(value.clone()),
+        cancelled_at: refused.as_ref().map(|_| now),
+        refused: refused.clone(),
+        estimate: None,
+    };
+    backfill::save_request(env.kv, def.name, &request)?;
+    Ok(Some(request))
+}
+
+/// How many rows and requests `range` of `def` needs, from Sentry's counts (Discover for
+/// `events`, the dataset's `count()` for Explore streams); issues and audit logs have none.
+pub fn estimate(
+    sentry: &SentryClient,
+    def: &'static StreamDef,
+    range: Window,
+) -> Result<backfill::Estimate, SentryError> {
+    Ok(match def.kind {
+        Kind::Events => match sentry.active_projects(range, &[])? {
+            Some(projects) => {
+                let rows = projects.iter().fold(0u64, |a, p| a.saturating_add(p.count));
+                backfill::Estimate::from_counts(def, rows, projects.len() as u64)
+            }
+            None => backfill::Estimate::unknown(
+                "this org cannot count several projects at once: no estimate",
+            ),
+        },
+        Kind::Explore(d) => match sentry.dataset_count(d.name, range)? {
+            Some(rows) => backfill::Estimate::from_counts(def, rows, 0),
+            None => backfill::Estimate::unknown("Sentry's count came back partial: no estimate"),
+        },
+        Kind::Issues | Kind::AuditLogs => backfill::Estimate::unknown(&format!(
+            "Sentry offers no count for {}: pages of 100 at about one request a second",
+            def.name
+        )),
+    })
+}
+
+/// What an operator asks of a stream's backfill (`POST /backfill`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillAsk {
+    /// Read the stream's history from `start` (a date, a time, or a duration back from now).
+    Start {
+        stream: String,
+        start: String,
+    },
+    Cancel {
+        stream: String,
+    },
+}
+
+/// Starts, changes or cancels a stream's backfill. A start is checked against Sentry's
+/// retention, the live track's origin and what the backfill already read (refused as
+/// [`RunError::Busy`] with the reason), then counted in Sentry for the estimate the answer
+/// states. Only the request record is written: the next runs read.
+pub fn request_backfill(
+    env: &Env,
+    config: &Config,
+    ask: &BackfillAsk,
+) -> Result<serde_json::Value, RunError> {
+    let (BackfillAsk::Start { stream, .. } | BackfillAsk::Cancel { stream }) = ask;
+    let def = streams::by_name(stream)
+        .filter(|_| config.streams.contains(stream))
+        .ok_or_else(|| {
+            RunError::Options(format!(
+                "{stream} is not collected here (streams = {}): add it to streams first",
+                config.streams.join(",")
+            ))
+        })?;
+    let now = env.clock.now() as i64;
+    let current = backfill::load_request(env.kv, def.name).map_err(RunError::State)?;
+    let text = match ask {
+        BackfillAsk::Cancel { .. } => {
+            let Some(mut request) = current.filter(|r| r.cancelled_at.is_none()) else {
+                return Err(RunError::Busy(format!(
+                    "{stream} has no backfill to cancel"
+                )));
+            };
+            request.cancelled_at = Some(now);
+            backfill::save_request(env.kv, def.name, &request).map_err(RunError::State)?;
+            return Ok(serde_json::json!({
+                "stream": def.name,
+                "cancelled": true,
+                "request": request,
+                "note": "what the backfill read stays delivered; a later request goes on from where it stopped",
+            }));
+        }
+        BackfillAsk::Start { start, .. } => start,
+    };
+    let start =
+        backfill::parse_start(text, now).map_err(|e| RunError::Options(format!("start {e}")))?;
+    let (origin, covered) = backfill_positions(env, def)?;
+    if let Some(why) = backfill::refusal(def, start, now, origin, covered.as_ref()) {
+        return Err(RunError::Busy(why));
+    }
+    let seam = origin.unwrap_or(now);
+    let from = covered.map_or(seam, |c| c.low).max(start);
+    let budget = config.timing.time_budget.as_secs_f64();
+    let deadline = env.clock.now() + budget;
+    let region = region::region_url(env, &config.sentry, deadline).map_err(RunError::Sentry)?;
+    let sentry = SentryClient::new(*env, &config.sentry, region, deadline);
+    let estimate = estimate(&sentry, def, Window { start, end: from }).map_err(RunError::Sentry)?;
+    let request = backfill::Request {
+        start,
+        requested_at: now,
+        by: "POST /backfill".to_string(),
+        // The variable acts again only when its value changes: this request stands till then.
+        variable: current
+            .and_then(|c| c.variable)
+            .or_else(|| config.backfill_start.clone()),
+        cancelled_at: None,
+        refused: None,
+        estimate: Some(estimate.clone()),
+    };
+    backfill::save_request(env.kv, def.name, &request).map_err(RunError::State)?;
+    Ok(serde_json::json!({
+        "stream": def.name,
+        "start": rfc3339(start),
+        "seam": rfc3339(seam),
+        "to_read": { "start": rfc3339(start), "end": rfc3339(from) },
+        "estimate": estimate,
+        "note": "the next runs read it with what live collection leaves of each run; GET /status shows how far it is",
+    }))
+}
+
+/// Where the stream's live track began (the earliest of its shards) and how far back its
+/// backfill has read (the shard that has read least); `None` where any shard has not.
+fn backfill_positions(
+    env: &Env,
+    def: &StreamDef,
+) -> Result<(Option<i64>, Option<crate::checkpoint::BackfillPos>), RunError> {
+    let shards = if def.org_wide {
+        vec![Shard::WHOLE]
+    } else {
+        let found = layout::shards_in_kv(env.kv).map_err(RunError::State)?;
+        if found.is_empty() {
+            vec![Shard::WHOLE]
+        } else {
+            found
+        }
+    };
+    let mut origins = Vec::new();
+    let mut covered = Vec::new();
+    for shard in &shards {
+        let live_name = format!("{}{}", def.name, shard.suffix());
+        let (live, _) = CheckpointStore::new(env.kv, &live_name)
+            .load_lazy()
+            .map_err(RunError::State)?;
+        let (back, _) = CheckpointStore::new(env.kv, &backfill::state_name(&live_name))
+            .load_lazy()
+            .map_err(RunError::State)?;
+        origins.push(live.origin);
+        covered.push(back.backfill);
+    }
+    let origin = origins
+        .iter()
+        .copied()
+        .collect::<Option<Vec<i64>>>()
+        .and_then(|o| o.into_iter().min());
+    let covered = covered
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .and_then(|c| c.into_iter().max_by_key(|p| (p.gap.is_some(), p.low)));
+    Ok((origin, covered))
 }

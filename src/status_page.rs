@@ -41,6 +41,8 @@ pub struct StatusView {
     pub runs: u64,
     pub last_run_error: Option<String>,
     pub streams: Vec<StreamRow>,
+    /// Backfill tracks that have run.
+    pub backfill: Vec<crate::backfill::Status>,
 }
 
 impl StatusView {
@@ -74,6 +76,7 @@ impl StatusView {
             "runs": self.runs,
             "last_run_error": self.last_run_error,
             "streams": streams,
+            "backfill": self.backfill,
         })
     }
 
@@ -137,6 +140,7 @@ impl StatusView {
                 shard = escape(&r.shard),
             ));
         }
+        let backfill = self.backfill_html();
         let last_error = match &self.last_run_error {
             Some(e) => format!(
                 "<p class=\"run-error\">Last run failed: {}</p>\n",
@@ -156,7 +160,7 @@ impl StatusView {
              <th scope=\"col\">State</th><th scope=\"col\">Lag</th><th scope=\"col\">Last run</th>\
              <th scope=\"col\">Window</th><th scope=\"col\">Pages</th><th scope=\"col\">Events</th>\
              <th scope=\"col\">Objects</th><th scope=\"col\">Bytes</th>\
-             <th scope=\"col\">Last error</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n\
+             <th scope=\"col\">Last error</th></tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n{backfill}\
              <p class=\"meta\">Lag: how far behind now the delivered data reaches (the stream's \
              watermark). The same data as JSON: request this page with \
              <code>Accept: application/json</code>.</p>\n</body>\n</html>\n",
@@ -166,6 +170,46 @@ impl StatusView {
                 n => format!("{} runs", thousands(n)),
             },
             now = rfc3339(self.now),
+        )
+    }
+}
+
+impl StatusView {
+    /// The backfill table: range, how far back it has read, rows, time left.
+    fn backfill_html(&self) -> String {
+        if self.backfill.is_empty() {
+            return String::new();
+        }
+        let mut rows = String::new();
+        for b in &self.backfill {
+            let state = match (&b.error, &b.waiting, b.done) {
+                (Some(e), _, _) => format!("Error: {}", escape(e)),
+                (None, Some(w), _) => format!("Waiting: {}", escape(w)),
+                (None, None, true) => "Done".to_string(),
+                (None, None, false) => "In progress".to_string(),
+            };
+            let left = b
+                .secs_left_at_rate_limit
+                .map_or_else(|| "unknown".to_string(), |s| duration(s as i64));
+            rows.push_str(&format!(
+                "<tr><th scope=\"row\">{}</th><td>{}</td><td>{} to {}</td><td>{}</td>\
+                 <td class=\"n\">{}</td><td>{}</td><td class=\"error\">{}</td></tr>\n",
+                escape(&b.stream),
+                escape(&b.shard),
+                escape(&b.start),
+                escape(&b.seam),
+                escape(&b.read_back_to),
+                thousands(b.rows),
+                left,
+                state
+            ));
+        }
+        format!(
+            "<h2>Backfill</h2>\n<table>\n<thead><tr><th scope=\"col\">Stream</th>\
+             <th scope=\"col\">Shard</th><th scope=\"col\">Range</th>\
+             <th scope=\"col\">Read back to</th><th scope=\"col\">Rows</th>\
+             <th scope=\"col\">Left at rate limits</th><th scope=\"col\">State</th></tr></thead>\n\
+             <tbody>\n{rows}</tbody>\n</table>\n"
         )
     }
 }
@@ -343,10 +387,17 @@ mod tests {
                 last_error: Some("<img src=x onerror=alert(1)> & 'q'\u{1b}[31m".into()),
                 ..StreamRow::default()
             }],
+            backfill: vec![crate::backfill::Status {
+                stream: "<i>events".into(),
+                waiting: Some("<script>late()</script>".into()),
+                ..Default::default()
+            }],
         };
         let html = view.to_html();
         assert!(!html.contains("<script>"));
         assert!(!html.contains("<img"));
+        assert!(!html.contains("<i>events"));
+        assert!(html.contains("Waiting: &lt;script&gt;late()"));
         assert!(!html.contains("<b>org"));
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt; &amp; &#39;q&#39;\u{fffd}[31m"));
         assert!(html.contains("&quot;&gt;&lt;script&gt;"));
@@ -401,11 +452,24 @@ mod tests {
                     ..StreamRow::default()
                 },
             ],
+            backfill: vec![crate::backfill::Status {
+                stream: "events".into(),
+                shard: "0/1".into(),
+                start: "2026-09-01T00:00:00Z".into(),
+                seam: "2026-11-30T00:00:00Z".into(),
+                read_back_to: "2026-11-01T00:00:00Z".into(),
+                rows: 54_321,
+                runs: 40,
+                secs_left_at_rate_limit: Some(7260.0),
+                ..Default::default()
+            }],
         };
         let json = view.to_json();
         assert_eq!(json["streams"][0]["lag_secs"], 3600);
         assert_eq!(json["streams"][0]["last_run"]["events"], 250_000);
         assert_eq!(json["streams"][1]["last_run"], serde_json::Value::Null);
+        assert_eq!(json["backfill"][0]["rows"], 54_321);
+        assert_eq!(json["backfill"][0]["read_back_to"], "2026-11-01T00:00:00Z");
         let html = view.to_html();
         for shown in [
             "12,345 runs",
@@ -416,6 +480,11 @@ mod tests {
             "running now",
             "Never run",
             "no data yet",
+            "<h2>Backfill</h2>",
+            "2026-09-01T00:00:00Z to 2026-11-30T00:00:00Z",
+            "54,321",
+            ">2 h 1 min<",
+            "In progress",
         ] {
             assert!(html.contains(shown), "{shown} missing from the page");
         }

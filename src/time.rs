@@ -133,6 +133,38 @@ pub fn compact(secs: i64) -> String {
     )
 }
 
+/// A start as an operator writes it: an RFC 3339 time, a date (`2026-09-01`, midnight UTC),
+/// or a duration back from `now` (`90d`, `36h`).
+pub fn parse_start(text: &str, now: i64) -> Result<i64, String> {
+    let t = text.trim();
+    let how =
+        "a date (2026-09-01), a time (2026-09-01T00:00:00Z) or a duration back from now (90d, 36h)";
+    if t.is_empty() {
+        return Err(format!("is empty; give {how}"));
+    }
+    if let Some(at) = parse_rfc3339(t) {
+        return Ok(at);
+    }
+    if t.len() == 10 {
+        if let Some(at) = parse_rfc3339(&format!("{t}T00:00:00Z")) {
+            return Ok(at);
+        }
+    }
+    let (digits, unit) = t.split_at(t.len() - 1);
+    let n: i64 = digits
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("is not {how}"))?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        _ => return Err(format!("is not {how}")),
+    };
+    Ok(now - n.saturating_mul(secs))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

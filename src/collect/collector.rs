@@ -34,6 +34,14 @@ pub const BAD_ITEM_TRIES: u32 = 3;
 /// own time may be unreadable, so it cannot be counted where Sentry counts it).
 pub(crate) const QUARANTINED: u64 = crate::delivered::SET_APART;
 
+/// Which track a collection runs: live (windows forward from the watermark, never before the
+/// origin) or a backfill (windows back from `seam`, the live track's origin, down to `start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    Live,
+    Backfill { start: i64, seam: i64 },
+}
+
 /// Events read but not yet written.
 #[derive(Default)]
 pub(super) struct Buffer {
@@ -69,6 +77,17 @@ pub(super) struct Collector<'a, 'e> {
     /// This run already gave the stream its share once: a window it plans now is planned
     /// with what another stream left, and is deferred like a later window.
     pub(super) second_pass: bool,
+    pub(super) track: Track,
+}
+
+impl Collector<'_, '_> {
+    /// What object names carry after the stream: the shard, and `.backfill` on that track.
+    pub(super) fn name_tag(&self) -> String {
+        match self.track {
+            Track::Live => self.shard.suffix(),
+            Track::Backfill { .. } => format!("{}.backfill", self.shard.suffix()),
+        }
+    }
 }
 
 /// A failure, and whether a later attempt may succeed without anyone changing anything.

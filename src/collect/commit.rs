@@ -193,7 +193,7 @@ impl Collector<'_, '_> {
         let name = gcs::object_name(
             &self.config.gcs,
             self.def.name,
-            &self.shard.suffix(),
+            &self.name_tag(),
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             progress.objects,
@@ -229,6 +229,17 @@ impl Collector<'_, '_> {
 
     /// The window is read: move the watermark to its end and forget ids no later window reaches.
     pub(super) fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
+        if let (Track::Backfill { .. }, Some(pos)) = (self.track, self.checkpoint.backfill) {
+            // Backfill windows never overlap: none of the window's ids is needed again.
+            self.checkpoint.backfill = Some(crate::backfill::after_read(&pos, window));
+            self.checkpoint.in_progress = None;
+            self.checkpoint.pending = None;
+            self.checkpoint.segments.clear();
+            self.seen = SeenSet::with_floor(self.checkpoint.ids_floor);
+            self.save()?;
+            self.summary.window_finished = true;
+            return Ok(());
+        }
         self.checkpoint.watermark = Some(window.end);
         self.checkpoint.floors.retain(|f| f.at > window.end);
         self.checkpoint.in_progress = None;

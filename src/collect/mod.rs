@@ -17,13 +17,15 @@ pub mod commit;
 pub mod plan;
 pub mod read;
 
-use crate::checkpoint::{CheckpointStore, WindowProgress};
+use crate::backfill::{self, Next};
+use crate::checkpoint::{BackfillPos, Checkpoint, CheckpointStore, WindowProgress};
 use crate::config::Config;
+use crate::delivered::SeenSet;
 use crate::gcs::GcsClient;
 use crate::lease::Lease;
 use crate::ports::Env;
-use crate::report::StreamSummary;
-use crate::sentry::client::{SentryClient, ORG_WIDE};
+use crate::report::{BackfillProgress, StreamSummary};
+use crate::sentry::client::{RequestStats, SentryClient, ORG_WIDE};
 use crate::shard::Shard;
 use crate::state::{self, StreamStatus};
 use crate::streams::{Kind, StreamDef};
@@ -48,37 +50,23 @@ pub fn collect_stream(
     shard: Shard,
     def: &'static StreamDef,
     second_pass: bool,
+    track: Track,
 ) -> StreamSummary {
     let mut summary = StreamSummary {
         stream: def.name,
         shard: shard.to_string(),
         ..StreamSummary::default()
     };
-    let state_name = format!("{}{}", def.name, shard.suffix());
-    let store = CheckpointStore::new(env.kv, &state_name);
-    let started = env.clock.now();
-    let loaded = store
-        .load_lazy()
-        .map_err(|e| Stop::Failed(Failure::unreadable(e)));
-    let settled =
-        loaded.and_then(|state| settle_pending(&store, gcs, lease, env, state, &mut summary));
-    summary.timing.load_ms = ms_since(env, started);
-    let (checkpoint, seen) = match settled {
-        Ok(state) => state,
-        Err(stop) => {
-            record_stop(&mut summary, stop);
-            return summary;
-        }
-    };
-    if seen.len() > crate::delivered::MAX_IDS / 5 * 4 {
-        summary.warnings.push(format!(
-            "{} holds {} delivered ids, near the {} a run keeps in memory: {}",
-            def.name,
-            seen.len(),
-            crate::delivered::MAX_IDS,
-            "lower `overlap` or split the org with `shard` before the stream stops"
-        ));
+    let mut state_name = format!("{}{}", def.name, shard.suffix());
+    if let Track::Backfill { .. } = track {
+        summary.track = "backfill";
+        state_name = backfill::state_name(&state_name);
     }
+    let store = CheckpointStore::new(env.kv, &state_name);
+    let Some((checkpoint, seen)) = load_settled(&store, gcs, lease, env, &mut summary) else {
+        return summary;
+    };
+    warn_if_near_memory(&mut summary, def, seen.len());
     let mut c = Collector {
         def,
         env,
@@ -98,7 +86,16 @@ pub fn collect_stream(
         read_up_to: None,
         may_defer: false,
         second_pass,
+        track,
     };
+    if let Track::Backfill { seam, .. } = track {
+        // A backfill's first run: it reads down from the live track's origin.
+        c.checkpoint.backfill.get_or_insert(BackfillPos {
+            seam,
+            low: seam,
+            gap: None,
+        });
+    }
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
     if let Err(stop) = c.run() {
@@ -107,17 +104,69 @@ pub fn collect_stream(
         }
         record_stop(&mut c.summary, stop);
     }
-    let stats = sentry.stats();
     let mut summary = c.summary;
-    summary.sentry_requests = stats.requests - sentry_before.requests;
-    summary.rate_limited = stats.rate_limited - sentry_before.rate_limited;
-    summary.retries = stats.retries - sentry_before.retries;
-    summary.waited_secs =
-        ((stats.waited_secs - sentry_before.waited_secs) * 1000.0).round() / 1000.0;
-    summary.timing.parse_ms += (stats.parse_secs - sentry_before.parse_secs) * 1000.0;
+    count_requests(&mut summary, sentry.stats(), sentry_before);
     summary.gcs_requests = gcs.requests.get() - gcs_before;
     summary.watermark = c.checkpoint.watermark.map(rfc3339);
+    if let (Track::Backfill { start, .. }, Some(pos)) = (track, c.checkpoint.backfill) {
+        summary.watermark = Some(rfc3339(pos.low));
+        let waiting = summary.backfill.take().and_then(|b| b.waiting);
+        summary.backfill = Some(backfill_progress(&pos, start, waiting));
+    }
     summary
+}
+
+/// The stream's checkpoint and delivered ids, a pending object settled; `None` (the stop
+/// recorded in the summary) when they cannot be read or settled.
+fn load_settled(
+    store: &CheckpointStore,
+    gcs: &GcsClient,
+    lease: &Lease,
+    env: Env,
+    summary: &mut StreamSummary,
+) -> Option<(Checkpoint, SeenSet)> {
+    let started = env.clock.now();
+    let settled = store
+        .load_lazy()
+        .map_err(|e| Stop::Failed(Failure::unreadable(e)))
+        .and_then(|state| settle_pending(store, gcs, lease, env, state, summary));
+    summary.timing.load_ms = ms_since(env, started);
+    settled.map_err(|stop| record_stop(summary, stop)).ok()
+}
+
+/// The Sentry requests, rate limits, retries and waits of the stream: the client's counts
+/// now less `before`.
+fn count_requests(summary: &mut StreamSummary, now: RequestStats, before: RequestStats) {
+    summary.sentry_requests = now.requests - before.requests;
+    summary.rate_limited = now.rate_limited - before.rate_limited;
+    summary.retries = now.retries - before.retries;
+    summary.waited_secs = ((now.waited_secs - before.waited_secs) * 1000.0).round() / 1000.0;
+    summary.timing.parse_ms += (now.parse_secs - before.parse_secs) * 1000.0;
+}
+
+/// A warning when the delivered ids held come near what a run keeps in memory.
+fn warn_if_near_memory(summary: &mut StreamSummary, def: &StreamDef, held: usize) {
+    if held > crate::delivered::MAX_IDS / 5 * 4 {
+        summary.warnings.push(format!(
+            "{} holds {held} delivered ids, near the {} a run keeps in memory: {}",
+            def.name,
+            crate::delivered::MAX_IDS,
+            "lower `overlap` or split the org with `shard` before the stream stops"
+        ));
+    }
+}
+
+/// Where a backfill down to `start` stands at `pos`.
+fn backfill_progress(pos: &BackfillPos, start: i64, waiting: Option<String>) -> BackfillProgress {
+    let left = pos.gap.map_or(0, |(a, b)| b - a) + (pos.low - start).max(0);
+    BackfillProgress {
+        start: rfc3339(start),
+        seam: rfc3339(pos.seam),
+        read_back_to: rfc3339(pos.low),
+        done: left == 0,
+        secs_left: left,
+        waiting,
+    }
 }
 
 /// What a stop means for the stream's summary: an error (transient or not), a lost lease
@@ -143,6 +192,68 @@ pub fn save_status(env: Env, def: &StreamDef, shard: Shard, summary: &StreamSumm
     let status = StreamStatus::from_summary(summary, watermark, env.clock.now() as i64);
     if let Err(e) = state::save(env.kv, &StreamStatus::key(&state_name), &status) {
         eprintln!("warning: could not record the stream's status: {e}");
+    }
+}
+
+/// The window start an object's name carries (`...-{start}-{end}-{seq}-{content}.ndjson`).
+pub fn window_start_of(name: &str) -> Option<i64> {
+    let file = name.rsplit('/').next()?;
+    let mut parts = file.rsplitn(5, '-');
+    let (_content, _seq, _end, start) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let b = start.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    parse_rfc3339(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &start[0..4],
+        &start[4..6],
+        &start[6..8],
+        &start[9..11],
+        &start[11..13],
+        &start[13..15]
+    ))
+}
+
+/// Records where the stream's backfill track stands, for `/status`.
+pub fn save_backfill_status(
+    env: Env,
+    def: &StreamDef,
+    shard: Shard,
+    summary: &StreamSummary,
+    request: &backfill::Request,
+) {
+    let live_name = format!("{}{}", def.name, shard.suffix());
+    let key = backfill::Status::key(&live_name);
+    let before: backfill::Status = state::load(env.kv, &key).ok().flatten().unwrap_or_default();
+    let Some(progress) = &summary.backfill else {
+        return;
+    };
+    let range = parse_rfc3339(&progress.seam).unwrap_or_default() - request.start;
+    let status = backfill::Status {
+        stream: def.name.to_string(),
+        shard: shard.to_string(),
+        requested_by: request.by.clone(),
+        start: progress.start.clone(),
+        seam: progress.seam.clone(),
+        read_back_to: progress.read_back_to.clone(),
+        done: progress.done,
+        secs_left: progress.secs_left,
+        rows: before.rows + summary.events,
+        runs: before.runs + 1,
+        estimate: request.estimate.clone(),
+        secs_left_at_rate_limit: backfill::left_at_rate_limit(
+            request.estimate.as_ref(),
+            range,
+            progress.secs_left,
+        ),
+        waiting: progress.waiting.clone(),
+        error: summary.error.clone(),
+        finished_at: env.clock.now() as i64,
+    };
+    if let Err(e) = state::save(env.kv, &key, &status) {
+        eprintln!("warning: could not record the backfill's status: {e}");
     }
 }
 
@@ -229,6 +340,9 @@ impl Collector<'_, '_> {
     /// Plans and saves the next window, after `windows` this run finished; `None` when the
     /// run stops here (caught up, or too little time left to plan well).
     pub(super) fn next_window(&mut self, windows: u32) -> Result<Option<WindowProgress>, Stop> {
+        if let Track::Backfill { start, .. } = self.track {
+            return self.next_backfill_window(windows, start);
+        }
         let now = self.env.clock.now() as i64;
         // After a window this run finished, go on only to drain a backlog: a window that
         // ended at `now - lag` leaves only seconds to read.
@@ -245,10 +359,20 @@ impl Collector<'_, '_> {
         if windows > 0 && self.sentry.secs_left() < 2.0 * MIN_SECS_TO_SEARCH {
             return Ok(None);
         }
-        let Some(window) = plan_window(self.config, self.checkpoint.watermark, now) else {
+        if self.checkpoint.watermark.is_some() && self.checkpoint.origin.is_none() {
+            self.checkpoint.origin = Some(self.earliest_delivered()?);
+        }
+        let Some(window) = plan_window(
+            self.config,
+            self.checkpoint.watermark,
+            self.checkpoint.origin,
+            now,
+        ) else {
             self.summary.up_to_date = true;
             return Ok(None);
         };
+        // The live track's first window: where it starts is the seam a backfill reads to.
+        self.checkpoint.origin.get_or_insert(window.start);
         // `events` fits its window to the pre-scan's counts instead (in `plan`).
         self.ensure_ids(window.start, window.end, false)?;
         let window = if self.def.kind == Kind::Events {
@@ -264,6 +388,65 @@ impl Collector<'_, '_> {
         // finds what already landed.
         self.flush(&mut plan)?;
         Ok(Some(plan))
+    }
+
+    /// The backfill track's next window (see [`backfill::next_window`]), planned and saved;
+    /// `None` when the range is read, the seam is not settled yet, or time is short.
+    fn next_backfill_window(
+        &mut self,
+        windows: u32,
+        start: i64,
+    ) -> Result<Option<WindowProgress>, Stop> {
+        if windows > 0 && self.sentry.secs_left() < 2.0 * MIN_SECS_TO_SEARCH {
+            return Ok(None);
+        }
+        let Some(pos) = self.checkpoint.backfill else {
+            return Ok(None);
+        };
+        let t = &self.config.timing;
+        let settle = (t.lag.as_secs() + t.overlap.as_secs()) as i64;
+        let now = self.env.clock.now() as i64;
+        let max_window = t.max_window.as_secs() as i64;
+        let window = match backfill::next_window(&pos, start, max_window, now, settle) {
+            Next::Read(w) => w,
+            Next::Done => {
+                self.summary.up_to_date = true;
+                return Ok(None);
+            }
+            Next::WaitUntil(at) => {
+                self.summary.up_to_date = true;
+                self.summary.backfill = Some(BackfillProgress {
+                    waiting: Some(format!(
+                        "late items may still arrive before the seam {}: the backfill starts at {}",
+                        rfc3339(pos.seam),
+                        rfc3339(at)
+                    )),
+                    ..BackfillProgress::default()
+                });
+                return Ok(None);
+            }
+        };
+        self.may_defer = windows > 0 || self.second_pass;
+        let mut plan = self.plan(window)?;
+        self.may_defer = false;
+        self.flush(&mut plan)?;
+        Ok(Some(plan))
+    }
+
+    /// Where the live track of a deployment older than origins began: the earliest window
+    /// start among the stream's objects (the first in name order is the first window's),
+    /// or, with none, where its next window starts (nothing before was delivered).
+    fn earliest_delivered(&mut self) -> Result<i64, Stop> {
+        let next = self.checkpoint.watermark.unwrap_or_default()
+            - self.config.timing.overlap.as_secs() as i64;
+        let dir = format!("{}{}/", self.config.gcs.prefix, self.def.name);
+        let first = self
+            .gcs
+            .first_under(&dir)
+            .map_err(|e| Stop::Failed(e.into()))?;
+        Ok(first
+            .and_then(|o| window_start_of(&o.name))
+            .map_or(next, |s| s.min(next)))
     }
 
     /// The window in the summary: where it starts and ends, its projects, and a warning for

@@ -12,12 +12,21 @@ use crate::sentry::SentryError;
 use crate::streams::Kind;
 use crate::window::Window;
 
-/// Plans the next window, or `None` when no time has passed the watermark yet.
-pub fn plan_window(config: &Config, watermark: Option<i64>, now: i64) -> Option<Window> {
+/// Plans the next window, or `None` when no time has passed the watermark yet. No window
+/// starts before `origin`, where the live track began (before it is a backfill's).
+pub fn plan_window(
+    config: &Config,
+    watermark: Option<i64>,
+    origin: Option<i64>,
+    now: i64,
+) -> Option<Window> {
     let t = &config.timing;
     let end_limit = now - t.lag.as_secs() as i64;
     let (start, base) = match watermark {
-        Some(w) => (w - t.overlap.as_secs() as i64, w),
+        Some(w) => (
+            (w - t.overlap.as_secs() as i64).max(origin.unwrap_or(i64::MIN)),
+            w,
+        ),
         None => {
             let s = now - t.lookback.as_secs() as i64;
             (s, s)

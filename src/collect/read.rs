@@ -734,7 +734,7 @@ impl Collector<'_, '_> {
         let name = gcs::object_name(
             &self.config.gcs,
             &format!("{}-quarantine", self.def.name),
-            &self.shard.suffix(),
+            &self.name_tag(),
             &self.config.sentry.org,
             (progress.window.start, progress.window.end),
             0,

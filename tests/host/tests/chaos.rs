@@ -218,8 +218,6 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
         } else {
             "20s"
         };
-        let tight = format!("{}s", 6 + (shift / 60) % 14);
-        let budget = if std::env::var("CHAOS_TIGHT").is_ok() { tight.as_str() } else { budget };
         rig.set("time_budget", budget);
         if rng.chance(0.2) {
             let status = [500, 502, 503][rng.below(3) as usize];
@@ -552,7 +550,13 @@ async fn chaos_sequences_lose_nothing() {
     // reproduced under the suite's load).
     let same = std::env::var("CHAOS_SAME_SEED").is_ok_and(|v| v == "1");
     let mut running = futures::stream::iter(first..first + sequences)
-        .map(|s| if same { (first, (s - first) as i64 * 60) } else { (s, 0) })
+        .map(|s| {
+            if same {
+                (first, (s - first) as i64 * 60)
+            } else {
+                (s, 0)
+            }
+        })
         .map(|(s, shift)| async move { (s, tokio::spawn(sequence(s, shift)).await) })
         .buffer_unordered(parallel);
     while let Some((seed, done)) = running.next().await {
