@@ -734,6 +734,17 @@ fn run_backfills(
             continue;
         };
         if request.cancelled_at.is_some() {
+            // A variable that cannot be honoured says so in every run it is set.
+            if let (Some(why), Some(_)) = (&request.refused, &config.backfill_start) {
+                out.push(StreamSummary {
+                    stream: def.name,
+                    track: "backfill",
+                    shard: shard.to_string(),
+                    up_to_date: true,
+                    warnings: vec![format!("{}: {why}", request.by)],
+                    ..StreamSummary::default()
+                });
+            }
             continue;
         }
         todo.push((def, read_as, request, seam));

@@ -3,7 +3,7 @@
 //! table row per scenario.
 //!
 //! ```text
-//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full] [scale]
+//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full] [scale] [backfill]
 //! ```
 //!
 //! Figures: Sentry requests against the lower bound (1 pre-scan + the sum over active projects
@@ -571,6 +571,93 @@ fn print(rows: &[Row]) {
     }
 }
 
+/// (f) Backfill: seven days of history (5 busy projects of 20, 1,000 events a day each) read
+/// by a backfill while a cron every five minutes (25-second budget) keeps live collection
+/// current. Prints the runs it took, its requests against the lower bound (a page per 100
+/// events of each project, one count per window), and its throughput against what sentry.io's
+/// project-events limit (60 a minute, one at a time) allows.
+async fn backfill() {
+    const DAY: i64 = 86_400;
+    const INTERVAL: i64 = 300;
+    let mut rig = rig(20).await;
+    let busy = [3u64, 7, 11, 15, 19];
+    let mut rng = Rng::new(6);
+    let now = rig.clock.now();
+    for p in busy {
+        rig.sim
+            .generate(&mut rng, p, 7 * 1000, now - 7 * DAY - HOUR, now, 0.0, 60);
+    }
+    rig.set("lookback", "1h");
+    rig.set("time_budget", "25s");
+    let first = rig.run_ok().await;
+    let origin = parse_rfc3339(events_summary(&first)["window_start"].as_str().unwrap()).unwrap();
+    let start = origin - 7 * DAY;
+    rig.set("backfill_start", &sentry_sim::time::rfc3339(start));
+    let (rows, bound_pages) = {
+        let mut per_project: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in rig.sim.truth(start, origin, rig.clock.now()) {
+            *per_project.entry(e.project_id).or_default() += 1;
+        }
+        let pages: u64 = per_project.values().map(|n| n.div_ceil(100)).sum();
+        (per_project.values().sum::<u64>(), pages)
+    };
+    let mut runs = 0;
+    let mut requests = 0;
+    let mut delivered = 0;
+    let mut wall = 0.0;
+    let mut max_lag = 0;
+    let t = Instant::now();
+    loop {
+        let from = rig.clock.now();
+        for p in busy {
+            rig.sim.generate(
+                &mut rng,
+                p,
+                1000 * INTERVAL as u64 / DAY as u64 + 1,
+                from,
+                from + INTERVAL,
+                0.0,
+                60,
+            );
+        }
+        rig.clock.advance(INTERVAL);
+        let s = rig.run_ok().await;
+        runs += 1;
+        wall += s["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        let live = events_summary(&s);
+        assert_eq!(live["up_to_date"], true, "live fell behind: {live}");
+        let wm = parse_rfc3339(live["watermark"].as_str().unwrap()).unwrap();
+        max_lag = max_lag.max(rig.clock.now() - wm);
+        let Some(b) = s["backfill"].as_array().and_then(|a| a.first()) else {
+            continue;
+        };
+        requests += b["sentry_requests"].as_u64().unwrap_or(0);
+        delivered += b["events"].as_u64().unwrap_or(0);
+        if b["backfill"]["done"] == true {
+            break;
+        }
+        assert!(runs < 2000, "the backfill did not finish");
+    }
+    assert_eq!(
+        delivered, rows,
+        "the backfill delivered every event of the range once"
+    );
+    let windows = (7 * DAY).div_ceil(24 * 3600) as u64;
+    let bound = bound_pages + windows;
+    let min_secs = rate_limit_minimum(0.0, windows, bound_pages);
+    println!(
+        "| scenario | events | runs (5 min apart, 25 s budget) | Sentry requests | lower bound | ratio | component wall s (all runs) | rate-limit minimum s | events/s of run time | at the limit events/s | live lag max s | host wall s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| (f) backfill of 7 days | {rows} | {runs} | {requests} | {bound} | {:.2} | {wall:.1} | {min_secs:.1} | {:.0} | {:.0} | {max_lag} | {:.0} |",
+        requests as f64 / bound as f64,
+        rows as f64 / wall,
+        rows as f64 / min_secs,
+        t.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
@@ -592,6 +679,9 @@ async fn main() {
     if want("scale") {
         scale().await;
     }
+    if want("backfill") {
+        backfill().await;
+    }
     let mut hot_path = None;
     if want("hot-path") {
         // Built by scripts/bench.sh with
@@ -605,10 +695,10 @@ async fn main() {
         hot_path = Some(out);
     }
     if rows.is_empty() && hot_path.is_none() {
-        if want("scale") {
+        if want("scale") || want("backfill") {
             return;
         }
-        eprintln!("usage: bench [steady] [backlog] [wide] [full] [scale] [hot-path]");
+        eprintln!("usage: bench [steady] [backlog] [wide] [full] [scale] [backfill] [hot-path]");
         std::process::exit(2);
     }
     if let Some(out) = hot_path {

@@ -132,16 +132,24 @@ fn remember(summary: &serde_json::Value, label: &str, history: &mut Vec<String>)
         history.push(format!("{label}: skipped ({})", summary["reason"]));
         return;
     }
-    for stream in STREAMS_UNDER_TEST {
-        let Some(st) = summary["streams"]
+    for (track, stream) in ["streams", "backfill"]
+        .into_iter()
+        .flat_map(|t| STREAMS_UNDER_TEST.map(|s| (t, s)))
+    {
+        let Some(st) = summary[track]
             .as_array()
             .and_then(|all| all.iter().find(|s| s["stream"] == stream))
         else {
             continue;
         };
         let f = |k: &str| st[k].to_string();
+        let track = if track == "backfill" {
+            "(backfill) "
+        } else {
+            ""
+        };
         history.push(format!(
-            "{label} {stream}: window {}..{} finished {} watermark {} pages {} events {} duplicates {} outside {} split {} skipped {} error {} warnings {}",
+            "{label} {stream}: {track}window {}..{} finished {} watermark {} pages {} events {} duplicates {} outside {} split {} skipped {} error {} warnings {}",
             f("window_start"),
             f("window_end"),
             f("window_finished"),
@@ -199,9 +207,15 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
     let mut gone: BTreeSet<String> = BTreeSet::new();
     let mut poisoned: BTreeSet<String> = BTreeSet::new();
     let now = rig.clock.now();
-    for h in (1..=if scaled { 1 } else { 3 }).rev() {
+    // Three hours before the first window's start too: the backfill's to read.
+    for h in (1..=if scaled { 1 } else { 6 }).rev() {
         add_data(&rig, &mut rng, &busy, now - h * 3600, now - (h - 1) * 3600);
     }
+    // Once asked for (in a step, or before settling at the latest), the backfill of the two
+    // hours before the first window runs with what each live run leaves; its KV writes get
+    // their own faults.
+    let mut backfill_asked = scaled;
+    let backfill_start = sentry_sim::time::rfc3339(now - 5 * 3600);
     // Each stream's first window starts at now - lookback as of the first run that saved its
     // plan.
     let mut first_start: BTreeMap<&str, i64> = BTreeMap::new();
@@ -258,10 +272,24 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
             proxy.lose_reply_next.store(1, Ordering::SeqCst);
             *t.faults.entry("GCS reply lost after upload").or_default() += 1;
         }
+        if !backfill_asked && rng.chance(0.3) {
+            rig.set("backfill_start", &backfill_start);
+            backfill_asked = true;
+        }
         let kill = rng.chance(0.2);
+        let in_backfill = backfill_asked && !scaled && rng.chance(0.5);
+        if in_backfill {
+            faults.key_prefix = "v1/backfill/".into();
+        }
         if kill {
-            faults.kill_at_set = Some(rng.below(4) as u32);
-            *t.faults.entry("instance killed at a KV write").or_default() += 1;
+            faults.kill_at_set = Some(rng.below(if in_backfill { 8 } else { 4 }) as u32);
+            *t.faults
+                .entry(if in_backfill {
+                    "instance killed at a backfill KV write"
+                } else {
+                    "instance killed at a KV write"
+                })
+                .or_default() += 1;
         }
         if !kill && rng.chance(0.1) {
             faults.fail_set = true;
@@ -406,15 +434,35 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
         }
         rig.clock.advance(STEP);
     }
-    // Settle: no faults, every late event arrived, run until caught up.
+    // Settle: no faults, every late event arrived, run until caught up (the backfill too).
     rig.clock.advance(MAX_LATE + 120);
     rig.set("time_budget", "60s");
+    if !backfill_asked {
+        rig.set("backfill_start", &backfill_start);
+    }
     let mut watermarks: BTreeMap<&str, i64> = BTreeMap::new();
-    for _ in 0..if scaled { 40 } else { 4 } {
+    // Where each stream's backfill read back to, once it was done.
+    let mut backfilled: BTreeMap<&str, i64> = BTreeMap::new();
+    for _ in 0..if scaled { 40 } else { 6 } {
         let s = rig.run_ok().await;
         t.runs += 1;
         note_starts(&s, &mut first_start);
         remember(&s, &format!("run {} (settle)", t.runs), &mut history);
+        if std::env::var("CHAOS_VERBOSE").is_ok() {
+            eprintln!("seed {seed} run {} (settle):\n{s}", t.runs);
+        }
+        for stream in STREAMS_UNDER_TEST {
+            let done = s["backfill"].as_array().and_then(|all| {
+                all.iter()
+                    .find(|b| b["stream"] == stream && b["backfill"]["done"] == true)
+            });
+            if let Some(low) = done
+                .and_then(|b| b["backfill"]["read_back_to"].as_str())
+                .and_then(sentry_sim::time::parse_rfc3339)
+            {
+                backfilled.insert(stream, low);
+            }
+        }
         for stream in STREAMS_UNDER_TEST {
             let st = stream_summary(&s, stream);
             if st["window_finished"] == true || st["up_to_date"] == true {
@@ -426,7 +474,8 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
                 }
             }
         }
-        if watermarks.len() == STREAMS_UNDER_TEST.len() {
+        let backfill_done = scaled || backfilled.len() == STREAMS_UNDER_TEST.len();
+        if watermarks.len() == STREAMS_UNDER_TEST.len() && backfill_done {
             break;
         }
     }
@@ -435,9 +484,21 @@ async fn sequence(seed: u64, shift: i64) -> Tally {
         STREAMS_UNDER_TEST.len(),
         "seed {seed}: not every stream caught up: {watermarks:?}"
     );
+    if !scaled {
+        assert_eq!(
+            backfilled.len(),
+            STREAMS_UNDER_TEST.len(),
+            "seed {seed}: not every backfill finished: {backfilled:?}"
+        );
+    }
     let now = rig.clock.now();
     for stream in STREAMS_UNDER_TEST {
-        let (start, end) = (first_start[stream], watermarks[stream]);
+        // The truth runs from where the backfill read back to, through the seam, to the
+        // live watermark.
+        let start = backfilled
+            .get(stream)
+            .map_or(first_start[stream], |&low| low.min(first_start[stream]));
+        let end = watermarks[stream];
         let truth: BTreeSet<String> = match stream {
             "events" => rig
                 .sim
