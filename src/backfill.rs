@@ -27,6 +27,9 @@ pub fn retention_days(def: &StreamDef) -> Option<i64> {
     }
 }
 
+/// 2010-01-01: no Sentry org holds anything older.
+const EARLIEST: i64 = 1_262_304_000;
+
 /// What an operator asked for one stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -53,7 +56,7 @@ pub struct Request {
 pub struct Estimate {
     /// Rows Sentry counts in the range; `None` where it offers no count.
     pub rows: Option<u64>,
-    /// Requests the rows take at 100 a page (plus one a project for `events`).
+    /// Requests the rows take (plus a project's first page in each window for `events`).
     pub requests: Option<u64>,
     /// The least time those requests take at sentry.io's rate limits.
     pub secs_at_rate_limit: Option<f64>,
@@ -70,9 +73,10 @@ pub fn requests_per_sec(def: &StreamDef) -> f64 {
 }
 
 impl Estimate {
-    /// From Sentry's counts: `rows` in all, in `projects` projects (0 for org-wide reads).
-    pub fn from_counts(def: &StreamDef, rows: u64, projects: u64) -> Estimate {
-        let requests = rows.div_ceil(100) + projects;
+    /// From Sentry's counts: `rows` in all at `per_page` a page, plus `extra` requests (a
+    /// project's first page in each window for `events`).
+    pub fn from_counts(def: &StreamDef, rows: u64, per_page: u64, extra: u64) -> Estimate {
+        let requests = rows.div_ceil(per_page.max(1)) + extra;
         let secs = requests as f64 / requests_per_sec(def);
         Estimate {
             rows: Some(rows),
@@ -137,6 +141,13 @@ pub fn refusal(
     origin: Option<i64>,
     covered: Option<&BackfillPos>,
 ) -> Option<String> {
+    if start < EARLIEST {
+        return Some(format!(
+            "{} starts {}, before Sentry existed; ask for a start from 2010 on",
+            def.name,
+            rfc3339(start.max(0))
+        ));
+    }
     if let Some(days) = retention_days(def) {
         let oldest = now - days * 86_400;
         if start < oldest {
@@ -175,6 +186,25 @@ pub fn refusal(
         }
     }
     None
+}
+
+/// The longest backfill window of `def`. Audit logs take no time range (every window pages
+/// from the newest entry down past its start) and an issue's `lastSeen` is cut to the range
+/// asked for (each window would show the issue again): both are read as one window.
+pub fn window_secs(def: &StreamDef, max_window: i64) -> i64 {
+    match def.kind {
+        Kind::AuditLogs | Kind::Issues => i64::MAX / 4,
+        Kind::Events | Kind::Explore(_) => max_window,
+    }
+}
+
+/// Where a backfill down to `start` can read from at `now`: not before what Sentry still keeps
+/// (less an hour, so a window is not refused for a range that expired while it was read).
+pub fn readable_from(def: &StreamDef, start: i64, now: i64) -> i64 {
+    match retention_days(def) {
+        Some(days) => start.max(now - days * 86_400 + 3_600),
+        None => start,
+    }
 }
 
 /// What the backfill track reads next, or why it reads nothing now.
@@ -263,6 +293,12 @@ pub fn left_at_rate_limit(
     (range_secs > 0).then(|| total * secs_left.clamp(0, range_secs) as f64 / range_secs as f64)
 }
 
+/// The delivered ids a backfill keeps after a window: from the start of the rest of a window
+/// cut short (its first second's rows may already be delivered); `None`: none.
+pub fn ids_to_keep(pos: &BackfillPos) -> Option<i64> {
+    pos.gap.map(|(from, _)| from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +320,20 @@ mod tests {
             parse_start("2026-09-01T12:00:00Z", NOW),
             Ok(parse_rfc3339("2026-09-01T12:00:00Z").unwrap())
         );
-        for bad in ["", "0d", "-3d", "90", "90w", "yesterday", "2026-13-01"] {
+        // Hostile text never traps the component: a multi-byte last character (smart quotes,
+        // another script) is refused like any other.
+        for bad in [
+            "",
+            "0d",
+            "-3d",
+            "90",
+            "90w",
+            "yesterday",
+            "2026-13-01",
+            "\u{201c}90d\u{201d}",
+            "90\u{434}",
+            "\u{e9}",
+        ] {
             let e = parse_start(bad, NOW).unwrap_err();
             assert!(e.contains("a date (2026-09-01)"), "{bad}: {e}");
         }
@@ -302,6 +351,19 @@ mod tests {
         let logs_old = refusal(logs, NOW - 31 * DAY, NOW, origin, None).unwrap();
         assert!(logs_old.contains("30 days"), "{logs_old}");
         assert!(refusal(audit, NOW - 3000 * DAY, NOW, origin, None).is_none());
+        let ancient = refusal(audit, -5_000_000_000, NOW, origin, None).unwrap();
+        assert!(ancient.contains("before Sentry existed"), "{ancient}");
+        // Asked for within retention, read later: what expired meanwhile is not asked of Sentry.
+        let start = NOW - 89 * DAY;
+        assert_eq!(readable_from(events, start, NOW), start);
+        assert_eq!(
+            readable_from(events, start, NOW + 2 * DAY),
+            NOW - 88 * DAY + 3600
+        );
+        assert_eq!(readable_from(audit, start, NOW + 2 * DAY), start);
+        assert_eq!(window_secs(audit, DAY), i64::MAX / 4);
+        assert_eq!(window_secs(by_name("issues").unwrap(), DAY), i64::MAX / 4);
+        assert_eq!(window_secs(logs, DAY), DAY);
         let not_started = refusal(events, NOW - 2 * DAY, NOW, None, None).unwrap();
         assert!(not_started.contains("has not started"), "{not_started}");
         let live = refusal(events, NOW - DAY / 2, NOW, origin, None).unwrap();
@@ -351,6 +413,8 @@ mod tests {
         );
         assert_eq!(pos.low, seam - DAY);
         assert_eq!(pos.gap, Some((mid, seam)));
+        // The rows of the second it was cut at are delivered: their ids stay for the rest.
+        assert_eq!(ids_to_keep(&pos), Some(mid));
         let Next::Read(g) = next_window(&pos, start, DAY, NOW, 3600) else {
             panic!("the gap");
         };
@@ -363,6 +427,7 @@ mod tests {
         );
         let pos = after_read(&pos, g);
         assert_eq!(pos.gap, None);
+        assert_eq!(ids_to_keep(&pos), None);
         let Next::Read(w) = next_window(&pos, start, DAY, NOW, 3600) else {
             panic!("a window");
         };
@@ -388,12 +453,16 @@ mod tests {
     #[test]
     fn estimates_state_requests_and_time_at_the_rate_limits() {
         let events = by_name("events").unwrap();
-        let e = Estimate::from_counts(events, 360_000, 12);
+        let e = Estimate::from_counts(events, 360_000, 100, 12);
         assert_eq!(e.requests, Some(3612));
         assert_eq!(e.secs_at_rate_limit, Some(3612.0));
         assert!(e.note.contains("60 min"), "{}", e.note);
         let spans = by_name("spans").unwrap();
-        let s = Estimate::from_counts(spans, 5_000_000, 0);
+        let s = Estimate::from_counts(spans, 5_000_000, 100, 0);
+        assert_eq!(
+            Estimate::from_counts(events, 1_000, 10, 0).requests,
+            Some(100)
+        );
         assert_eq!(s.requests, Some(50_000));
         assert_eq!(s.secs_at_rate_limit, Some(1000.0));
     }

@@ -425,6 +425,7 @@ fn migrate_held(
             &mut summary,
         )
         .map_err(|stop| RunError::State(collect::commit::stop_message(stop)))?;
+        let cp = with_backfill_as_history(env, shard, &name, cp)?;
         loaded.push((*shard, cp, seen));
     }
     // Before every KV write: every lease involved still has time left.
@@ -481,8 +482,34 @@ fn migrate_held(
     Ok(report)
 }
 
-/// Deletes the `events` state of `shards` (but not of `keep`); a failed delete leaves an
-/// unused key behind, which the next migration drops.
+/// An old shard's live checkpoint for a migration, its backfill counted as its own history:
+/// the new shards' live track began where that backfill reached, so a later backfill reads
+/// only before it. Refused while the backfill is inside a window (its ids would be lost).
+fn with_backfill_as_history(
+    env: &Env,
+    shard: &Shard,
+    live_name: &str,
+    mut cp: crate::checkpoint::Checkpoint,
+) -> Result<crate::checkpoint::Checkpoint, RunError> {
+    let (back, _) = CheckpointStore::new(env.kv, &backfill::state_name(live_name))
+        .load_lazy()
+        .map_err(RunError::State)?;
+    let midway = back.in_progress.is_some()
+        || back.pending.is_some()
+        || back.backfill.is_some_and(|p| p.gap.is_some());
+    if midway {
+        return Err(RunError::Busy(format!(
+            "the backfill of shard {shard} is inside a window: let it finish (or cancel it and let the window end) before changing the layout"
+        )));
+    }
+    if let Some(pos) = back.backfill {
+        cp.origin = Some(cp.origin.map_or(pos.low, |o| o.min(pos.low)));
+    }
+    Ok(cp)
+}
+
+/// Deletes the `events` state of `shards` (but not of `keep`), their backfills' included; a
+/// failed delete leaves an unused key behind, which the next migration drops.
 fn drop_state(env: &Env, shards: &[Shard], keep: &[Shard]) {
     if shards.is_empty() {
         return;
@@ -495,10 +522,15 @@ fn drop_state(env: &Env, shards: &[Shard], keep: &[Shard]) {
             continue;
         }
         let prefix = format!("v1/{name}/");
-        for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
+        let backfill_prefix = format!("v1/{}/", backfill::state_name(&name));
+        for key in keys
+            .iter()
+            .filter(|k| k.starts_with(&prefix) || k.starts_with(&backfill_prefix))
+        {
             let _ = env.kv.delete(key);
         }
         let _ = env.kv.delete(&StreamStatus::key(&name));
+        let _ = env.kv.delete(&backfill::Status::key(&name));
     }
 }
 
@@ -683,12 +715,9 @@ fn collect(
         kv_ms: 0.0,
         elapsed_ms: 0.0,
     };
-    if summary
-        .streams
-        .iter()
-        .chain(&summary.backfill)
-        .any(|s| s.error.is_some())
-    {
+    // A backfill's failure is in its summary and `/status`; it does not fail the run, whose
+    // live collection (what Pub/Sub would redeliver it for) went well.
+    if summary.streams.iter().any(|s| s.error.is_some()) {
         return Err(RunError::Streams(Box::new(summary)));
     }
     Ok(summary)
@@ -716,7 +745,7 @@ fn run_backfills(
             Err(_) => continue,
         };
         let now = env.clock.now() as i64;
-        let request = match apply_variable(env, config, def, &live_name, origin, now) {
+        let request = match apply_variable(env, config, def, origin, now) {
             Ok(r) => r,
             Err(e) => {
                 out.push(StreamSummary {
@@ -757,27 +786,37 @@ fn run_backfills(
         }
         sentry.set_deadline(now + share);
         if request.estimate.is_none() {
-            if let Ok(e) = estimate(
-                sentry,
-                def,
-                Window {
-                    start: request.start,
-                    end: seam,
-                },
-            ) {
-                request.estimate = Some(e);
+            // Counted once, best effort: a count that fails is not asked again every run.
+            let range = Window {
+                start: request.start,
+                end: seam,
+            };
+            let counted = estimate(sentry, config, def, range).unwrap_or_else(|e| {
+                backfill::Estimate::unknown(&format!("Sentry's count failed ({e}): no estimate"))
+            });
+            request.estimate = Some(counted);
+            // Unless the operator changed or cancelled it meanwhile.
+            let stored = backfill::load_request(env.kv, def.name).ok().flatten();
+            if stored
+                .is_some_and(|r| r.requested_at == request.requested_at && r.cancelled_at.is_none())
+            {
                 let _ = backfill::save_request(env.kv, def.name, &request);
             }
         }
         let Some(lease) = leases.iter().find(|l| l.shard == read_as) else {
             continue;
         };
-        let track = Track::Backfill {
-            start: request.start,
-            seam,
-        };
+        let start = backfill::readable_from(def, request.start, env.clock.now() as i64);
+        let track = Track::Backfill { start, seam };
         let mut s =
             collect::collect_stream(*env, config, sentry, gcs, lease, read_as, def, false, track);
+        if start > request.start {
+            s.warnings.push(format!(
+                "{}: what lies before {} expired in Sentry before the backfill reached it",
+                def.name,
+                rfc3339(start)
+            ));
+        }
         s.shard = shard.to_string();
         let lost = s.lease_lost.is_some();
         collect::save_backfill_status(*env, def, read_as, &s, &request);
@@ -795,7 +834,6 @@ fn apply_variable(
     env: &Env,
     config: &Config,
     def: &'static StreamDef,
-    live_name: &str,
     origin: Option<i64>,
     now: i64,
 ) -> Result<Option<backfill::Request>, String> {
@@ -807,17 +845,23 @@ fn apply_variable(
         return Ok(current);
     }
     // Not before the live track began: the variable then waits for the first window.
-    let Some(origin) = origin else {
+    if origin.is_none() {
         return Ok(current);
-    };
+    }
     let start = backfill::parse_start(value, now).map_err(|e| format!("backfill_start {e}"))?;
-    let covered = CheckpointStore::new(env.kv, &backfill::state_name(live_name))
-        .load_lazy()
-        .map(|(cp, _)| cp.backfill)
-        .unwrap_or(None);
-    let refused = backfill::refusal(def, start, now, Some(origin), covered.as_ref());
+    // Judged for every shard at once (the request is the stream's): the earliest origin, the
+    // shard that has read least far back.
+    let (origin, covered) = backfill_positions(env, def).map_err(|e| e.to_string())?;
+    let refused = backfill::refusal(def, start, now, origin, covered.as_ref());
     if let Some(why) = &refused {
         eprintln!("warning: backfill_start={value}: {why}");
+        // A refused value never replaces a backfill under way (one asked for over HTTP).
+        if let Some(mut active) = current.filter(|r| r.cancelled_at.is_none()) {
+            active.variable = Some(value.clone());
+            active.refused = Some(format!("backfill_start={value}: {why}"));
+            backfill::save_request(env.kv, def.name, &active)?;
+            return Ok(Some(active));
+        }
     }
     let request = backfill::Request {
         start,
@@ -836,6 +880,7 @@ fn apply_variable(
 /// `events`, the dataset's `count()` for Explore streams); issues and audit logs have none.
 pub fn estimate(
     sentry: &SentryClient,
+    config: &Config,
     def: &'static StreamDef,
     range: Window,
 ) -> Result<backfill::Estimate, SentryError> {
@@ -843,14 +888,23 @@ pub fn estimate(
         Kind::Events => match sentry.active_projects(range, &[])? {
             Some(projects) => {
                 let rows = projects.iter().fold(0u64, |a, p| a.saturating_add(p.count));
-                backfill::Estimate::from_counts(def, rows, projects.len() as u64)
+                // `full=true` pages hold 10 events; a project is asked once a window at least.
+                let per_page = if config.sentry.full_events { 10 } else { 100 };
+                let windows = ((range.end - range.start).max(1) as u64)
+                    .div_ceil(config.timing.max_window.as_secs().max(60));
+                backfill::Estimate::from_counts(
+                    def,
+                    rows,
+                    per_page,
+                    projects.len() as u64 * windows,
+                )
             }
             None => backfill::Estimate::unknown(
                 "this org cannot count several projects at once: no estimate",
             ),
         },
         Kind::Explore(d) => match sentry.dataset_count(d.name, range)? {
-            Some(rows) => backfill::Estimate::from_counts(def, rows, 0),
+            Some(rows) => backfill::Estimate::from_counts(def, rows, 100, 0),
             None => backfill::Estimate::unknown("Sentry's count came back partial: no estimate"),
         },
         Kind::Issues | Kind::AuditLogs => backfill::Estimate::unknown(&format!(
@@ -923,7 +977,12 @@ pub fn request_backfill(
     let deadline = env.clock.now() + budget;
     let region = region::region_url(env, &config.sentry, deadline).map_err(RunError::Sentry)?;
     let sentry = SentryClient::new(*env, &config.sentry, region, deadline);
-    let estimate = estimate(&sentry, def, Window { start, end: from }).map_err(RunError::Sentry)?;
+    // Best effort: a count Sentry cannot answer (a query timeout over a long range) does not
+    // refuse the backfill; the answer says so.
+    let estimate =
+        estimate(&sentry, config, def, Window { start, end: from }).unwrap_or_else(|e| {
+            backfill::Estimate::unknown(&format!("Sentry's count failed ({e}): no estimate"))
+        });
     let request = backfill::Request {
         start,
         requested_at: now,

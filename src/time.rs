@@ -150,7 +150,9 @@ pub fn parse_start(text: &str, now: i64) -> Result<i64, String> {
             return Ok(at);
         }
     }
-    let (digits, unit) = t.split_at(t.len() - 1);
+    // (Split at the last character, not byte: hostile text may end in any character.)
+    let last = t.char_indices().next_back().map_or(0, |(i, _)| i);
+    let (digits, unit) = t.split_at(last);
     let n: i64 = digits
         .parse()
         .ok()

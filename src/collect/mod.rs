@@ -406,7 +406,7 @@ impl Collector<'_, '_> {
         let t = &self.config.timing;
         let settle = (t.lag.as_secs() + t.overlap.as_secs()) as i64;
         let now = self.env.clock.now() as i64;
-        let max_window = t.max_window.as_secs() as i64;
+        let max_window = backfill::window_secs(self.def, t.max_window.as_secs() as i64);
         let window = match backfill::next_window(&pos, start, max_window, now, settle) {
             Next::Read(w) => w,
             Next::Done => {
@@ -434,18 +434,34 @@ impl Collector<'_, '_> {
     }
 
     /// Where the live track of a deployment older than origins began: the earliest window
-    /// start among the stream's objects (the first in name order is the first window's),
-    /// or, with none, where its next window starts (nothing before was delivered).
+    /// start among this stream's and shard's live objects in the first listing page (names
+    /// go by the hour of a window's end, so the first ones are the first windows'; another
+    /// org's, shard's or a backfill's do not count), or, with none, where its next window
+    /// starts (nothing before was delivered).
     fn earliest_delivered(&mut self) -> Result<i64, Stop> {
         let next = self.checkpoint.watermark.unwrap_or_default()
             - self.config.timing.overlap.as_secs() as i64;
         let dir = format!("{}{}/", self.config.gcs.prefix, self.def.name);
-        let first = self
+        let mine = format!(
+            "{}-{}{}-",
+            self.config.sentry.org,
+            self.def.name,
+            self.shard.suffix()
+        );
+        let listed = self
             .gcs
-            .first_under(&dir)
+            .list_under(&dir, 1000)
             .map_err(|e| Stop::Failed(e.into()))?;
-        Ok(first
-            .and_then(|o| window_start_of(&o.name))
+        Ok(listed
+            .iter()
+            .filter(|o| {
+                o.name
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with(&mine))
+            })
+            .filter_map(|o| window_start_of(&o.name))
+            .min()
             .map_or(next, |s| s.min(next)))
     }
 

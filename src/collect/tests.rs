@@ -531,3 +531,21 @@ fn a_second_pass_adds_to_the_first() {
     };
     assert!(!failed.wants_more_time());
 }
+
+#[test]
+fn an_objects_name_tells_its_windows_start() {
+    let t = crate::time::parse_rfc3339("2026-12-03T13:47:35Z").unwrap();
+    for name in [
+        "sentry/events/2026/12/03/16/acme-events-20261203T134735Z-20261203T164635Z-00000-221f1f1a840c247d.ndjson",
+        "p/events/2026/12/03/16/my-org-2-events.s1of4-20261203T134735Z-20261203T164635Z-00003-221f1f1a840c247d.ndjson.gz",
+    ] {
+        assert_eq!(window_start_of(name), Some(t), "{name}");
+    }
+    for name in [
+        "sentry/events/2026/12/03/16/notes.txt",
+        "sentry/events/2026/12/03/16/acme-events-2026-12-03-x-y.ndjson",
+        "",
+    ] {
+        assert_eq!(window_start_of(name), None, "{name}");
+    }
+}

@@ -425,15 +425,21 @@ impl<'e> GcsClient<'e> {
     /// The first object (in name order) whose name is `prefix` followed by a digit, with its
     /// custom metadata (a console's folder placeholder, named `prefix` itself, is not one).
     pub fn first_under(&self, prefix: &str) -> Result<Option<Listed>, GcsError> {
+        Ok(self.list_under(prefix, 1)?.into_iter().next())
+    }
+
+    /// The first `max` objects (one listing page, in name order, at most 1,000) whose names
+    /// are `prefix` followed by a digit, with their custom metadata.
+    pub fn list_under(&self, prefix: &str, max: u32) -> Result<Vec<Listed>, GcsError> {
         let mut url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o"]);
         url.query_pairs_mut()
             .append_pair("prefix", prefix)
             .append_pair("startOffset", &format!("{prefix}0"))
             .append_pair("endOffset", &format!("{prefix}:"))
-            .append_pair("maxResults", "1");
+            .append_pair("maxResults", &max.clamp(1, 1000).to_string());
         let what = format!("listing {prefix}");
         let mut request = OutboundRequest::get(url);
-        request.max_response_bytes = 1024 * 1024;
+        request.max_response_bytes = 4 * 1024 * 1024;
         let resp = self.send(&what, request)?;
         match resp.status {
             200 => {
@@ -443,11 +449,12 @@ impl<'e> GcsClient<'e> {
                 Ok(page
                     .items
                     .into_iter()
-                    .find(|o| o.name.starts_with(prefix))
+                    .filter(|o| o.name.starts_with(prefix))
                     .map(|o| Listed {
                         name: o.name,
                         metadata: o.metadata.unwrap_or_default(),
-                    }))
+                    })
+                    .collect())
             }
             403 => Err(GcsError::Fatal(format!(
                 "{what}: permission denied (403); grant the writer service account roles/storage.objectViewer on bucket {}",

@@ -264,6 +264,27 @@ impl FakeGcs {
         }
         Ok(resp.body)
     }
+
+    /// Stores an object as someone else would (a test's stand-in for another writer).
+    pub async fn upload(&self, name: &str, body: &[u8]) -> Result<()> {
+        let target = format!(
+            "/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.bucket,
+            urlencode(name)
+        );
+        let resp = crate::testing::http_request(
+            self.addr(),
+            "POST",
+            &target,
+            &[("content-type", "application/x-ndjson")],
+            body,
+        )
+        .await?;
+        if resp.status != 200 {
+            bail!("upload of {name} failed: {}", resp.status);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for FakeGcs {

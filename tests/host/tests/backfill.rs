@@ -299,3 +299,73 @@ async fn a_backfill_fills_the_history_exactly_once_while_live_stays_current() {
         assert!(b["rows"].as_u64().unwrap() > 0, "{b}");
     }
 }
+
+/// A deployment from before the live track's origin was recorded: its checkpoint has none.
+/// The first run of this version takes it from the earliest of its own objects in the bucket
+/// (another org's or shard's objects listed before them do not count), so a backfill then
+/// reads up to exactly where the old deployment began: nothing twice, nothing missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_older_than_origins_backfills_up_to_its_first_window() {
+    let mut rig = Rig::without_rate_limits(3).await;
+    let mut rng = Rng::new(77);
+    let t0 = rig.clock.now();
+    for p in 1..=3 {
+        rig.sim
+            .generate(&mut rng, p, 600, t0 - 2 * 86_400, t0, 0.0, 60);
+    }
+    rig.set("lookback", "2h");
+    rig.set("overlap", "30m");
+    let first = rig.run_ok().await;
+    let began = time(&events_summary(&first)["window_start"]);
+    // Someone else's object sorts before ours (an hour folder earlier, another org).
+    let early = sentry_sim::time::rfc3339(began - 86_400);
+    let folder = &early[..13].replace(['-', 'T'], "/");
+    rig.gcs
+        .upload(
+            &format!("{PREFIX}events/{folder}/other-org-events-20200101T000000Z-20200101T010000Z-00000-0123456789abcdef.ndjson"),
+            b"{\"eventID\": \"another-org-event\"}\n",
+        )
+        .await
+        .expect("upload");
+    for _ in 0..2 {
+        let from = rig.clock.now();
+        add_data(&rig, &mut rng, from, from + INTERVAL);
+        rig.clock.advance(INTERVAL);
+        rig.run_ok().await;
+    }
+    // What an older version left: the same checkpoint without its origin.
+    let app = collector_host::App::load(&rig.options(), collector_host::Trigger::Cron).unwrap();
+    let store = app.store("default").unwrap();
+    let key = "v1/events/checkpoint";
+    let mut cp: Value = serde_json::from_slice(&store.get(key).unwrap().unwrap()).unwrap();
+    assert!(cp.get("origin").is_some(), "{cp}");
+    cp.as_object_mut().unwrap().remove("origin");
+    store.set(key, cp.to_string().as_bytes()).unwrap();
+    rig.clock.advance(INTERVAL);
+    rig.run_ok().await;
+    rig.set("backfill_start", "1d");
+    let mut done = None;
+    for _ in 0..10 {
+        rig.clock.advance(INTERVAL);
+        let s = rig.run_ok().await;
+        if let Some(b) = backfill_of(&s, "events") {
+            assert_eq!(time(&b["backfill"]["seam"]), began, "{b}");
+            if b["backfill"]["done"] == true {
+                done = Some(time(&b["backfill"]["read_back_to"]));
+                break;
+            }
+        }
+    }
+    let from = done.expect("the backfill finished");
+    let last = rig.run_ok().await;
+    let end = time(&events_summary(&last)["watermark"]);
+    let truth = rig.sim.truth_ids(from, end, rig.clock.now());
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for id in rig.stream_ids("events", "eventID").await {
+        *counts.entry(id).or_default() += 1;
+    }
+    let lost = truth.iter().filter(|id| !counts.contains_key(*id)).count();
+    let duplicated: usize = counts.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    assert_eq!((lost, duplicated), (0, 0), "of {} events", truth.len());
+    assert!(truth.len() > 300);
+}
