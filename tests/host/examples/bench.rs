@@ -642,7 +642,7 @@ async fn backfill() {
         delivered, rows,
         "the backfill delivered every event of the range once"
     );
-    let windows = (7 * DAY).div_ceil(24 * 3600) as u64;
+    let windows = (7 * DAY as u64).div_ceil(24 * 3600);
     let bound = bound_pages + windows;
     let min_secs = rate_limit_minimum(0.0, windows, bound_pages);
     println!(
