@@ -778,6 +778,9 @@ fn run_backfills(
         }
         todo.push((def, read_as, request, seam));
     }
+    // A backfill leaves a third of every rate-limit window to the next run's live collection
+    // (a cron a minute apart, a Pub/Sub redelivery, another shard on the same token).
+    sentry.set_rate_limit_reserve(1.0 / 3.0);
     for (k, (def, read_as, mut request, seam)) in todo.iter().cloned().enumerate() {
         let now = env.clock.now();
         let share = (deadline - now) / (todo.len() - k) as f64;

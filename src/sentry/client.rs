@@ -104,6 +104,11 @@ impl<'e> SentryClient<'e> {
         self.deadline.set(deadline);
     }
 
+    /// Leaves `share` of each rate-limit window's requests unused (see [`Pacer::set_reserve`]).
+    pub fn set_rate_limit_reserve(&self, share: f64) {
+        self.pacer.borrow_mut().set_reserve(share);
+    }
+
     pub fn deadline(&self) -> f64 {
         self.deadline.get()
     }

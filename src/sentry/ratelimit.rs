@@ -28,6 +28,9 @@ struct Bucket {
 #[derive(Debug, Default)]
 pub struct Pacer {
     buckets: BTreeMap<&'static str, Bucket>,
+    /// The share of each window's requests left alone (for the next run's live collection):
+    /// a bucket down to it counts as exhausted. 0 for live collection.
+    reserve: f64,
 }
 
 fn header_number(resp: &InboundResponse, name: &str) -> Option<f64> {
@@ -39,6 +42,12 @@ fn header_number(resp: &InboundResponse, name: &str) -> Option<f64> {
 }
 
 impl Pacer {
+    /// Leaves `share` of every window's requests to whoever comes next (a backfill leaves a
+    /// third to the next run's live collection).
+    pub fn set_reserve(&mut self, share: f64) {
+        self.reserve = share.clamp(0.0, 0.9);
+    }
+
     /// When the next request to `endpoint` may be sent.
     pub fn ready_at(&self, endpoint: &str) -> f64 {
         self.buckets.get(endpoint).map_or(0.0, |b| b.not_before)
@@ -54,6 +63,8 @@ impl Pacer {
     ) {
         let remaining = header_number(resp, "x-sentry-rate-limit-remaining");
         let reset = header_number(resp, "x-sentry-rate-limit-reset");
+        let kept = header_number(resp, "x-sentry-rate-limit-limit")
+            .map_or(0.0, |limit| (limit * self.reserve).floor());
         let bucket = self.buckets.entry(endpoint).or_default();
         if resp.status == 429 {
             let until = match (retry::retry_after(resp.header("retry-after")), reset) {
@@ -64,7 +75,7 @@ impl Pacer {
                 _ => now + retry::backoff(0, jitter),
             };
             bucket.not_before = bucket.not_before.max(until);
-        } else if remaining == Some(0.0) {
+        } else if remaining.is_some_and(|r| r <= kept) {
             if let Some(reset) = reset {
                 // Cap at a window's worth, so a bogus header cannot stall a run for hours.
                 bucket.not_before = bucket
@@ -78,6 +89,29 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserve_leaves_part_of_each_window_to_the_next_run() {
+        let headers = |remaining: &'static str| {
+            resp(
+                200,
+                &[
+                    ("x-sentry-rate-limit-limit", "60"),
+                    ("x-sentry-rate-limit-remaining", remaining),
+                    ("x-sentry-rate-limit-reset", "1060"),
+                ],
+            )
+        };
+        let mut live = Pacer::default();
+        live.observe("events", &headers("20"), 1000.0, 0.5);
+        assert_eq!(live.ready_at("events"), 0.0);
+        let mut backfill = Pacer::default();
+        backfill.set_reserve(1.0 / 3.0);
+        backfill.observe("events", &headers("21"), 1000.0, 0.5);
+        assert_eq!(backfill.ready_at("events"), 0.0);
+        backfill.observe("events", &headers("20"), 1000.0, 0.5);
+        assert_eq!(backfill.ready_at("events"), 1061.0);
+    }
 
     fn resp(status: u16, headers: &[(&str, &str)]) -> InboundResponse {
         InboundResponse {
