@@ -116,6 +116,7 @@ const EXPLORE_SHAPE: Shape = Shape {
     id_field: "id",
     time_field: "timestamp",
     key_includes_time: false,
+    project_field: Some("project.id"),
 };
 
 const fn explore(name: &'static str, fields: &'static [&'static str]) -> StreamDef {
@@ -139,6 +140,7 @@ pub const STREAMS: &[StreamDef] = &[
             id_field: "eventID",
             time_field: "dateCreated",
             key_includes_time: false,
+            project_field: None,
         },
         order: Order::NewestFirst,
         org_wide: false,
@@ -152,6 +154,7 @@ pub const STREAMS: &[StreamDef] = &[
             id_field: "id",
             time_field: "lastSeen",
             key_includes_time: true,
+            project_field: None,
         },
         order: Order::NewestFirst,
         org_wide: true,
@@ -165,6 +168,7 @@ pub const STREAMS: &[StreamDef] = &[
             id_field: "id",
             time_field: "dateCreated",
             key_includes_time: false,
+            project_field: None,
         },
         order: Order::NewestFirst,
         org_wide: true,

@@ -1,7 +1,7 @@
 //! Planning a window: where it starts and ends, which projects it reads, and which parts of
 //! its overlap are read again (where Sentry's counts differ from what was delivered).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::collector::*;
 use crate::checkpoint::WindowProgress;
@@ -88,10 +88,45 @@ pub(super) fn counted<T>(
 }
 
 pub(super) fn delivered_org_wide(seen: &SeenSet, range: Window) -> u64 {
+    delivered_except(seen, range, &BTreeSet::new())
+}
+
+/// Rows delivered from an org-wide stream with a time in `range`, but those of the projects
+/// in `gone` (deleted: Sentry no longer counts them) and items set apart.
+pub(super) fn delivered_except(seen: &SeenSet, range: Window, gone: &BTreeSet<u64>) -> u64 {
     seen.counts_in(range.start, range.end)
-        .get(&ORG_WIDE)
-        .copied()
-        .unwrap_or(0)
+        .iter()
+        .filter(|(p, _)| **p != QUARANTINED && !gone.contains(*p))
+        .fold(0u64, |a, (_, n)| a.saturating_add(*n))
+}
+
+/// The projects whose delivered rows in an overlap Sentry no longer counts at all (deleted),
+/// from its per-project counts there: they leave both sides of the comparison, so their
+/// vanished rows cannot cancel late rows of other projects out. `None`: the comparison
+/// cannot be trusted (some project lost only part of its rows, rows delivered before rows
+/// carried their project, or no per-project count).
+pub(super) fn deleted_projects(
+    delivered: &HashMap<u64, u64>,
+    counted: Option<&BTreeMap<u64, u64>>,
+) -> Option<BTreeSet<u64>> {
+    let counted = counted?;
+    let mut gone = BTreeSet::new();
+    for (&p, &n) in delivered {
+        if n == 0 || p == QUARANTINED {
+            continue;
+        }
+        if p == ORG_WIDE {
+            return None;
+        }
+        match counted.get(&p).copied().unwrap_or(0) {
+            0 => {
+                gone.insert(p);
+            }
+            c if c < n => return None,
+            _ => {}
+        }
+    }
+    Some(gone)
 }
 
 /// The overlap's counts are searched only while this much of the stream's share is left.
@@ -523,8 +558,10 @@ impl Collector<'_, '_> {
     /// differs, it is halved, and each half that differs halved again, down to a second or
     /// to fewer rows than a page, within a count budget (late rows are few and scattered: a
     /// busy org does not read its whole overlap again for a few). Without multi-project
-    /// queries, the whole window. Like the whole-overlap check, it trusts an equal count: a
-    /// deletion and a late row in the same counted range cancel out.
+    /// queries, the whole window. Rows carry their project, and Sentry's per-project count of
+    /// the overlap names the projects deleted since: their rows leave the comparison, so a
+    /// deleted project cannot cancel out late rows; a project that lost only some rows (or
+    /// rows from before rows carried their project) has the whole overlap read again.
     pub(super) fn explore_overlap(
         &mut self,
         window: Window,
@@ -541,7 +578,17 @@ impl Collector<'_, '_> {
         let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
             return Ok(whole);
         };
-        let had = delivered_org_wide(&self.seen, overlap);
+        if count < delivered_org_wide(&self.seen, overlap) {
+            // Rows were deleted: a smaller count cannot say where late rows are.
+            return Ok(whole);
+        }
+        // A deleted project's rows and late rows of others would cancel out in the counts.
+        let per_project = self.sentry.dataset_project_counts(dataset, overlap)?;
+        let delivered = self.seen.counts_in(overlap.start, overlap.end);
+        let Some(gone) = deleted_projects(&delivered, per_project.as_ref()) else {
+            return Ok(whole);
+        };
+        let had = delivered_except(&self.seen, overlap, &gone);
         if count == had {
             self.summary.overlap_skipped += 1;
             return Ok(vec![(wm, window.end)]);
@@ -557,7 +604,7 @@ impl Collector<'_, '_> {
             overlap,
             MAX_RANGE_COUNTS,
             |probe| counted(sentry, &cut, || sentry.dataset_count(dataset, probe)),
-            |probe| delivered_org_wide(seen, probe),
+            |probe| delivered_except(seen, probe, &gone),
         );
         if cut.get() && self.may_defer {
             return Err(Stop::OutOfTime);

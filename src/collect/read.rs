@@ -78,7 +78,7 @@ pub fn absorb(
     for item in &page.items {
         if !window.contains(item.time) {
             took.outside += 1;
-        } else if seen.insert_key(item.key, item.time, project) {
+        } else if seen.insert_key(item.key, item.time, owner(project, item)) {
             out.extend_from_slice(page.json(item));
             out.push(b'\n');
             took.written += 1;
@@ -87,6 +87,15 @@ pub fn absorb(
         }
     }
     took
+}
+
+/// Whose an item is in the delivered set: the project read, or for an org-wide read the
+/// row's own project when it names one (so a deleted project's rows can be told apart).
+fn owner(unit: u64, item: &crate::sentry::pages::Item) -> u64 {
+    match (unit, item.project) {
+        (ORG_WIDE, Some(p)) if p != ORG_WIDE && p != super::collector::QUARANTINED => p,
+        _ => unit,
+    }
 }
 
 /// The delivered-id key of an item set apart: of its whole JSON text (it has no usable id).

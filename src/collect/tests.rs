@@ -549,3 +549,33 @@ fn an_objects_name_tells_its_windows_start() {
         assert_eq!(window_start_of(name), None, "{name}");
     }
 }
+
+#[test]
+fn deleted_projects_leave_the_comparison_and_partial_deletions_distrust_it() {
+    use std::collections::BTreeSet;
+    let delivered: HashMap<u64, u64> = [(1, 50), (2, 20), (QUARANTINED, 3)].into();
+    // Project 2 is gone from Sentry's counts: it leaves both sides.
+    let counted: BTreeMap<u64, u64> = [(1, 70)].into();
+    assert_eq!(
+        deleted_projects(&delivered, Some(&counted)),
+        Some(BTreeSet::from([2]))
+    );
+    // Project 2 lost only some rows: no per-project answer can say where late rows are.
+    let counted: BTreeMap<u64, u64> = [(1, 50), (2, 5)].into();
+    assert_eq!(deleted_projects(&delivered, Some(&counted)), None);
+    // Rows delivered before rows carried their project, or no per-project count: no trust.
+    let legacy: HashMap<u64, u64> = [(ORG_WIDE, 10)].into();
+    assert_eq!(deleted_projects(&legacy, Some(&counted)), None);
+    assert_eq!(deleted_projects(&delivered, None), None);
+    // What is compared then: the rows of the projects still there (items set apart never).
+    let mut seen = SeenSet::default();
+    for (n, p) in [(0, 1), (1, 1), (2, 2), (3, QUARANTINED)] {
+        seen.insert_key(seen_key(&format!("r{n}")), 1_790_000_000 + n, p);
+    }
+    let all = Window {
+        start: 1_790_000_000,
+        end: 1_790_000_010,
+    };
+    assert_eq!(delivered_except(&seen, all, &BTreeSet::new()), 3);
+    assert_eq!(delivered_except(&seen, all, &BTreeSet::from([2])), 2);
+}

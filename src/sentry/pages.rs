@@ -33,6 +33,9 @@ pub struct Shape {
     pub time_field: &'static str,
     /// The identity includes the time: an issue is a new line each time its `lastSeen` moves.
     pub key_includes_time: bool,
+    /// The numeric field naming an org-wide row's project (`project.id` of Explore rows), so
+    /// what was delivered can be counted per project; `None` where a read is of one project.
+    pub project_field: Option<&'static str>,
 }
 
 /// One item of a page.
@@ -45,6 +48,9 @@ pub struct Item {
     pub time: i64,
     /// Where the item's JSON text is in the page (one line).
     pub span: Range<usize>,
+    /// The row's project, where the shape names a project field and the row has a whole
+    /// number there.
+    pub project: Option<u64>,
 }
 
 /// An item the page holds that cannot be collected: valid JSON, but without a readable id or
@@ -150,6 +156,7 @@ struct Found {
     span: Range<usize>,
     id: Option<Range<usize>>,
     time: Option<Range<usize>>,
+    project: Option<Range<usize>>,
 }
 
 /// One found item as an [`Item`]; `last_time` is the last (raw time text, time) read.
@@ -198,10 +205,22 @@ fn item<'b>(
     } else {
         seen_key(&id)
     };
+    // (A project that is not a plain whole number is left out: the row counts org-wide.)
+    let project = f.project.and_then(|p| {
+        let raw = &body[p];
+        let digits = raw
+            .strip_prefix(b"\"")
+            .and_then(|r| r.strip_suffix(b"\""))
+            .unwrap_or(raw);
+        (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
+            .flatten()
+    });
     Ok(Item {
         key,
         time,
         span: f.span,
+        project,
     })
 }
 
@@ -348,6 +367,7 @@ impl Scanner<'_> {
                 span: start..start,
                 id: None,
                 time: None,
+                project: None,
             };
             if self.peek() == Some(b'{') {
                 self.i += 1;
@@ -364,6 +384,8 @@ impl Scanner<'_> {
                             f.id = Some(value);
                         } else if key == shape.time_field.as_bytes() {
                             f.time = Some(value);
+                        } else if shape.project_field.is_some_and(|p| key == p.as_bytes()) {
+                            f.project = Some(value);
                         }
                         if self.eat(b',') {
                             continue;
@@ -522,6 +544,7 @@ mod tests {
         id_field: "eventID",
         time_field: "dateCreated",
         key_includes_time: false,
+        project_field: None,
     };
 
     #[test]
@@ -599,6 +622,7 @@ mod tests {
             id_field: "id",
             time_field: "lastSeen",
             key_includes_time: true,
+            project_field: None,
         };
         let body = br#"[{"id":"7","lastSeen":"2026-11-26T10:00:00.123Z","title":"t"},{"id":8,"lastSeen":"2026-11-26T09:00:00Z"}]"#;
         let page = parse_page(body.to_vec(), &shape).unwrap();
@@ -614,6 +638,7 @@ mod tests {
             id_field: "id",
             time_field: "dateCreated",
             key_includes_time: false,
+            project_field: None,
         };
         let page = parse_page(
             br#"{"rows":[{"id":"1","dateCreated":"2026-11-26T10:00:00Z","event":"member.invite"}],"options":["member.invite"]}"#.to_vec(),
@@ -634,6 +659,7 @@ mod tests {
             id_field: "id",
             time_field: "timestamp",
             key_includes_time: false,
+            project_field: None,
         };
         let page = parse_page(
             br#"{"data":[{"id":"ab","timestamp":"2026-11-26T10:00:00+00:00"}],"meta":{"fields":{},"dataScanned":"partial"}}"#.to_vec(),
@@ -651,6 +677,26 @@ mod tests {
         )
         .unwrap();
         assert!(!page.partial && page.items.is_empty());
+        // Explore rows name their project: a whole number (or its text) is taken, anything
+        // else leaves the row org-wide.
+        let explore = Shape {
+            project_field: Some("project.id"),
+            ..data
+        };
+        let page = parse_page(
+            br#"{"data":[{"id":"a","timestamp":"2026-11-26T10:00:00+00:00","project.id":42},{"id":"b","project.id":"7","timestamp":"2026-11-26T10:00:01+00:00"},{"id":"c","timestamp":"2026-11-26T10:00:02+00:00","project.id":-1},{"id":"d","timestamp":"2026-11-26T10:00:03+00:00","project.id":1.5},{"id":"e","timestamp":"2026-11-26T10:00:04+00:00"}]}"#.to_vec(),
+            &explore,
+        )
+        .unwrap();
+        let projects: Vec<Option<u64>> = page.items.iter().map(|i| i.project).collect();
+        assert_eq!(projects, [Some(42), Some(7), None, None, None]);
+        let plain = parse_page(
+            br#"{"data":[{"id":"a","timestamp":"2026-11-26T10:00:00+00:00","project.id":42}]}"#
+                .to_vec(),
+            &data,
+        )
+        .unwrap();
+        assert_eq!(plain.items[0].project, None);
         assert!(parse_page(br#"{"detail":"Query timeout"}"#.to_vec(), &data)
             .unwrap_err()
             .contains("Discover"));

@@ -737,3 +737,62 @@ async fn a_busy_datasets_overlap_is_read_again_only_in_the_parts_late_rows_arriv
     let lines = rig.stream_lines("spans").await;
     assert_once("spans", &counts(ids(&lines, "id")), &truth, &truth);
 }
+
+/// A project deleted while late rows of another arrive in the same overlap: Sentry's count of
+/// the overlap equals what was delivered (the deleted rows are gone from it, the late ones
+/// added), so an org-wide count alone would skip the overlap and lose the late rows. Rows
+/// carry their project, and Sentry's per-project count names the deleted one: its rows leave
+/// the comparison, and the late rows are read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_project_does_not_hide_late_rows_of_another() {
+    let mut rig = four_projects_of_spans(
+        SimOptions {
+            rate_limits: false,
+            ..SimOptions::default()
+        },
+        91,
+    )
+    .await;
+    rig.set("overlap", "1h");
+    rig.set("lag", "1m");
+    rig.run_ok().await;
+    let now = rig.clock.now();
+    // Project 4's spans in the overlap (the last hour before the watermark) go with it ...
+    let in_overlap = rig
+        .sim
+        .rows_truth("spans", now - 60 - 3600, now - 60, now)
+        .into_iter()
+        .filter(|r| r.project_id == 4)
+        .count();
+    assert!(in_overlap > 10, "{in_overlap}");
+    rig.sim.remove_project(4);
+    // ... and exactly as many spans of project 1 arrive late in it.
+    for n in 0..in_overlap {
+        rig.sim.add_row(sentry_sim::ExploreRow {
+            dataset: "spans",
+            id: format!("{:016x}", 0x1a7e_0000 + n),
+            project_id: 1,
+            timestamp: now - 60 - 3000 + n as i64 * 30,
+            received_at: now + 60,
+            n: 7,
+        });
+    }
+    rig.clock.advance(5 * MIN);
+    let s = rig.run_ok().await;
+    let spans = stream_summary(&s, "spans");
+    assert!(
+        spans["events"].as_u64().unwrap() >= in_overlap as u64,
+        "{spans}"
+    );
+    let lines = rig.stream_lines("spans").await;
+    let delivered = counts(ids(&lines, "id"));
+    let lost: Vec<String> = (0..in_overlap)
+        .map(|n| format!("{:016x}", 0x1a7e_0000 + n))
+        .filter(|id| !delivered.contains_key(id))
+        .collect();
+    assert!(lost.is_empty(), "{} late spans lost: {lost:?}", lost.len());
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "a span delivered twice"
+    );
+}

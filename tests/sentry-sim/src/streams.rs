@@ -694,6 +694,32 @@ impl Sim {
             });
             return self.paged(body, path, params, 0, 1, false);
         }
+        if fields == ["project.id", "count()"] {
+            // Grouped by project: one row per project with rows in the range, in no promised
+            // order (here by project id), paged like any aggregate.
+            let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+            for r in st.rows.iter().filter(|r| selected(r)) {
+                *counts.entry(r.project_id).or_default() += 1;
+            }
+            let weight = if eap && params.get("disableAggregateExtrapolation") != Some("1") {
+                st.sample_weight.max(1.0)
+            } else {
+                1.0
+            };
+            let offset = params.offset();
+            let rows: Vec<Value> = counts
+                .iter()
+                .skip(offset)
+                .take(per_page)
+                .map(|(p, c)| json!({"project.id": p, "count()": (*c as f64 * weight).round() as u64}))
+                .collect();
+            let more = counts.len() > offset + per_page;
+            let body = json!({
+                "data": rows,
+                "meta": {"fields": {"project.id": "integer", "count()": "integer"}, "units": {"project.id": null, "count()": null}, "isMetricsData": false, "isMetricsExtractedData": false, "tips": {}, "datasetReason": "unchanged", "dataset": dataset, "dataScanned": if partial { "partial" } else { "full" }},
+            });
+            return self.paged(body, path, params, offset, per_page, more);
+        }
         let slug_of = |r: &ExploreRow| -> String {
             st.projects
                 .iter()
