@@ -410,6 +410,7 @@ fn migrate_held(
             .find(|l| l.shard == *shard)
             .ok_or_else(|| RunError::State(format!("no lease held for shard {shard}")))
     };
+    let mut lows: Vec<Option<i64>> = Vec::new();
     let mut loaded = Vec::new();
     for shard in old {
         let name = layout::state_name(shard);
@@ -425,8 +426,16 @@ fn migrate_held(
             &mut summary,
         )
         .map_err(|stop| RunError::State(collect::commit::stop_message(stop)))?;
-        let cp = with_backfill_as_history(env, shard, &name, cp)?;
+        let (cp, low) = with_backfill_as_history(env, shard, &name, cp)?;
+        lows.push(low);
         loaded.push((*shard, cp, seen));
+    }
+    // Backfills that reached different times cannot be merged into one origin: the projects
+    // of a shard that reached less far back would keep a stretch nobody reads.
+    if lows.iter().any(Option::is_some) && lows.windows(2).any(|w| w[0] != w[1]) {
+        return Err(RunError::Busy(
+            "the shards' backfills of events have reached different times: let the backfill finish on every shard (or cancel it where all stopped at the same time) before changing the layout".into(),
+        ));
     }
     // Before every KV write: every lease involved still has time left.
     let fence = || {
@@ -490,7 +499,7 @@ fn with_backfill_as_history(
     shard: &Shard,
     live_name: &str,
     mut cp: crate::checkpoint::Checkpoint,
-) -> Result<crate::checkpoint::Checkpoint, RunError> {
+) -> Result<(crate::checkpoint::Checkpoint, Option<i64>), RunError> {
     let (back, _) = CheckpointStore::new(env.kv, &backfill::state_name(live_name))
         .load_lazy()
         .map_err(RunError::State)?;
@@ -499,13 +508,13 @@ fn with_backfill_as_history(
         || back.backfill.is_some_and(|p| p.gap.is_some());
     if midway {
         return Err(RunError::Busy(format!(
-            "the backfill of shard {shard} is inside a window: let it finish (or cancel it and let the window end) before changing the layout"
+            "the backfill of shard {shard} is inside a window: let the runs of the current layout finish it (a cancelled backfill still finishes its window) before changing the layout"
         )));
     }
     if let Some(pos) = back.backfill {
         cp.origin = Some(cp.origin.map_or(pos.low, |o| o.min(pos.low)));
     }
-    Ok(cp)
+    Ok((cp, back.backfill.map(|p| p.low)))
 }
 
 /// Deletes the `events` state of `shards` (but not of `keep`), their backfills' included; a
@@ -774,6 +783,16 @@ fn run_backfills(
                     ..StreamSummary::default()
                 });
             }
+            // A window it was inside is finished (its ids would otherwise stay, and a
+            // migration waits for it); nothing further back is read.
+            if let Some(low) = unfinished_window(env, &live_name) {
+                let mut finishing = request.clone();
+                finishing.start = low;
+                finishing.estimate.get_or_insert_with(|| {
+                    backfill::Estimate::unknown("cancelled: finishing the window it was inside")
+                });
+                todo.push((def, read_as, finishing, seam));
+            }
             continue;
         }
         todo.push((def, read_as, request, seam));
@@ -794,15 +813,19 @@ fn run_backfills(
                 start: request.start,
                 end: seam,
             };
-            let counted = estimate(sentry, config, def, range).unwrap_or_else(|e| {
-                backfill::Estimate::unknown(&format!("Sentry's count failed ({e}): no estimate"))
-            });
-            request.estimate = Some(counted);
+            // (A count that ran out of time or failed for now is asked again next run.)
+            request.estimate = match estimate(sentry, config, def, range) {
+                Ok(e) => Some(e),
+                Err(e) if e.is_transient() || matches!(e, SentryError::OutOfTime) => None,
+                Err(e) => Some(backfill::Estimate::unknown(&format!(
+                    "Sentry's count failed ({e}): no estimate"
+                ))),
+            };
             // Unless the operator changed or cancelled it meanwhile.
             let stored = backfill::load_request(env.kv, def.name).ok().flatten();
-            if stored
-                .is_some_and(|r| r.requested_at == request.requested_at && r.cancelled_at.is_none())
-            {
+            let unchanged = stored
+                .is_some_and(|r| r.requested_at == request.requested_at && r.cancelled_at.is_none());
+            if unchanged && request.estimate.is_some() {
                 let _ = backfill::save_request(env.kv, def.name, &request);
             }
         }
@@ -813,6 +836,9 @@ fn run_backfills(
         let track = Track::Backfill { start, seam };
         let mut s =
             collect::collect_stream(*env, config, sentry, gcs, lease, read_as, def, false, track);
+        if let (Some(why), Some(_)) = (&request.refused, &config.backfill_start) {
+            s.warnings.push(why.clone());
+        }
         if start > request.start {
             s.warnings.push(format!(
                 "{}: what lies before {} expired in Sentry before the backfill reached it",
@@ -829,6 +855,17 @@ fn run_backfills(
         }
     }
     out
+}
+
+/// How far back a backfill track has read, if it is inside a window (a window in progress,
+/// a pending object, or the rest of a window cut short).
+fn unfinished_window(env: &Env, live_name: &str) -> Option<i64> {
+    let (back, _) = CheckpointStore::new(env.kv, &backfill::state_name(live_name))
+        .load_lazy()
+        .ok()?;
+    let pos = back.backfill?;
+    let inside = back.in_progress.is_some() || back.pending.is_some() || pos.gap.is_some();
+    inside.then_some(pos.low)
 }
 
 /// The stream's backfill request, after applying `backfill_start` if its value changed since
@@ -852,9 +889,13 @@ fn apply_variable(
         return Ok(current);
     }
     let start = backfill::parse_start(value, now).map_err(|e| format!("backfill_start {e}"))?;
-    // Judged for every shard at once (the request is the stream's): the earliest origin, the
+    // Judged for every shard at once (the request is the stream's): the latest origin, the
     // shard that has read least far back.
     let (origin, covered) = backfill_positions(env, def).map_err(|e| e.to_string())?;
+    if origin.is_none() {
+        // A shard has not begun: judged once every shard has.
+        return Ok(current);
+    }
     let refused = backfill::refusal(def, start, now, origin, covered.as_ref());
     if let Some(why) = &refused {
         eprintln!("warning: backfill_start={value}: {why}");
@@ -1009,8 +1050,8 @@ pub fn request_backfill(
     }))
 }
 
-/// Where the stream's live track began (the earliest of its shards) and how far back its
-/// backfill has read (the shard that has read least); `None` where any shard has not.
+/// Where the stream's live track began (the latest of its shards' origins) and how far back
+/// its backfill has read (the shard that has read least); `None` where any shard has not.
 fn backfill_positions(
     env: &Env,
     def: &StreamDef,
@@ -1038,11 +1079,12 @@ fn backfill_positions(
         origins.push(live.origin);
         covered.push(back.backfill);
     }
+    // The latest shard's: a start before it is not yet read for that shard's projects.
     let origin = origins
         .iter()
         .copied()
         .collect::<Option<Vec<i64>>>()
-        .and_then(|o| o.into_iter().min());
+        .and_then(|o| o.into_iter().max());
     let covered = covered
         .into_iter()
         .collect::<Option<Vec<_>>>()

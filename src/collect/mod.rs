@@ -39,6 +39,9 @@ use read::*;
 /// read, so catching up does not end in a string of seconds-long windows.
 const MIN_FOLLOW_UP_SECS: i64 = 300;
 
+/// Listing pages (1,000 names each) a run reads to find where an old deployment began.
+const ORIGIN_PAGES: u32 = 3;
+
 /// Runs the stream until its window is done, the budget runs out, or something fails.
 #[allow(clippy::too_many_arguments)]
 pub fn collect_stream(
@@ -359,8 +362,9 @@ impl Collector<'_, '_> {
         if windows > 0 && self.sentry.secs_left() < 2.0 * MIN_SECS_TO_SEARCH {
             return Ok(None);
         }
-        if self.checkpoint.watermark.is_some() && self.checkpoint.origin.is_none() {
-            self.checkpoint.origin = Some(self.earliest_delivered()?);
+        let first = self.checkpoint.watermark.is_none();
+        if !first && self.checkpoint.origin.is_none() {
+            self.checkpoint.origin = self.earliest_delivered()?;
         }
         let Some(window) = plan_window(
             self.config,
@@ -372,7 +376,9 @@ impl Collector<'_, '_> {
             return Ok(None);
         };
         // The live track's first window: where it starts is the seam a backfill reads to.
-        self.checkpoint.origin.get_or_insert(window.start);
+        if first {
+            self.checkpoint.origin.get_or_insert(window.start);
+        }
         // `events` fits its window to the pre-scan's counts instead (in `plan`).
         self.ensure_ids(window.start, window.end, false)?;
         let window = if self.def.kind == Kind::Events {
@@ -434,35 +440,48 @@ impl Collector<'_, '_> {
     }
 
     /// Where the live track of a deployment older than origins began: the earliest window
-    /// start among this stream's and shard's live objects in the first listing page (names
-    /// go by the hour of a window's end, so the first ones are the first windows'; another
-    /// org's, shard's or a backfill's do not count), or, with none, where its next window
-    /// starts (nothing before was delivered).
-    fn earliest_delivered(&mut self) -> Result<i64, Stop> {
+    /// start among this org's live objects of the stream (any shard layout; not a
+    /// backfill's, not another org's), in the first pages of the listing (names go by the
+    /// hour of a window's end, so the first ones are the first windows'). With none in a
+    /// complete listing, where its next window starts (nothing before was delivered); `None`
+    /// when the pages read hold none but there are more (asked again next run).
+    fn earliest_delivered(&mut self) -> Result<Option<i64>, Stop> {
         let next = self.checkpoint.watermark.unwrap_or_default()
             - self.config.timing.overlap.as_secs() as i64;
         let dir = format!("{}{}/", self.config.gcs.prefix, self.def.name);
-        let mine = format!(
-            "{}-{}{}-",
-            self.config.sentry.org,
-            self.def.name,
-            self.shard.suffix()
-        );
-        let listed = self
-            .gcs
-            .list_under(&dir, 1000)
-            .map_err(|e| Stop::Failed(e.into()))?;
-        Ok(listed
-            .iter()
-            .filter(|o| {
-                o.name
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|f| f.starts_with(&mine))
+        let mine = format!("{}-{}", self.config.sentry.org, self.def.name);
+        let live = |name: &str| {
+            let file = name.rsplit('/').next().unwrap_or("");
+            file.strip_prefix(&mine).is_some_and(|rest| {
+                let tag = rest.split('-').next().unwrap_or("");
+                (tag.is_empty() || tag.starts_with(".s")) && !tag.contains("backfill")
             })
-            .filter_map(|o| window_start_of(&o.name))
-            .min()
-            .map_or(next, |s| s.min(next)))
+        };
+        let mut page: Option<String> = None;
+        for _ in 0..ORIGIN_PAGES {
+            let (listed, more) = self
+                .gcs
+                .list_under(&dir, 1000, page.as_deref())
+                .map_err(|e| Stop::Failed(e.into()))?;
+            let earliest = listed
+                .iter()
+                .filter(|o| live(&o.name))
+                .filter_map(|o| window_start_of(&o.name))
+                .min();
+            if let Some(start) = earliest {
+                return Ok(Some(start.min(next)));
+            }
+            match more {
+                Some(token) => page = Some(token),
+                None => return Ok(Some(next)),
+            }
+        }
+        self.summary.warnings.push(format!(
+            "{}: where this deployment's collection began was not found among the first {} objects under {dir}; a backfill waits until it is",
+            self.def.name,
+            ORIGIN_PAGES * 1000
+        ));
+        Ok(None)
     }
 
     /// The window in the summary: where it starts and ends, its projects, and a warning for

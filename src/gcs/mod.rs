@@ -85,6 +85,8 @@ pub struct Listed {
 struct ListPage {
     #[serde(default)]
     items: Vec<ListedItem>,
+    #[serde(default, rename = "nextPageToken")]
+    next_page_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -425,18 +427,27 @@ impl<'e> GcsClient<'e> {
     /// The first object (in name order) whose name is `prefix` followed by a digit, with its
     /// custom metadata (a console's folder placeholder, named `prefix` itself, is not one).
     pub fn first_under(&self, prefix: &str) -> Result<Option<Listed>, GcsError> {
-        Ok(self.list_under(prefix, 1)?.into_iter().next())
+        Ok(self.list_under(prefix, 1, None)?.0.into_iter().next())
     }
 
-    /// The first `max` objects (one listing page, in name order, at most 1,000) whose names
-    /// are `prefix` followed by a digit, with their custom metadata.
-    pub fn list_under(&self, prefix: &str, max: u32) -> Result<Vec<Listed>, GcsError> {
+    /// One listing page (in name order, at most `max` up to 1,000) of the objects whose
+    /// names are `prefix` followed by a digit, with their custom metadata, from `page` (a
+    /// token an earlier page gave); and the next page's token, if there is more.
+    pub fn list_under(
+        &self,
+        prefix: &str,
+        max: u32,
+        page: Option<&str>,
+    ) -> Result<(Vec<Listed>, Option<String>), GcsError> {
         let mut url = self.url(&["storage", "v1", "b", &self.cfg.bucket, "o"]);
         url.query_pairs_mut()
             .append_pair("prefix", prefix)
             .append_pair("startOffset", &format!("{prefix}0"))
             .append_pair("endOffset", &format!("{prefix}:"))
             .append_pair("maxResults", &max.clamp(1, 1000).to_string());
+        if let Some(token) = page {
+            url.query_pairs_mut().append_pair("pageToken", token);
+        }
         let what = format!("listing {prefix}");
         let mut request = OutboundRequest::get(url);
         request.max_response_bytes = 4 * 1024 * 1024;
@@ -446,7 +457,7 @@ impl<'e> GcsClient<'e> {
                 let page: ListPage = serde_json::from_slice(&resp.body).map_err(|_| {
                     GcsError::Transient(format!("{what}: the reply is not an object listing"))
                 })?;
-                Ok(page
+                let items = page
                     .items
                     .into_iter()
                     .filter(|o| o.name.starts_with(prefix))
@@ -454,7 +465,8 @@ impl<'e> GcsClient<'e> {
                         name: o.name,
                         metadata: o.metadata.unwrap_or_default(),
                     })
-                    .collect())
+                    .collect();
+                Ok((items, page.next_page_token.filter(|t| !t.is_empty())))
             }
             403 => Err(GcsError::Fatal(format!(
                 "{what}: permission denied (403); grant the writer service account roles/storage.objectViewer on bucket {}",
