@@ -823,8 +823,9 @@ fn run_backfills(
             };
             // Unless the operator changed or cancelled it meanwhile.
             let stored = backfill::load_request(env.kv, def.name).ok().flatten();
-            let unchanged = stored
-                .is_some_and(|r| r.requested_at == request.requested_at && r.cancelled_at.is_none());
+            let unchanged = stored.is_some_and(|r| {
+                r.requested_at == request.requested_at && r.cancelled_at.is_none()
+            });
             if unchanged && request.estimate.is_some() {
                 let _ = backfill::save_request(env.kv, def.name, &request);
             }
