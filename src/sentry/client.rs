@@ -455,8 +455,31 @@ impl<'e> SentryClient<'e> {
     /// stored rows: `disableAggregateExtrapolation=1`, or `count()` of spans sent at a sample
     /// rate below 1 is extrapolated by their weight, and never equals the rows delivered.
     pub fn dataset_count(&self, dataset: &str, range: Window) -> Result<Option<u64>, SentryError> {
+        let counts = self.explore_counts(dataset, range, false)?;
+        Ok(counts.map(|c| c.values().fold(0u64, |a, &n| a.saturating_add(n))))
+    }
+
+    /// The same per project (`field=project.id&field=count()`); projects without rows are not
+    /// listed.
+    pub fn dataset_project_counts(
+        &self,
+        dataset: &str,
+        range: Window,
+    ) -> Result<Option<BTreeMap<u64, u64>>, SentryError> {
+        self.explore_counts(dataset, range, true)
+    }
+
+    /// `count()` of a dataset over `range`, by project or (under [`ORG_WIDE`]) for the org.
+    fn explore_counts(
+        &self,
+        dataset: &str,
+        range: Window,
+        by_project: bool,
+    ) -> Result<Option<BTreeMap<u64, u64>>, SentryError> {
         #[derive(Deserialize)]
         struct Row {
+            #[serde(rename = "project.id")]
+            project_id: Option<serde_json::Value>,
             #[serde(rename = "count()")]
             count: serde_json::Value,
         }
@@ -470,93 +493,25 @@ impl<'e> SentryClient<'e> {
             data: Vec<Row>,
             meta: Option<Meta>,
         }
+        let per = if by_project { " per project" } else { "" };
         let call = Call::new(
             "discover",
-            format!("the {dataset} count (Explore)"),
+            format!("the {dataset} count{per} (Explore)"),
             ORG_READ,
         );
         let what = call.what.as_str();
         let mut url = self.org_url("events/");
+        if by_project {
+            url.query_pairs_mut()
+                .append_pair("field", "project.id")
+                .append_pair("per_page", "100");
+        }
         url.query_pairs_mut()
             .append_pair("field", "count()")
             .append_pair("dataset", dataset)
             .append_pair("project", "-1")
             .append_pair("start", &rfc3339(range.start))
             .append_pair("end", &rfc3339(range.end))
-            .append_pair("disableAggregateExtrapolation", "1")
-            .append_pair("sampling", EXPLORE_SAMPLING);
-        let mut total = None;
-        let mut sampled = false;
-        let pages = self.for_each_page(&call, &url, |body| {
-            let body: Body = serde_json::from_slice(body).map_err(|_| {
-                SentryError::Malformed(format!(
-                    "{what}: the body is not Discover's {{\"data\": [...]}}"
-                ))
-            })?;
-            sampled |= body
-                .meta
-                .and_then(|m| m.data_scanned)
-                .is_some_and(|d| d == "partial");
-            for row in body.data {
-                let n = json_id(&row.count).ok_or_else(|| {
-                    SentryError::Malformed(format!("{what}: count() is not a whole number"))
-                })?;
-                total = Some(total.unwrap_or(0u64).saturating_add(n));
-            }
-            Ok(())
-        })?;
-        match pages {
-            // An estimate cannot say that nothing arrived late: as if there were no count.
-            Answer::Data(()) if sampled => Ok(None),
-            Answer::Data(()) => Ok(Some(total.unwrap_or(0))),
-            Answer::Refused(detail) if is_no_global_views(&detail) => Ok(None),
-            Answer::Refused(detail) => Err(SentryError::Fatal(format!(
-                "{what}: Sentry refused the query (400): {detail}"
-            ))),
-        }
-    }
-
-    /// How many rows a Discover / Explore dataset holds in `range` per project
-    /// (`field=project.id&field=count()`, stored rows over the full data, as
-    /// [`SentryClient::dataset_count`]); projects without rows are not listed. `None` when
-    /// Sentry cannot say exactly (no multi-project queries, or sampled data).
-    pub fn dataset_project_counts(
-        &self,
-        dataset: &str,
-        range: Window,
-    ) -> Result<Option<BTreeMap<u64, u64>>, SentryError> {
-        #[derive(Deserialize)]
-        struct Row {
-            #[serde(rename = "project.id")]
-            project_id: serde_json::Value,
-            #[serde(rename = "count()")]
-            count: Option<serde_json::Value>,
-        }
-        #[derive(Deserialize)]
-        struct Meta {
-            #[serde(rename = "dataScanned")]
-            data_scanned: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Body {
-            data: Vec<Row>,
-            meta: Option<Meta>,
-        }
-        let call = Call::new(
-            "discover",
-            format!("the {dataset} count per project (Explore)"),
-            ORG_READ,
-        );
-        let what = call.what.as_str();
-        let mut url = self.org_url("events/");
-        url.query_pairs_mut()
-            .append_pair("field", "project.id")
-            .append_pair("field", "count()")
-            .append_pair("dataset", dataset)
-            .append_pair("project", "-1")
-            .append_pair("start", &rfc3339(range.start))
-            .append_pair("end", &rfc3339(range.end))
-            .append_pair("per_page", "100")
             .append_pair("disableAggregateExtrapolation", "1")
             .append_pair("sampling", EXPLORE_SAMPLING);
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
@@ -572,16 +527,27 @@ impl<'e> SentryClient<'e> {
                 .and_then(|m| m.data_scanned)
                 .is_some_and(|d| d == "partial");
             for row in body.data {
-                let id = json_id(&row.project_id).ok_or_else(|| {
-                    SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
+                let n = json_id(&row.count).ok_or_else(|| {
+                    SentryError::Malformed(format!("{what}: count() is not a whole number"))
                 })?;
-                let n = discover_count(row.count.as_ref());
-                let total = counts.entry(id).or_default();
+                let project = match (by_project, row.project_id.as_ref()) {
+                    (false, _) => ORG_WIDE,
+                    (true, Some(id)) => json_id(id).ok_or_else(|| {
+                        SentryError::Malformed(format!("{what}: a row has no numeric project.id"))
+                    })?,
+                    (true, None) => {
+                        return Err(SentryError::Malformed(format!(
+                            "{what}: a row has no project.id"
+                        )))
+                    }
+                };
+                let total = counts.entry(project).or_default();
                 *total = total.saturating_add(n);
             }
             Ok(())
         })?;
         match pages {
+            // An estimate cannot say that nothing arrived late: as if there were no count.
             Answer::Data(()) if sampled => Ok(None),
             Answer::Data(()) => Ok(Some(counts)),
             Answer::Refused(detail) if is_no_global_views(&detail) => Ok(None),

@@ -727,7 +727,8 @@ async fn a_failed_upload_mid_window_checkpoints_nothing_and_the_next_run_deliver
         ))
         .await;
     rig.set("lookback", "6h");
-    rig.set("time_budget", "10s");
+    // Room for the upload's retries even with every test of the file running at once.
+    rig.set("time_budget", "20s");
     proxy
         .fail_uploads
         .store(true, std::sync::atomic::Ordering::SeqCst);
