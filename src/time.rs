@@ -133,6 +133,24 @@ pub fn compact(secs: i64) -> String {
     )
 }
 
+/// The time a [`compact`] stamp names (`20261203T134735Z`), or `None` for anything else.
+pub fn parse_compact(stamp: &str) -> Option<i64> {
+    let b = stamp.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !digits(0..8) || !digits(9..15) {
+        return None;
+    }
+    parse_rfc3339(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &stamp[0..4],
+        &stamp[4..6],
+        &stamp[6..8],
+        &stamp[9..11],
+        &stamp[11..13],
+        &stamp[13..15]
+    ))
+}
+
 /// A start as an operator writes it: an RFC 3339 time, a date (`2026-09-01`, midnight UTC),
 /// or a duration back from `now` (`90d`, `36h`).
 pub fn parse_start(text: &str, now: i64) -> Result<i64, String> {
@@ -200,6 +218,16 @@ mod tests {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
         assert_eq!(compact(1_795_720_976), "20261126T192256Z");
+        assert_eq!(parse_compact("20261126T192256Z"), Some(1_795_720_976));
+        // Object names are anyone's text: odd ones are refused, never sliced mid-character.
+        for bad in [
+            "20261126T192256",
+            "2026112éT19225Z",
+            "20261126X192256Z",
+            "2026-1126T1922Z",
+        ] {
+            assert_eq!(parse_compact(bad), None, "{bad}");
+        }
     }
 
     use super::*;

@@ -229,32 +229,31 @@ impl Collector<'_, '_> {
 
     /// The window is read: move the watermark to its end and forget ids no later window reaches.
     pub(super) fn finish_window(&mut self, window: Window) -> Result<(), Stop> {
-        if let (Track::Backfill { .. }, Some(pos)) = (self.track, self.checkpoint.backfill) {
-            let next = crate::backfill::after_read(&pos, window);
-            self.checkpoint.backfill = Some(next);
-            self.checkpoint.in_progress = None;
-            self.checkpoint.pending = None;
-            match crate::backfill::ids_to_keep(&next) {
-                // A window cut where it was read to: the rows of that second were delivered,
-                // and the rest of the window, read next, starts there.
-                Some(from) => self.seen.prune(from),
-                // Backfill windows never overlap: none of the window's ids is needed again.
-                None => {
-                    self.checkpoint.segments.clear();
-                    self.checkpoint.ids_floor = 0;
-                    self.seen = SeenSet::with_floor(0);
-                }
-            }
-            self.save()?;
-            self.summary.window_finished = true;
-            return Ok(());
-        }
-        self.checkpoint.watermark = Some(window.end);
-        self.checkpoint.floors.retain(|f| f.at > window.end);
         self.checkpoint.in_progress = None;
         self.checkpoint.pending = None;
-        self.seen
-            .prune(window.end - self.config.timing.overlap.as_secs() as i64);
+        match (self.track, self.checkpoint.backfill) {
+            (Track::Backfill { .. }, Some(pos)) => {
+                let next = crate::backfill::after_read(&pos, window);
+                self.checkpoint.backfill = Some(next);
+                match crate::backfill::ids_to_keep(&next) {
+                    // A window cut where it was read to: the rows of that second were
+                    // delivered, and the rest of the window, read next, starts there.
+                    Some(from) => self.seen.prune(from),
+                    // Backfill windows never overlap: none of the window's ids is needed again.
+                    None => {
+                        self.checkpoint.segments.clear();
+                        self.checkpoint.ids_floor = 0;
+                        self.seen = SeenSet::with_floor(0);
+                    }
+                }
+            }
+            _ => {
+                self.checkpoint.watermark = Some(window.end);
+                self.checkpoint.floors.retain(|f| f.at > window.end);
+                self.seen
+                    .prune(window.end - self.config.timing.overlap.as_secs() as i64);
+            }
+        }
         self.save()?;
         self.summary.window_finished = true;
         Ok(())

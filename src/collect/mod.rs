@@ -204,19 +204,7 @@ pub fn window_start_of(name: &str) -> Option<i64> {
     let mut parts = file.rsplitn(5, '-');
     let (_content, _seq, _end, start) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let b = start.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    parse_rfc3339(&format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &start[0..4],
-        &start[4..6],
-        &start[6..8],
-        &start[9..11],
-        &start[11..13],
-        &start[13..15]
-    ))
+    crate::time::parse_compact(start)
 }
 
 /// Records where the stream's backfill track stands, for `/status`.

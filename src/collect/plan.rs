@@ -575,27 +575,25 @@ impl Collector<'_, '_> {
             start: window.start,
             end: wm,
         };
-        let Some(count) = self.sentry.dataset_count(dataset, overlap)? else {
+        // One per-project count of the overlap: its sum is the overlap's count, and it names
+        // the projects deleted since (their rows would cancel out late rows of others).
+        let Some(per_project) = self.sentry.dataset_project_counts(dataset, overlap)? else {
             return Ok(whole);
         };
+        let count = per_project.values().fold(0u64, |a, &n| a.saturating_add(n));
         if count < delivered_org_wide(&self.seen, overlap) {
             // Rows were deleted: a smaller count cannot say where late rows are.
             return Ok(whole);
         }
-        // A deleted project's rows and late rows of others would cancel out in the counts.
-        let per_project = self.sentry.dataset_project_counts(dataset, overlap)?;
         let delivered = self.seen.counts_in(overlap.start, overlap.end);
-        let Some(gone) = deleted_projects(&delivered, per_project.as_ref()) else {
+        let Some(gone) = deleted_projects(&delivered, Some(&per_project)) else {
             return Ok(whole);
         };
+        // (At least what was delivered of the projects still there: never smaller.)
         let had = delivered_except(&self.seen, overlap, &gone);
         if count == had {
             self.summary.overlap_skipped += 1;
             return Ok(vec![(wm, window.end)]);
-        }
-        if count < had {
-            // Rows were deleted: a smaller count cannot say where late rows are.
-            return Ok(whole);
         }
         let sentry = self.sentry;
         let seen = &self.seen;
