@@ -79,6 +79,9 @@ pub const SETTINGS: &[Setting] = &[
     optional("push_shared_secret", "", true, "shared secret for /pubsub, /run, /status (Authorization: Bearer)"),
     optional("push_shared_secret_param", "", false, "query parameter that may carry the shared secret (empty: header only)"),
     optional("allow_unauthenticated", "false", false, "serve /pubsub, /run, /status without authentication (local use only)"),
+    optional("sentry_webhook_secret", "", true, "the Sentry internal integration's client secret: enables POST /sentry/webhook (empty: off)"),
+    optional("webhook_inline", "false", false, "write issue and alert webhooks to Cloud Storage as they arrive, not only at the next run (true/false)"),
+    optional("webhook_inbox_max", "500", false, "the most webhook deliveries the KV inbox holds between runs (1-700)"),
 ];
 
 /// Every stream name the product defines.
@@ -215,6 +218,19 @@ pub struct Config {
     pub push: PushAuth,
     /// `backfill_start` as written (a date or a duration back from now), if set.
     pub backfill_start: Option<String>,
+    pub webhook: WebhookConfig,
+}
+
+/// Sentry webhooks (`POST /sentry/webhook`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookConfig {
+    /// The integration's client secret; `None`: the route answers 404.
+    pub secret: Option<Secret>,
+    /// Write `issue`, `comment` and alert deliveries at once (the inbox keeps them if that
+    /// fails).
+    pub inline: bool,
+    /// The most deliveries the inbox holds.
+    pub inbox_max: usize,
 }
 
 /// An allowed-host pattern with Spin's `allowed_outbound_hosts` meaning: a scheme, a host that
@@ -303,6 +319,28 @@ impl Config {
             })
         });
 
+        let webhook_secret = c.secret("sentry_webhook_secret").and_then(|v| {
+            c.check(v, |s: Secret| {
+                if s.is_empty() {
+                    Ok(None)
+                } else if s.expose().len() < 16 {
+                    Err("must be the integration's client secret as Sentry shows it (at least 16 characters)".to_string())
+                } else {
+                    Ok(Some(s))
+                }
+            })
+        });
+        let webhook_inline = c.value("webhook_inline").and_then(|v| c.check(v, boolean));
+        let inbox_max = c.value("webhook_inbox_max").and_then(|v| {
+            c.check(v, |s: String| match s.trim().parse::<usize>() {
+                Ok(n) if (1..=crate::webhook::STORE_KEYS_FOR_INBOX - 68).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "must be a number from 1 to {} (the store holds 1,024 keys in all on Fermyon Cloud, and the state needs the rest)",
+                    crate::webhook::STORE_KEYS_FOR_INBOX - 68
+                )),
+            })
+        });
+
         if let (Some(lookback), Some(lag)) = (lookback, lag) {
             if lag >= lookback {
                 c.problem(
@@ -332,6 +370,9 @@ impl Config {
             max_window,
             push,
             backfill_start,
+            webhook_secret,
+            webhook_inline,
+            inbox_max,
         ) {
             (
                 Some(bucket),
@@ -353,6 +394,9 @@ impl Config {
                 Some(max_window),
                 Some(push),
                 Some(backfill_start),
+                Some(webhook_secret),
+                Some(webhook_inline),
+                Some(inbox_max),
             ) if c.problems.is_empty() => Ok(Config {
                 gcs: GcsConfig {
                     bucket,
@@ -379,6 +423,11 @@ impl Config {
                 },
                 push,
                 backfill_start,
+                webhook: WebhookConfig {
+                    secret: webhook_secret,
+                    inline: webhook_inline,
+                    inbox_max,
+                },
             }),
             _ => Err(ConfigError {
                 problems: c.problems,

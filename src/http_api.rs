@@ -7,6 +7,7 @@
 //! | `GET /healthz` | none | liveness and whether the configuration is valid |
 //! | `GET /status` | OIDC or shared secret | per stream: watermark, lag, last run, in progress; backfills (HTML for browsers) |
 //! | `POST /backfill` | OIDC or shared secret | starts, changes or cancels a stream's backfill (409 with the reason when it cannot) |
+//! | `POST /sentry/webhook` | Sentry's signature | keeps a Sentry webhook delivery in the inbox for the next run (see `webhook::intake`) |
 //!
 //! Status codes of a run, chosen for Pub/Sub (2xx acks; anything else is redelivered with
 //! backoff, and after N attempts goes to a dead-letter topic):
@@ -40,6 +41,15 @@ use crate::status_page::{self, LastRunRow, StatusView, StreamRow};
 /// Request bodies larger than this are refused with 413: a push envelope is a few KB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The most a request to `path` may carry: a webhook delivery can hold a whole event.
+pub fn max_body_bytes(path: &str) -> usize {
+    if path == crate::webhook::ROUTE {
+        crate::webhook::MAX_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
+
 /// An incoming request, reduced to what the routes need.
 #[derive(Debug, Clone, Default)]
 pub struct ApiRequest {
@@ -52,7 +62,7 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -68,7 +78,7 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
-    fn json(status: u16, value: &serde_json::Value) -> Self {
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
         let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
         body.push(b'\n');
         ApiResponse {
@@ -98,6 +108,7 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
         "/migrate" => &["POST"],
         // Starts, changes or cancels a stream's backfill: an operator's act too.
         "/backfill" => &["POST"],
+        crate::webhook::ROUTE => &["POST"],
         _ => return ApiResponse::error(404, "no such route"),
     };
     if !allowed.contains(&req.method.as_str()) {
@@ -108,8 +119,9 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
     let declared = req
         .header("content-length")
         .and_then(|v| v.trim().parse::<usize>().ok());
-    if req.body.len() > MAX_BODY_BYTES || declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return ApiResponse::error(413, "request body too large");
+    let cap = max_body_bytes(&req.path);
+    if req.body.len() > cap || declared.is_some_and(|n| n > cap) {
+        return too_large(env, &req.path);
     }
     if req.path == "/healthz" {
         return healthz(env);
@@ -118,6 +130,10 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    // Authenticated by Sentry's signature over the body, not by the push credentials.
+    if req.path == crate::webhook::ROUTE {
+        return crate::webhook::intake::handle(env, &config, req);
+    }
     match push_auth::authorize(env, &config.push, req.header("authorization"), &req.query) {
         Ok(_) => {}
         Err(Refusal::Unauthorized(reason)) => {
@@ -173,6 +189,14 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
             Err(e) => ApiResponse::error(400, &e),
         },
     }
+}
+
+/// A 413 for a body over the route's cap (a webhook refusal is counted).
+pub fn too_large(env: &Env, path: &str) -> ApiResponse {
+    if path == crate::webhook::ROUTE {
+        crate::webhook::intake::refuse(env, "too_large", env.clock.now());
+    }
+    ApiResponse::error(413, "request body too large")
 }
 
 fn config_error(e: &crate::config::ConfigError) -> ApiResponse {
@@ -452,6 +476,7 @@ fn status_view(env: &Env, config: &Config) -> StatusView {
         .collect();
     backfill.sort_by(|a, b| (&a.stream, &a.shard).cmp(&(&b.stream, &b.shard)));
     StatusView {
+        inbox: crate::webhook::view(env.kv, config.webhook.secret.is_some(), now),
         backfill,
         now,
         org: config.sentry.org.clone(),

@@ -29,6 +29,7 @@ pub mod state;
 pub mod status_page;
 pub mod streams;
 pub mod time;
+pub mod webhook;
 pub mod window;
 
 /// Runs `f` with the Spin implementations of the ports.
@@ -52,7 +53,7 @@ mod exports {
 
     use crate::{http_api, platform, run, with_spin_env};
 
-    /// The request body is read here, chunk by chunk, never past [`http_api::MAX_BODY_BYTES`]:
+    /// The request body is read here, chunk by chunk, never past [`http_api::max_body_bytes`]:
     /// a body declared larger is refused before any of it is read, and one that turns out
     /// larger (chunked, or a lying `Content-Length`) is refused as soon as it passes the cap.
     #[spin_sdk::http_component]
@@ -65,10 +66,11 @@ mod exports {
             .iter()
             .find(|(n, _)| n == "content-length")
             .and_then(|(_, v)| v.trim().parse::<u64>().ok());
-        let body = if declared.is_some_and(|n| n > http_api::MAX_BODY_BYTES as u64) {
+        let cap = http_api::max_body_bytes(path);
+        let body = if declared.is_some_and(|n| n > cap as u64) {
             Err(TOO_LARGE)
         } else {
-            read_body(req, http_api::MAX_BODY_BYTES)
+            read_body(req, cap)
         };
         let resp = match body {
             Ok(body) => {
@@ -81,7 +83,7 @@ mod exports {
                 };
                 with_spin_env(|env| http_api::handle(env, &api_req))
             }
-            Err(TOO_LARGE) => http_api::ApiResponse::error(413, "request body too large"),
+            Err(TOO_LARGE) => with_spin_env(|env| http_api::too_large(env, path)),
             Err(_) => http_api::ApiResponse::error(400, "the request body could not be read"),
         };
         let mut builder = Response::builder();

@@ -19,6 +19,9 @@ pub struct RunSummary {
     /// The backfill tracks that ran (with what live collection left of the run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backfill: Vec<StreamSummary>,
+    /// What the run wrote from the webhook inbox's `issue`, `comment` and alert deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::webhook::drain::DrainSummary>,
     /// Runs recorded in this state store so far, this one included.
     pub runs: u64,
     /// Milliseconds the run spent computing rather than waiting on HTTP, rate limits or KV.
@@ -89,6 +92,9 @@ pub struct StreamSummary {
     pub pages: u64,
     /// Lines written: events, issues, audit-log entries or rows, by stream.
     pub events: u64,
+    /// `events`: of those, events written from Sentry's `error` webhooks.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub from_webhooks: u64,
     pub duplicates_dropped: u64,
     pub outside_window_dropped: u64,
     pub objects: Vec<ObjectSummary>,
@@ -120,6 +126,10 @@ pub struct StreamSummary {
     /// writing, and the run ends.
     #[serde(skip)]
     pub lease_lost: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a stream's checkpoint saves wrote to KV in a run.

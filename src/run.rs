@@ -164,7 +164,10 @@ pub fn run_with(
     let reads_org_wide = streams
         .iter()
         .any(|s| streams::by_name(s).is_some_and(|d| d.org_wide));
-    if options.shard != Shard::WHOLE && options.shard.index == 0 && reads_org_wide {
+    // The webhook inbox's `issue`, `comment` and alert deliveries are drained under it too.
+    let drains_inbox = config.webhook.secret.is_some();
+    if options.shard != Shard::WHOLE && options.shard.index == 0 && (reads_org_wide || drains_inbox)
+    {
         lease_shards.push(Shard::WHOLE);
     }
     let mut leases: Vec<Lease> = Vec::new();
@@ -591,6 +594,12 @@ fn collect(
         region.clone(),
         deadline - write_reserve(budget),
     );
+    // The webhook inbox first: it needs no Sentry request, and frees KV keys for the intake.
+    let webhooks = leases
+        .iter()
+        .find(|l| l.shard == Shard::WHOLE)
+        .map(|lease| crate::webhook::drain::drain(env, config, gcs, lease))
+        .filter(|d| config.webhook.secret.is_some() || d.left > 0 || !d.objects.is_empty());
     // Which streams this run reads, and as which shard (org-wide streams are read whole by
     // shard 0 only).
     let mut summaries: Vec<StreamSummary> = Vec::new();
@@ -719,6 +728,7 @@ fn collect(
         tokens_minted: gcs.tokens_minted(),
         streams: summaries,
         backfill: backfills,
+        webhooks,
         runs,
         busy_ms: 0.0,
         kv_ms: 0.0,

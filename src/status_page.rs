@@ -43,6 +43,8 @@ pub struct StatusView {
     pub streams: Vec<StreamRow>,
     /// Backfill tracks that have run.
     pub backfill: Vec<crate::backfill::Status>,
+    /// Sentry webhooks waiting in the inbox, the last delivery, refusals.
+    pub inbox: crate::webhook::InboxView,
 }
 
 impl StatusView {
@@ -77,6 +79,7 @@ impl StatusView {
             "last_run_error": self.last_run_error,
             "streams": streams,
             "backfill": self.backfill,
+            "webhook_inbox": self.inbox,
         })
     }
 
@@ -140,7 +143,7 @@ impl StatusView {
                 shard = escape(&r.shard),
             ));
         }
-        let backfill = self.backfill_html();
+        let backfill = self.backfill_html() + self.inbox_html().as_str();
         let last_error = match &self.last_run_error {
             Some(e) => format!(
                 "<p class=\"run-error\">Last run failed: {}</p>\n",
@@ -210,6 +213,47 @@ impl StatusView {
              <th scope=\"col\">Read back to</th><th scope=\"col\">Rows</th>\
              <th scope=\"col\">Left at rate limits</th><th scope=\"col\">State</th></tr></thead>\n\
              <tbody>\n{rows}</tbody>\n</table>\n"
+        )
+    }
+}
+
+impl StatusView {
+    /// The webhook inbox: what waits (and since when), the last delivery, refusals by reason.
+    fn inbox_html(&self) -> String {
+        let i = &self.inbox;
+        if !i.configured && i.pending.is_empty() && i.refused.is_empty() {
+            return String::new();
+        }
+        let pending: u64 = i.pending.values().sum();
+        let counts = |m: &std::collections::BTreeMap<String, u64>| {
+            if m.is_empty() {
+                return "none".to_string();
+            }
+            m.iter()
+                .map(|(k, n)| format!("{} {}", escape(k), thousands(*n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "<h2>Sentry webhooks</h2>\n<table>\n<tbody>\n\
+             <tr><th scope=\"row\">Waiting in the inbox</th><td class=\"n\">{pending}</td></tr>\n\
+             <tr><th scope=\"row\">Oldest waiting</th><td>{oldest}</td></tr>\n\
+             <tr><th scope=\"row\">Last delivery to the bucket</th><td>{last}</td></tr>\n\
+             <tr><th scope=\"row\">Delivered / duplicates dropped</th><td>{delivered} / {dups}</td></tr>\n\
+             <tr><th scope=\"row\">Refused, by reason</th><td>{refused}</td></tr>\n\
+             <tr><th scope=\"row\">Acknowledged, not kept</th><td>{ignored}</td></tr>\n\
+             <tr><th scope=\"row\">Last drain error</th><td class=\"error\">{error}</td></tr>\n\
+             </tbody>\n</table>\n",
+            pending = thousands(pending),
+            oldest = i
+                .oldest_age_secs
+                .map_or_else(|| "-".to_string(), |a| format!("{} ago", duration(a))),
+            last = escape(i.last_delivery.as_deref().unwrap_or("never")),
+            delivered = thousands(i.delivered),
+            dups = thousands(i.duplicates),
+            refused = counts(&i.refused),
+            ignored = counts(&i.ignored),
+            error = escape(i.last_error.as_deref().unwrap_or("")),
         )
     }
 }
@@ -392,6 +436,12 @@ mod tests {
                 waiting: Some("<script>late()</script>".into()),
                 ..Default::default()
             }],
+            inbox: crate::webhook::InboxView {
+                configured: true,
+                refused: [("<script>x</script>".to_string(), 2)].into(),
+                last_error: Some("<img src=y>".into()),
+                ..Default::default()
+            },
         };
         let html = view.to_html();
         assert!(!html.contains("<script>"));
@@ -463,8 +513,19 @@ mod tests {
                 secs_left_at_rate_limit: Some(7260.0),
                 ..Default::default()
             }],
+            inbox: crate::webhook::InboxView {
+                configured: true,
+                pending: [("issue_activity", 3), ("events", 2)].into(),
+                oldest_age_secs: Some(125),
+                last_delivery: Some("2026-12-03T10:00:00Z".into()),
+                delivered: 1_234,
+                refused: [("bad_signature".to_string(), 4)].into(),
+                ..Default::default()
+            },
         };
         let json = view.to_json();
+        assert_eq!(json["webhook_inbox"]["pending"]["issue_activity"], 3);
+        assert_eq!(json["webhook_inbox"]["refused"]["bad_signature"], 4);
         assert_eq!(json["streams"][0]["lag_secs"], 3600);
         assert_eq!(json["streams"][0]["last_run"]["events"], 250_000);
         assert_eq!(json["streams"][1]["last_run"], serde_json::Value::Null);
@@ -485,6 +546,11 @@ mod tests {
             "54,321",
             ">2 h 1 min<",
             "In progress",
+            "<h2>Sentry webhooks</h2>",
+            "Waiting in the inbox</th><td class=\"n\">5<",
+            "2 min ago",
+            "bad_signature 4",
+            "1,234 / 0",
         ] {
             assert!(html.contains(shown), "{shown} missing from the page");
         }

@@ -138,7 +138,7 @@ impl Collector<'_, '_> {
         read.map_err(|e| Stop::WriteFailed(Failure::unreadable(e)))
     }
 
-    fn save(&mut self) -> Result<(), Stop> {
+    pub(super) fn save(&mut self) -> Result<(), Stop> {
         let started = self.env.clock.now();
         let stats = save_fenced(
             &self.store,

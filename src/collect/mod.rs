@@ -16,6 +16,7 @@ pub mod collector;
 pub mod commit;
 pub mod plan;
 pub mod read;
+pub mod webhook;
 
 use crate::backfill::{self, Next};
 use crate::checkpoint::{BackfillPos, Checkpoint, CheckpointStore, WindowProgress};
@@ -101,7 +102,13 @@ pub fn collect_stream(
     }
     let sentry_before = sentry.stats();
     let gcs_before = gcs.requests.get();
-    if let Err(stop) = c.run() {
+    // `error` webhooks first: what they wrote is then dropped by this run's own reads.
+    let drained = if def.name == "events" && track == Track::Live {
+        c.drain_webhook_events()
+    } else {
+        Ok(())
+    };
+    if let Err(stop) = drained.and_then(|()| c.run()) {
         if let Stop::Lost(why) = &stop {
             eprintln!("warning: {why}");
         }
@@ -272,6 +279,7 @@ impl StreamSummary {
         self.projects_cut += later.projects_cut;
         self.pages += later.pages;
         self.events += later.events;
+        self.from_webhooks += later.from_webhooks;
         self.duplicates_dropped += later.duplicates_dropped;
         self.outside_window_dropped += later.outside_window_dropped;
         self.objects.extend(later.objects);

@@ -505,6 +505,13 @@ impl<'e> GcsClient<'e> {
             .is_some_and(|o| stored_content(&o) == Some(content)))
     }
 
+    /// Whether `name` exists as an object this component wrote (it carries a content id).
+    pub fn exists(&self, name: &str) -> Result<bool, GcsError> {
+        Ok(self
+            .stat(name)?
+            .is_some_and(|o| stored_content(&o).is_some()))
+    }
+
     /// After a 412: the object exists. It is ours only if its content id matches.
     fn confirm_existing(
         &self,
