@@ -221,6 +221,10 @@ pub struct Config {
     pub webhook: WebhookConfig,
 }
 
+/// The most deliveries `webhook_inbox_max` may allow: the intake also stops at three quarters
+/// of Fermyon Cloud's 1,024 keys, whatever this says (`webhook::STORE_KEYS_FOR_INBOX`).
+pub const MAX_INBOX: usize = 700;
+
 /// Sentry webhooks (`POST /sentry/webhook`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WebhookConfig {
@@ -333,10 +337,9 @@ impl Config {
         let webhook_inline = c.value("webhook_inline").and_then(|v| c.check(v, boolean));
         let inbox_max = c.value("webhook_inbox_max").and_then(|v| {
             c.check(v, |s: String| match s.trim().parse::<usize>() {
-                Ok(n) if (1..=crate::webhook::STORE_KEYS_FOR_INBOX - 68).contains(&n) => Ok(n),
+                Ok(n) if (1..=MAX_INBOX).contains(&n) => Ok(n),
                 _ => Err(format!(
-                    "must be a number from 1 to {} (the store holds 1,024 keys in all on Fermyon Cloud, and the state needs the rest)",
-                    crate::webhook::STORE_KEYS_FOR_INBOX - 68
+                    "must be a number from 1 to {MAX_INBOX} (the store holds 1,024 keys in all on Fermyon Cloud, and the state needs the rest)"
                 )),
             })
         });

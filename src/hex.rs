@@ -28,10 +28,17 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     #[test]
     fn decoding_reads_back_what_encoding_wrote_and_refuses_the_rest() {
-        assert_eq!(super::decode("000fA5ff"), Some(vec![0x00, 0x0f, 0xa5, 0xff]));
+        assert_eq!(
+            super::decode("000fA5ff"),
+            Some(vec![0x00, 0x0f, 0xa5, 0xff])
+        );
         assert_eq!(super::decode("abc"), None);
         assert_eq!(super::decode("zz"), None);
-        assert_eq!(super::decode("é1"), None, "a multi-byte character is not a digit");
+        assert_eq!(
+            super::decode("é1"),
+            None,
+            "a multi-byte character is not a digit"
+        );
     }
 
     #[test]

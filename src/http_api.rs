@@ -132,7 +132,7 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
     };
     // Authenticated by Sentry's signature over the body, not by the push credentials.
     if req.path == crate::webhook::ROUTE {
-        return crate::webhook::intake::handle(env, &config, req);
+        return webhook(env, &config, req);
     }
     match push_auth::authorize(env, &config.push, req.header("authorization"), &req.query) {
         Ok(_) => {}
@@ -189,6 +189,20 @@ pub fn handle(env: &Env, req: &ApiRequest) -> ApiResponse {
             Err(e) => ApiResponse::error(400, &e),
         },
     }
+}
+
+/// A Sentry webhook delivery (see `webhook::intake`); a 503 says when to retry.
+fn webhook(env: &Env, config: &Config, req: &ApiRequest) -> ApiResponse {
+    let delivery = crate::webhook::intake::Delivery {
+        headers: &req.headers,
+        body: &req.body,
+    };
+    let answer = crate::webhook::intake::handle(env, config, &delivery);
+    let mut resp = ApiResponse::json(answer.status, &answer.body);
+    if answer.status == 503 {
+        resp.headers.push(("retry-after", "60".to_string()));
+    }
+    resp
 }
 
 /// A 413 for a body over the route's cap (a webhook refusal is counted).

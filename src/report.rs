@@ -21,7 +21,7 @@ pub struct RunSummary {
     pub backfill: Vec<StreamSummary>,
     /// What the run wrote from the webhook inbox's `issue`, `comment` and alert deliveries.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhooks: Option<crate::webhook::drain::DrainSummary>,
+    pub webhooks: Option<Box<DrainSummary>>,
     /// Runs recorded in this state store so far, this one included.
     pub runs: u64,
     /// Milliseconds the run spent computing rather than waiting on HTTP, rate limits or KV.
@@ -170,4 +170,19 @@ pub struct Timing {
     pub hash_ms: f64,
     /// Checking and splitting page bodies into items.
     pub parse_ms: f64,
+}
+
+/// What a run's drain of `issue_activity` and `alerts` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrainSummary {
+    /// Lines written, by folder.
+    pub lines: std::collections::BTreeMap<&'static str, u64>,
+    /// Deliveries dropped as already written (a retry, a duplicate, an inline write).
+    pub duplicates: u64,
+    pub objects: Vec<ObjectSummary>,
+    /// Deliveries still in the inbox after the drain (any kind).
+    pub left: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
 }

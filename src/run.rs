@@ -598,7 +598,7 @@ fn collect(
     let webhooks = leases
         .iter()
         .find(|l| l.shard == Shard::WHOLE)
-        .map(|lease| crate::webhook::drain::drain(env, config, gcs, lease))
+        .map(|lease| Box::new(crate::webhook::drain::drain(env, config, gcs, lease)))
         .filter(|d| config.webhook.secret.is_some() || d.left > 0 || !d.objects.is_empty());
     // Which streams this run reads, and as which shard (org-wide streams are read whole by
     // shard 0 only).

@@ -395,6 +395,13 @@ fn dry_run_prints_every_command_and_runs_none() {
         stdout.contains("state.json"),
         "why the state is not in the bucket"
     );
+    // The webhook URL to paste into Sentry's internal integration: the component's route.
+    let webhook_url = format!("{ENDPOINT}{}", sentry_logs_collector::webhook::ROUTE);
+    assert!(
+        stdout.lines().any(|l| l.trim() == webhook_url),
+        "the webhook URL {webhook_url} is printed on a line of its own"
+    );
+    assert!(stdout.contains("sentry_webhook_secret=<"));
     let _ = std::fs::remove_dir_all(&trap);
 }
 

@@ -279,6 +279,7 @@ cat <<EOF
   push_oidc_emails=$PUSHER
   sentry_org=<your org slug>
   sentry_auth_token=<internal integration token>      (secret)
+  sentry_webhook_secret=<the integration's client secret>   (secret; optional, see below)
 EOF
 if [ -z "$KEY_FILE" ]; then
   cat <<EOF
@@ -308,6 +309,16 @@ Why the bucket holds only events: the component keeps its checkpoints in Spin's 
 store, not in the bucket. A state file in the feed's prefix (as Google's Python recipe keeps
 state.json) is read by the feed as if it were log data, and needs a writer allowed to
 overwrite objects; here the writer can only create, so nothing delivered can be changed.
+
+== Sentry webhooks (optional: who resolved, assigned, archived or commented, and alerts) ==
+  In Sentry: Settings > Developer Settings > Custom Integrations > Create New Integration >
+  Internal Integration. Paste this Webhook URL:
+    ${ENDPOINT%/}/sentry/webhook
+  Permissions: Issue & Event Read (the same integration's token can be sentry_auth_token).
+  Webhooks: tick issue and comment (issue_activity/), error (events/; Business plans),
+  and turn on Alert Rule Action for event_alert and metric_alert (alerts/).
+  Save, copy the Client Secret into sentry_webhook_secret, and redeploy.
+  issue_activity/ and alerts/ are separate prefixes: give each its own feed if wanted.
 
 Check a run: curl the component's /status with your credentials, or watch the
 $SUBSCRIPTION subscription's unacked messages and the $DEAD_LETTER topic.

@@ -674,7 +674,8 @@ fn secrets_are_exactly_the_credentials() {
             "gcp_service_account_key",
             "gcs_access_token",
             "sentry_auth_token",
-            "push_shared_secret"
+            "push_shared_secret",
+            "sentry_webhook_secret"
         ]
     );
 }

@@ -7,30 +7,13 @@
 //! remembered (dropped as duplicates): nothing is lost and nothing is written twice.
 //! `error` deliveries are drained by the `events` collection (`collect::webhook`).
 
-use serde::Serialize;
-
 use super::*;
 use crate::collect::collector::OBJECT_TARGET_BYTES;
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
 use crate::lease::{Fenced, Lease};
 use crate::ports::Env;
-use crate::report::ObjectSummary;
-
-/// What a run's drain of `issue_activity` and `alerts` did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct DrainSummary {
-    /// Lines written, by folder.
-    pub lines: std::collections::BTreeMap<&'static str, u64>,
-    /// Deliveries dropped as already written (a retry, a duplicate, an inline write).
-    pub duplicates: u64,
-    pub objects: Vec<ObjectSummary>,
-    /// Deliveries still in the inbox after the drain (any kind).
-    pub left: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    pub error: Option<String>,
-}
+use crate::report::{DrainSummary, ObjectSummary};
 
 /// One delivery read from the inbox.
 struct Delivery {
@@ -151,9 +134,9 @@ impl Drainer<'_, '_> {
     fn delete(&mut self, keys: &[String]) {
         for key in keys {
             if let Err(e) = self.env.kv.delete(key) {
-                self.summary
-                    .warnings
-                    .push(format!("could not delete {key} from the inbox ({e}); the next run drops it"));
+                self.summary.warnings.push(format!(
+                    "could not delete {key} from the inbox ({e}); the next run drops it"
+                ));
             }
         }
     }
@@ -189,9 +172,9 @@ impl Drainer<'_, '_> {
                     continue;
                 };
                 let Some((meta, body)) = decode_record(&record) else {
-                    self.summary
-                        .warnings
-                        .push(format!("{key} is not an inbox record; it is left in the inbox"));
+                    self.summary.warnings.push(format!(
+                        "{key} is not an inbox record; it is left in the inbox"
+                    ));
                     continue;
                 };
                 if meta.inline {
@@ -211,9 +194,9 @@ impl Drainer<'_, '_> {
                     }
                 }
                 let Some(mut line) = activity_line(&meta, body) else {
-                    self.summary
-                        .warnings
-                        .push(format!("{key} holds no readable delivery; it is left in the inbox"));
+                    self.summary.warnings.push(format!(
+                        "{key} holds no readable delivery; it is left in the inbox"
+                    ));
                     continue;
                 };
                 line.push(b'\n');
@@ -279,12 +262,10 @@ impl Drainer<'_, '_> {
         });
         // The pending mark must reach KV before the object may exist.
         self.save()?;
-        self.lease
-            .check(self.env, self.gcs)
-            .map_err(|f| match f {
-                Fenced::Lost(_) => LOST.to_string(),
-                Fenced::Unchecked(e) => e.to_string(),
-            })?;
+        self.lease.check(self.env, self.gcs).map_err(|f| match f {
+            Fenced::Lost(_) => LOST.to_string(),
+            Fenced::Unchecked(e) => e.to_string(),
+        })?;
         let uploaded = self
             .gcs
             .create(&name, body, &content, batch.len())

@@ -14,7 +14,6 @@ use serde_json::json;
 use super::*;
 use crate::config::Config;
 use crate::gcs::{self, GcsClient};
-use crate::http_api::{ApiRequest, ApiResponse};
 use crate::ports::Env;
 use crate::retry::Deadline;
 
@@ -50,6 +49,34 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 /// A refusal: its status, its reason (the counter's name) and what the answer says.
 struct Refused(u16, &'static str, String);
+
+/// A delivery as the route received it: header names in lower case, the body as sent.
+pub struct Delivery<'a> {
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl Delivery<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The answer: a status and a JSON body (a 503 asks Sentry to retry after a minute).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    fn ok(body: serde_json::Value) -> Answer {
+        Answer { status: 200, body }
+    }
+}
 
 /// A Request-ID as Sentry sends it (32 hex digits, or a dashed UUID); anything else of at most
 /// 64 letters, digits and dashes is kept too; longer or stranger text is refused.
@@ -87,23 +114,22 @@ fn sent_at(value: Option<&str>, now: f64) -> Result<i64, Refused> {
 }
 
 /// Handles a delivery. The caller has routed it here and checked the method.
-pub fn handle(env: &Env, config: &Config, req: &ApiRequest) -> ApiResponse {
+pub fn handle(env: &Env, config: &Config, req: &Delivery) -> Answer {
     let Some(secret) = config.webhook.secret.as_ref() else {
-        return ApiResponse::error(
-            404,
-            "webhooks are not configured: set sentry_webhook_secret to the internal integration's client secret",
-        );
+        return Answer {
+            status: 404,
+            body: json!({"error": "webhooks are not configured: set sentry_webhook_secret to the internal integration's client secret"}),
+        };
     };
     let now = env.clock.now();
     match accept(env, config, secret.expose(), req, now) {
-        Ok(resp) => resp,
+        Ok(answer) => answer,
         Err(Refused(status, reason, message)) => {
             refuse(env, reason, now);
-            let mut resp = ApiResponse::error(status, &message);
-            if status == 503 {
-                resp.headers.push(("retry-after", "60".to_string()));
+            Answer {
+                status,
+                body: json!({ "error": message }),
             }
-            resp
         }
     }
 }
@@ -124,14 +150,14 @@ fn accept(
     env: &Env,
     config: &Config,
     secret: &str,
-    req: &ApiRequest,
+    req: &Delivery,
     now: f64,
-) -> Result<ApiResponse, Refused> {
+) -> Result<Answer, Refused> {
     if req.body.len() > MAX_BODY_BYTES {
         return Err(Refused(413, "too_large", "request body too large".into()));
     }
     // The signature first: nothing else is looked at for a caller who cannot sign.
-    if !signature_ok(secret, &req.body, req.header("sentry-hook-signature")) {
+    if !signature_ok(secret, req.body, req.header("sentry-hook-signature")) {
         return Err(Refused(
             401,
             "bad_signature",
@@ -142,7 +168,11 @@ fn accept(
     let request_id = request_id(req.header("request-id"))?;
     let resource = req.header("sentry-hook-resource").unwrap_or("").trim();
     if resource.is_empty() {
-        return Err(Refused(400, "malformed", "Sentry-Hook-Resource is missing".into()));
+        return Err(Refused(
+            400,
+            "malformed",
+            "Sentry-Hook-Resource is missing".into(),
+        ));
     }
     let Some(kind) = Kind::of(resource) else {
         return Ok(ignored(env, resource));
@@ -150,21 +180,21 @@ fn accept(
     if kind == Kind::Event && !config.streams.iter().any(|s| s == "events") {
         return Ok(ignored(env, "error (events is not a collected stream)"));
     }
-    super::check_body(kind, &req.body).map_err(|m| Refused(400, "malformed", m))?;
-    let digest = super::digest(&req.body);
-    let keys = env
-        .kv
-        .keys()
-        .map_err(|e| Refused(503, "store_failed", format!("the inbox could not be read: {e}")))?;
+    super::check_body(kind, req.body).map_err(|m| Refused(400, "malformed", m))?;
+    let digest = super::digest(req.body);
+    let keys = env.kv.keys().map_err(|e| {
+        Refused(
+            503,
+            "store_failed",
+            format!("the inbox could not be read: {e}"),
+        )
+    })?;
     let suffix = format!("-{digest}");
     if keys
         .iter()
         .any(|k| k.starts_with(INBOX_PREFIX) && k.ends_with(&suffix))
     {
-        return Ok(ApiResponse::json(
-            200,
-            &json!({ "kept": true, "duplicate": true }),
-        ));
+        return Ok(Answer::ok(json!({ "kept": true, "duplicate": true })));
     }
     let inbox = keys.iter().filter(|k| k.starts_with(INBOX_PREFIX)).count();
     if inbox >= config.webhook.inbox_max || keys.len() >= STORE_KEYS_FOR_INBOX {
@@ -184,12 +214,18 @@ fn accept(
     };
     let key = inbox_key(kind, meta.received_at, &digest);
     env.kv
-        .set(&key, &encode_record(&meta, &req.body))
-        .map_err(|e| Refused(503, "store_failed", format!("the delivery could not be kept: {e}")))?;
+        .set(&key, &encode_record(&meta, req.body))
+        .map_err(|e| {
+            Refused(
+                503,
+                "store_failed",
+                format!("the delivery could not be kept: {e}"),
+            )
+        })?;
     let mut answer = json!({ "kept": true });
     if inline {
         let started = env.clock.now();
-        let written = flush_inline(env, config, kind, &digest, &meta, &req.body);
+        let written = flush_inline(env, config, kind, &digest, &meta, req.body);
         answer["inline_ms"] = json!(((env.clock.now() - started) * 1000.0).round());
         match written {
             Ok(()) => answer["inline"] = json!("written"),
@@ -206,11 +242,11 @@ fn accept(
             }
         }
     }
-    Ok(ApiResponse::json(200, &answer))
+    Ok(Answer::ok(answer))
 }
 
 /// A resource that is not kept: acknowledged (Sentry must not retry it) and counted.
-fn ignored(env: &Env, resource: &str) -> ApiResponse {
+fn ignored(env: &Env, resource: &str) -> Answer {
     let name: String = resource
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '(' | ')'))
@@ -224,7 +260,7 @@ fn ignored(env: &Env, resource: &str) -> ApiResponse {
         *counts.ignored.entry(name).or_default() += 1;
         let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
     }
-    ApiResponse::json(200, &json!({ "kept": false, "reason": "resource not collected" }))
+    Answer::ok(json!({ "kept": false, "reason": "resource not collected" }))
 }
 
 /// Writes one delivery's line as its own object, named by its digest, within

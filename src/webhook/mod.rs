@@ -175,7 +175,11 @@ fn as_u64(v: &Value) -> Option<u64> {
 
 /// The time of an event: `datetime` (RFC 3339) or `timestamp` (Unix seconds).
 fn event_time(e: &Value) -> Option<i64> {
-    if let Some(t) = e.get("datetime").and_then(Value::as_str).and_then(parse_rfc3339) {
+    if let Some(t) = e
+        .get("datetime")
+        .and_then(Value::as_str)
+        .and_then(parse_rfc3339)
+    {
         return Some(t);
     }
     let t = e.get("timestamp").and_then(Value::as_f64)?;
@@ -210,8 +214,7 @@ pub fn webhook_event(payload: &Value) -> Result<WebhookEvent, String> {
 /// Checks the shape every kept body has: a JSON object with an `action` and a `data` object,
 /// and for `error` a readable event.
 pub fn check_body(kind: Kind, body: &[u8]) -> Result<Value, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
+    let v: Value = serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
     if !v.get("action").is_some_and(Value::is_string) {
         return Err("the body has no action".into());
     }
@@ -300,7 +303,10 @@ pub fn activity_line(meta: &Meta, body: &[u8]) -> Option<Vec<u8>> {
     // `"payload":` and the body as signed, in place of the closing brace.
     out.pop();
     out.extend_from_slice(b",\"payload\":");
-    out.extend(body.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    out.extend(
+        body.iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
     out.extend_from_slice(b"}");
     Some(out)
 }

@@ -81,7 +81,10 @@ fn delivery(resource: &str, body: &[u8], sig: &str, ts: f64) -> ApiRequest {
         query: String::new(),
         headers: vec![
             ("content-type".into(), "application/json".into()),
-            ("request-id".into(), "9f0c6c0de1c1441c8b1d7b4c5a8e1d2f".into()),
+            (
+                "request-id".into(),
+                "9f0c6c0de1c1441c8b1d7b4c5a8e1d2f".into(),
+            ),
             ("sentry-hook-resource".into(), resource.into()),
             ("sentry-hook-timestamp".into(), format!("{}", ts as i64)),
             ("sentry-hook-signature".into(), sig.into()),
@@ -133,7 +136,11 @@ fn the_signature_is_hmac_sha256_of_the_raw_body_in_hex() {
     assert!(!signature_ok("another-secret-entirely", &body, Some(&good)));
     assert!(!signature_ok(SECRET, &body, None));
     assert!(!signature_ok(SECRET, &body, Some(&good[..63])));
-    assert!(!signature_ok(SECRET, &body, Some(&format!("sha256={good}"))));
+    assert!(!signature_ok(
+        SECRET,
+        &body,
+        Some(&format!("sha256={good}"))
+    ));
     assert!(!signature_ok(SECRET, &body, Some(&"é".repeat(32))));
 }
 
@@ -167,7 +174,9 @@ fn every_refusal_answers_4xx_and_keeps_nothing_of_the_delivery() {
     let body = issue_body("assigned", "mallory");
     let good = sign(SECRET, &body);
     let mut no_resource = signed("issue", &body);
-    no_resource.headers.retain(|(n, _)| n != "sentry-hook-resource");
+    no_resource
+        .headers
+        .retain(|(n, _)| n != "sentry-hook-resource");
     let mut no_timestamp = signed("issue", &body);
     no_timestamp
         .headers
@@ -180,15 +189,27 @@ fn every_refusal_answers_4xx_and_keeps_nothing_of_the_delivery() {
     let mut huge = body.clone();
     huge.resize(MAX_BODY_BYTES + 1, b' ');
     let cases: Vec<(ApiRequest, u16, &str)> = vec![
-        (delivery("issue", &body, &"0".repeat(64), NOW), 401, "bad_signature"),
+        (
+            delivery("issue", &body, &"0".repeat(64), NOW),
+            401,
+            "bad_signature",
+        ),
         (delivery("issue", &body, "", NOW), 401, "bad_signature"),
         (
             delivery("issue", &body, &sign("someone-elses-secret!!", &body), NOW),
             401,
             "bad_signature",
         ),
-        (delivery("issue", &body, &good, NOW - 301.0), 401, "stale_timestamp"),
-        (delivery("issue", &body, &good, NOW + 301.0), 401, "stale_timestamp"),
+        (
+            delivery("issue", &body, &good, NOW - 301.0),
+            401,
+            "stale_timestamp",
+        ),
+        (
+            delivery("issue", &body, &good, NOW + 301.0),
+            401,
+            "stale_timestamp",
+        ),
         (no_timestamp, 400, "malformed"),
         (no_resource, 400, "malformed"),
         (odd_id, 400, "malformed"),
@@ -218,7 +239,8 @@ fn every_refusal_answers_4xx_and_keeps_nothing_of_the_delivery() {
 #[test]
 fn unknown_resources_are_acknowledged_counted_and_not_kept() {
     let (kv, v) = (MemKv::default(), vars(&[]));
-    let body = br#"{"action":"created","data":{"installation":{"uuid":"u"}},"installation":{"uuid":"u"}}"#;
+    let body =
+        br#"{"action":"created","data":{"installation":{"uuid":"u"}},"installation":{"uuid":"u"}}"#;
     for resource in ["installation", "seer", "installation"] {
         let (status, answer) = post(&kv, &v, &signed(resource, body));
         assert_eq!((status, &answer["kept"]), (200, &json!(false)));
@@ -239,12 +261,18 @@ fn without_a_secret_the_route_is_off_and_a_full_inbox_answers_503() {
     let body = issue_body("resolved", "colleen");
     let (status, answer) = post(&kv, &off, &signed("issue", &body));
     assert_eq!(status, 404);
-    assert!(answer["error"].as_str().unwrap().contains("sentry_webhook_secret"));
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("sentry_webhook_secret"));
     assert!(kv.0.borrow().is_empty(), "nothing written at all");
 
     let v = vars(&[("webhook_inbox_max", "2")]);
     for actor in ["a", "b"] {
-        assert_eq!(post(&kv, &v, &signed("issue", &issue_body("resolved", actor))).0, 200);
+        assert_eq!(
+            post(&kv, &v, &signed("issue", &issue_body("resolved", actor))).0,
+            200
+        );
     }
     let (status, _) = post(&kv, &v, &signed("issue", &issue_body("resolved", "c")));
     assert_eq!(status, 503);
@@ -319,9 +347,9 @@ fn a_line_says_what_happened_who_did_it_to_what_and_when_on_one_line() {
         inline: false,
     };
     // A pretty-printed body (not what Sentry sends, but signed all the same) stays one line.
-    let body = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(
-        &issue_body("resolved", "colleen"),
-    ).unwrap())
+    let body = serde_json::to_vec_pretty(
+        &serde_json::from_slice::<serde_json::Value>(&issue_body("resolved", "colleen")).unwrap(),
+    )
     .unwrap();
     let line = activity_line(&meta, &body).unwrap();
     assert!(!line.contains(&b'\n') && !line.contains(&b'\r'));
@@ -337,15 +365,25 @@ fn a_line_says_what_happened_who_did_it_to_what_and_when_on_one_line() {
     let comment = json!({"action": "created", "data": {"comment": "looking", "project_slug": "api",
         "comment_id": 1234, "issue_id": 100, "timestamp": "2026-11-18T21:51:44.118160Z"},
         "installation": {"uuid": "u"}, "actor": {"type": "user", "id": 1, "name": "colleen"}});
-    let meta = Meta { resource: "comment".into(), ..meta };
+    let meta = Meta {
+        resource: "comment".into(),
+        ..meta
+    };
     let v: serde_json::Value =
         serde_json::from_slice(&activity_line(&meta, comment.to_string().as_bytes()).unwrap())
             .unwrap();
     assert_eq!(
         (&v["time"], &v["issue"]["id"], &v["comment"]["text"]),
-        (&json!("2026-11-18T21:51:44Z"), &json!(100), &json!("looking"))
+        (
+            &json!("2026-11-18T21:51:44Z"),
+            &json!(100),
+            &json!("looking")
+        )
     );
-    let meta = Meta { resource: "installation".into(), ..meta };
+    let meta = Meta {
+        resource: "installation".into(),
+        ..meta
+    };
     assert_eq!(activity_line(&meta, comment.to_string().as_bytes()), None);
 }
 

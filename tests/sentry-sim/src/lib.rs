@@ -40,6 +40,7 @@ use index::Table;
 mod index;
 mod streams;
 pub mod time;
+pub mod webhooks;
 
 pub use streams::{issue_id, AuditEntry, ExploreRow, IssueVersion, DATASETS, OFFSET_CAP};
 
@@ -308,6 +309,9 @@ struct State {
     /// Once this many requests of the class have been served, the next one's body trickles
     /// (a stalled answer in the middle of a run).
     stall: Option<(&'static str, u64, Duration)>,
+    /// Issues whose status or assignee a user changed (see `webhooks.rs`): status, substatus,
+    /// assignee, overlaid on what the events imply.
+    issue_changes: BTreeMap<u64, (String, Value, Value)>,
 }
 
 /// The simulator. Cheap to clone; all clones share state.

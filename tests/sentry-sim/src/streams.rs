@@ -368,6 +368,26 @@ impl Sim {
             .collect()
     }
 
+    /// An issue as the API shows it at `now` (as an issue webhook carries it), and the slug of
+    /// its project.
+    pub fn issue_snapshot(&self, issue: u64, now: i64) -> Option<(Value, String)> {
+        let st = self.state.lock().unwrap();
+        let found = issues_at(&st, now).into_iter().find(|i| i.id == issue)?;
+        let v = self.issue_json(&st, &found);
+        let slug = v["project"]["slug"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Some((v, slug))
+    }
+
+    /// Records a user's change of an issue: its status, substatus and assignee from now on.
+    pub fn set_issue_state(&self, issue: u64, status: &str, substatus: Value, assignee: Value) {
+        let mut st = self.state.lock().unwrap();
+        st.issue_changes
+            .insert(issue, (status.to_string(), substatus, assignee));
+    }
+
     /// Every issue as it is at `now`: its id and current `lastSeen`.
     pub fn issue_versions(&self, now: i64) -> Vec<IssueVersion> {
         let st = self.state.lock().unwrap();
@@ -502,6 +522,8 @@ impl Sim {
         } else {
             "unresolved"
         };
+        let changed = st.issue_changes.get(&i.id);
+        let status = changed.map_or(status, |c| c.0.as_str());
         let mut v = json!({
             "id": i.id.to_string(),
             "shareId": null,
@@ -552,6 +574,10 @@ impl Sim {
         });
         if let (Some(o), Value::Object(tail)) = (v.as_object_mut(), tail) {
             o.extend(tail);
+        }
+        if let (Some(o), Some((_, substatus, assignee))) = (v.as_object_mut(), changed) {
+            o.insert("substatus".into(), substatus.clone());
+            o.insert("assignedTo".into(), assignee.clone());
         }
         v
     }

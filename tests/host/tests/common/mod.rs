@@ -333,7 +333,7 @@ impl Rig {
     }
 
     /// Every events line: (eventID, the parsed line, object name). Asserts each line has an
-    /// eventID, and that the bucket holds no object outside the streams' prefixes (and their
+    /// eventID (or, from a webhook, an event_id), and that the bucket holds no object outside the streams' prefixes (and their
     /// quarantine prefixes).
     pub async fn delivered(&mut self) -> Vec<(String, Value, String)> {
         for o in self.objects().await {
@@ -350,8 +350,10 @@ impl Rig {
             .await
             .into_iter()
             .map(|(v, name)| {
+                // The pull's lines carry `eventID`; an `error` webhook's event, `event_id`.
                 let id = v["eventID"]
                     .as_str()
+                    .or_else(|| v["event_id"].as_str())
                     .unwrap_or_else(|| panic!("{name}: a line has no eventID: {v}"))
                     .to_string();
                 (id, v, name)
@@ -388,6 +390,8 @@ pub const STREAMS: &[&str] = &[
     "transactions",
     "spans",
     "logs",
+    "issue_activity",
+    "alerts",
 ];
 
 pub fn summary(inv: &Invocation) -> Value {
