@@ -677,3 +677,110 @@ async fn chaos_sequences_lose_nothing() {
     );
     assert!(total.outcomes.get("killed").copied().unwrap_or(0) > 0);
 }
+
+/// The webhook inbox's drain killed at each KV write in turn (`issue` deliveries into
+/// `issue_activity/`, `error` deliveries into `events/` through the events collection), each
+/// kill followed by a run without faults: every change and every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_kv_write_while_draining_the_inbox_loses_and_repeats_nothing() {
+    use sentry_sim::webhooks::{deliveries, post, Mischief};
+    const SECRET: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+    let mut rig = Rig::without_rate_limits(2).await;
+    rig.set("sentry_webhook_secret", SECRET);
+    rig.set("lookback", "1h");
+    let start = rig.clock.now() - 3600;
+    let mut rng = common::rng(4242);
+    let mut changes = std::collections::BTreeSet::new();
+    let mut kills = 0;
+    let mut actor = 0u64;
+    let quiet = Mischief {
+        retry: 0.3,
+        duplicate: 0.2,
+        forged: 0.0,
+        stale: 0.0,
+    };
+    for kill_at in 0..40u32 {
+        let t = rig.clock.now();
+        let before: BTreeSet<String> = rig
+            .sim
+            .all_events()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        for p in 1..=2 {
+            rig.sim.generate(&mut rng, p, 4, t - 40, t - 2, 0.0, 0);
+        }
+        let mut hooks = Vec::new();
+        for e in rig
+            .sim
+            .all_events()
+            .iter()
+            .filter(|e| !before.contains(&e.event_id))
+        {
+            let body = rig.sim.error_webhook(e);
+            hooks.extend(deliveries("error", &body, SECRET, t, &mut rng, quiet));
+        }
+        let issues = rig.sim.issue_versions(t);
+        for _ in 0..3 {
+            let issue = &issues[rng.below(issues.len() as u64) as usize];
+            actor += 1;
+            let name = format!("user-{actor}");
+            let body = rig
+                .sim
+                .change_issue(issue.id.parse().unwrap(), "assigned", (actor, &name))
+                .unwrap();
+            changes.insert(name);
+            hooks.extend(deliveries("issue", &body, SECRET, t, &mut rng, quiet));
+        }
+        {
+            let served = rig.serve().await;
+            for h in &hooks {
+                assert_eq!(
+                    post(served.addr, "/sentry/webhook", h).await.unwrap().0,
+                    200
+                );
+            }
+        }
+        rig.clock.advance(30);
+        let faults = KvFaults {
+            key_prefix: "v1/".into(),
+            kill_at_set: Some(kill_at),
+            ..KvFaults::default()
+        };
+        let inv = rig
+            .run_with(|app| app.store("default").unwrap().set_faults(faults.clone()))
+            .await;
+        if matches!(inv.outcome, Outcome::Trap(_)) {
+            kills += 1;
+        } else if kill_at > 12 {
+            // The run made fewer writes than this: every later index would be the same.
+            break;
+        }
+        // Past the killed run's lease.
+        rig.clock.advance(120);
+        rig.run_ok().await;
+    }
+    rig.clock.advance(300);
+    rig.run_ok().await;
+    assert!(kills >= 8, "only {kills} runs were killed mid-drain");
+    let mut who: Vec<String> = rig
+        .stream_lines("issue_activity")
+        .await
+        .into_iter()
+        .map(|(v, _)| v["actor"]["name"].as_str().unwrap().to_string())
+        .collect();
+    who.sort();
+    let want: Vec<String> = changes.into_iter().collect();
+    let mut once = who.clone();
+    once.dedup();
+    assert_eq!(once.len(), who.len(), "a change written twice");
+    assert_eq!(who, want, "every change once");
+    let end = rig.clock.now();
+    let truth = rig.sim.truth(start, end, end);
+    assert_exact(&rig.delivered().await, &truth);
+    println!(
+        "{kills} kills, {} changes, {} events exactly once",
+        who.len(),
+        truth.len()
+    );
+}
