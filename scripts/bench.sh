@@ -4,7 +4,7 @@
 # end-to-end scenarios against the Sentry simulator with sentry.io's rate limits and 50 ms per
 # request, and the scale scenario (a million events and spans an hour, in 25-second slices
 # under --max-memory 128MiB). Takes about 35 minutes, most of it waiting for rate limits.
-# Arguments pick scenarios: steady backlog wide full scale backfill hot-path (default: all).
+# Arguments pick scenarios: steady backlog wide full scale backfill webhooks hot-path (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The build goes to the repository's own target/, whatever CARGO_TARGET_DIR or a cargo config

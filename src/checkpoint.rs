@@ -181,6 +181,11 @@ pub struct Checkpoint {
     /// The backfill track: how far back from the seam it has read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillPos>,
+    /// `events`: ids of events written from `error` webhooks older than the delivered set
+    /// keeps (so not in it), each with when it was written, so a second drain of their inbox
+    /// keys (a run that died before deleting them) drops them. Kept an hour.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_late: Vec<(String, i64)>,
 }
 
 /// What a backfill track has read: `[low, seam)`, less `gap` (the end of a window that was
@@ -254,6 +259,9 @@ pub struct PendingObject {
     pub rollback_segments: Vec<Segment>,
     #[serde(default)]
     pub rollback_floor: i64,
+    /// Ids this object adds to the checkpoint's `webhook_late`: taken out again on rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late: Vec<String>,
 }
 
 impl PendingObject {
@@ -269,6 +277,7 @@ impl PendingObject {
             rollback_epoch: at.chunk_epoch,
             rollback_segments: at.segments,
             rollback_floor: at.floor,
+            late: Vec::new(),
         }
     }
 

@@ -598,7 +598,10 @@ fn collect(
     let webhooks = leases
         .iter()
         .find(|l| l.shard == Shard::WHOLE)
-        .map(|lease| Box::new(crate::webhook::drain::drain(env, config, gcs, lease)))
+        .map(|lease| {
+            let until = started + config.timing.time_budget.as_secs_f64() / 3.0;
+            Box::new(crate::webhook::drain::drain(env, config, gcs, lease, until))
+        })
         .filter(|d| config.webhook.secret.is_some() || d.left > 0 || !d.objects.is_empty());
     // Which streams this run reads, and as which shard (org-wide streams are read whole by
     // shard 0 only).

@@ -46,6 +46,7 @@ pub(crate) fn settle_pending(
         // The set the object would have left is not needed: never hold two at once.
         drop(seen);
         cp.in_progress = pending.rollback_progress.clone();
+        cp.webhook_late.retain(|(id, _)| !pending.late.contains(id));
         cp.set_ids_at(pending.rollback_ids_at());
         let mut rolled_back = store
             .load_ids(&cp.ids_at())
@@ -209,12 +210,25 @@ impl Collector<'_, '_> {
             &self.checkpoint,
         ));
         self.checkpoint.in_progress = Some(after);
-        // The pending mark must reach KV before the object may exist.
+        self.upload_pending(&name, body, &content, events)?;
+        progress.objects += 1;
+        Ok(())
+    }
+
+    /// The second phase of a write, the checkpoint recording `name` as pending: saves it (the
+    /// mark must reach KV before the object may exist), checks the lease, uploads.
+    pub(super) fn upload_pending(
+        &mut self,
+        name: &str,
+        body: Vec<u8>,
+        content: &gcs::Content,
+        events: usize,
+    ) -> Result<(), Stop> {
         self.save()?;
         self.lease.check(&self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
-            .create(&name, body, &content, events)
+            .create(name, body, content, events)
             .map_err(|e| Stop::WriteFailed(e.into()))?;
         self.summary.bytes += uploaded.bytes as u64;
         self.summary.objects.push(ObjectSummary {
@@ -223,7 +237,6 @@ impl Collector<'_, '_> {
             bytes: uploaded.bytes,
             already_present: uploaded.already_present,
         });
-        progress.objects += 1;
         Ok(())
     }
 

@@ -5,34 +5,47 @@
 //! checkpoint recording the object is saved.
 
 use super::collector::*;
-use super::commit::fenced;
 use crate::checkpoint::PendingObject;
 use crate::gcs;
 use crate::identity::seen_key;
-use crate::report::ObjectSummary;
 use crate::webhook::{self, Kind, WebhookEvent};
 
-/// Events drained in one object at most (the rest wait for the next run).
-const MAX_EVENTS_PER_DRAIN: usize = 2_000;
+/// Events drained in one object at most.
+const MAX_EVENTS_PER_OBJECT: usize = 2_000;
+
+/// Objects of webhook events one run writes at most (the rest wait for the next run).
+const MAX_OBJECTS_PER_RUN: usize = 10;
 
 /// An `error` delivery of this shard read from the inbox: its key, when it came, its event.
 type Found = (String, i64, WebhookEvent);
 
 impl Collector<'_, '_> {
-    /// Drains this shard's `error` deliveries from the inbox.
+    /// Drains this shard's `error` deliveries from the inbox, an object at a time, while the
+    /// stream's share of the run lasts.
     pub(super) fn drain_webhook_events(&mut self) -> Result<(), Stop> {
-        let found = self.inbox_events()?;
-        if found.is_empty() {
-            return Ok(());
+        for _ in 0..MAX_OBJECTS_PER_RUN {
+            let found = self.inbox_events()?;
+            let more = found.len() >= MAX_EVENTS_PER_OBJECT;
+            if !found.is_empty() {
+                self.drain_found(found)?;
+            }
+            if !more || self.sentry.deadline() - self.env.clock.now() < 5.0 {
+                break;
+            }
         }
+        Ok(())
+    }
+
+    /// Writes the events of `found` not delivered yet, then deletes their inbox keys.
+    fn drain_found(&mut self, found: Vec<Found>) -> Result<(), Stop> {
         let lo = found.iter().map(|f| f.2.time).min().unwrap_or_default();
         let hi = found.iter().map(|f| f.2.time).max().unwrap_or_default();
         self.ensure_ids(lo, hi, false)?;
-        let (ndjson, written, dropped) = self.not_yet_delivered(&found);
+        let (ndjson, written, dropped, late) = self.not_yet_delivered(&found);
         if written > 0 {
             let first = found.iter().map(|f| f.1).min().unwrap_or_default();
             let last = found.iter().map(|f| f.1).max().unwrap_or_default();
-            self.write_webhook_object(ndjson, written, (first, last))?;
+            self.write_webhook_object(ndjson, written, (first, last), late)?;
         }
         self.summary.events += written as u64;
         self.summary.from_webhooks += written as u64;
@@ -48,8 +61,8 @@ impl Collector<'_, '_> {
         Ok(())
     }
 
-    /// The inbox's `error` deliveries of this shard's projects, oldest first, up to one
-    /// object's worth.
+    /// The inbox's `error` deliveries of this shard's projects (known from their keys),
+    /// oldest first, up to one object's worth.
     fn inbox_events(&mut self) -> Result<Vec<Found>, Stop> {
         let kv = self.env.kv;
         let unreadable = |e: String| {
@@ -58,20 +71,22 @@ impl Collector<'_, '_> {
                 transient: true,
             })
         };
-        let mut keys: Vec<(i64, String, String)> = kv
+        let mut keys: Vec<(i64, String)> = kv
             .keys()
             .map_err(unreadable)?
             .iter()
             .filter_map(|k| {
-                let (kind, received, digest) = webhook::parse_key(k)?;
-                (kind == Kind::Event).then(|| (received, digest.to_string(), k.clone()))
+                let p = webhook::parse_key(k)?;
+                let mine =
+                    p.kind == Kind::Event && p.project.is_some_and(|p| self.shard.includes(p));
+                mine.then(|| (p.received, k.clone()))
             })
             .collect();
         keys.sort();
         let mut found: Vec<Found> = Vec::new();
         let mut bytes = 0;
-        for (received, _, key) in keys {
-            if found.len() >= MAX_EVENTS_PER_DRAIN || bytes >= OBJECT_TARGET_BYTES {
+        for (received, key) in keys {
+            if found.len() >= MAX_EVENTS_PER_OBJECT || bytes >= OBJECT_TARGET_BYTES {
                 break;
             }
             let Some(record) = kv.get(&key).map_err(unreadable)? else {
@@ -80,13 +95,12 @@ impl Collector<'_, '_> {
             let event = webhook::decode_record(&record)
                 .and_then(|(_, body)| serde_json::from_slice(body).ok())
                 .ok_or_else(|| "not an inbox record".to_string())
-                .and_then(|v| webhook::webhook_event(&v));
+                .and_then(|v| webhook::webhook_event(&v, self.config.sentry.full_events));
             match event {
-                Ok(e) if self.shard.includes(e.project) => {
+                Ok(e) => {
                     bytes += e.line.len();
                     found.push((key, received, e));
                 }
-                Ok(_) => {}
                 Err(why) => self
                     .summary
                     .warnings
@@ -96,20 +110,33 @@ impl Collector<'_, '_> {
         Ok(found)
     }
 
-    /// The lines of the events not delivered yet (each recorded as delivered), how many, and
-    /// how many were dropped as delivered before.
-    fn not_yet_delivered(&mut self, found: &[Found]) -> (Vec<u8>, usize, u64) {
+    /// The lines of the events not delivered yet (each recorded as delivered), how many, how
+    /// many were dropped as delivered before, and the ids of those older than the delivered
+    /// set keeps.
+    fn not_yet_delivered(&mut self, found: &[Found]) -> (Vec<u8>, usize, u64, Vec<String>) {
         let floor = self.seen.floor();
+        let now = self.env.clock.now() as i64;
+        self.checkpoint
+            .webhook_late
+            .retain(|(_, at)| *at > now - webhook::RECENT_SECS);
         let mut ndjson = Vec::new();
-        let mut older_ids = std::collections::HashSet::new();
-        let (mut written, mut dropped, mut older) = (0usize, 0u64, 0u64);
+        let mut late = Vec::new();
+        let (mut written, mut dropped) = (0usize, 0u64);
         for (_, _, e) in found {
             let new = if e.time < floor {
                 // Older than anything the delivered set keeps: the pull has passed this time
                 // for good. Written, and said: if the pull read it before its webhook came,
                 // SecOps sees it twice (an event ingested about `overlap` late).
-                older += 1;
-                older_ids.insert(e.event_id.clone())
+                let known = self
+                    .checkpoint
+                    .webhook_late
+                    .iter()
+                    .any(|(id, _)| id == &e.event_id);
+                if !known {
+                    self.checkpoint.webhook_late.push((e.event_id.clone(), now));
+                    late.push(e.event_id.clone());
+                }
+                !known
             } else {
                 self.seen
                     .insert_key(seen_key(&e.event_id), e.time, e.project)
@@ -122,12 +149,13 @@ impl Collector<'_, '_> {
                 dropped += 1;
             }
         }
-        if older > 0 {
+        if !late.is_empty() {
             self.summary.warnings.push(format!(
-                "{older} webhook event(s) older than the overlap were written as they came: the pull no longer looks that far back"
+                "{} webhook event(s) older than the overlap were written as they came: the pull no longer looks that far back",
+                late.len()
             ));
         }
-        (ndjson, written, dropped)
+        (ndjson, written, dropped, late)
     }
 
     /// Writes the events as one object in two phases: the checkpoint records it pending with
@@ -137,6 +165,7 @@ impl Collector<'_, '_> {
         ndjson: Vec<u8>,
         events: usize,
         received: (i64, i64),
+        late: Vec<String>,
     ) -> Result<(), Stop> {
         let body = if self.config.gcs.gzip {
             gcs::gzip(&ndjson)
@@ -154,27 +183,12 @@ impl Collector<'_, '_> {
             &content.id,
             self.config.gcs.gzip,
         );
-        self.checkpoint.pending = Some(PendingObject::new(
-            name.clone(),
-            content.id.clone(),
-            &self.checkpoint,
-        ));
+        let mut pending = PendingObject::new(name.clone(), content.id.clone(), &self.checkpoint);
+        pending.late = late;
+        self.checkpoint.pending = Some(pending);
         // The pending mark and the events' ids reach KV before the object may exist.
-        self.save()?;
-        self.lease.check(&self.env, self.gcs).map_err(fenced)?;
-        let uploaded = self
-            .gcs
-            .create(&name, body, &content, events)
-            .map_err(|e| Stop::WriteFailed(e.into()))?;
+        self.upload_pending(&name, body, &content, events)?;
         self.checkpoint.pending = None;
-        self.save()?;
-        self.summary.bytes += uploaded.bytes as u64;
-        self.summary.objects.push(ObjectSummary {
-            name: uploaded.name,
-            events,
-            bytes: uploaded.bytes,
-            already_present: uploaded.already_present,
-        });
-        Ok(())
+        self.save()
     }
 }

@@ -240,6 +240,9 @@ pub struct GcsClient<'e> {
     credentials: RefCell<Credentials>,
     deadline: Deadline,
     pub requests: std::cell::Cell<u64>,
+    /// No timeout of a request is longer than this (the inline webhook flush, which must
+    /// answer Sentry within a second; `Timeouts::within` never goes under a second).
+    timeout_cap: Option<std::time::Duration>,
 }
 
 impl<'e> GcsClient<'e> {
@@ -250,7 +253,15 @@ impl<'e> GcsClient<'e> {
             credentials: RefCell::new(Credentials::new(&cfg.auth)?),
             deadline,
             requests: std::cell::Cell::new(0),
+            timeout_cap: None,
         })
+    }
+
+    /// A client whose every request gives up after `cap` (connect, first byte, between bytes)
+    /// as well as at `deadline`.
+    pub fn with_timeout_cap(mut self, cap: std::time::Duration) -> Self {
+        self.timeout_cap = Some(cap);
+        self
     }
 
     /// Obtains a token now, so a credential that does not work fails the run before anything
@@ -298,6 +309,14 @@ impl<'e> GcsClient<'e> {
             };
             request.headers[auth_at].1 = format!("Bearer {}", token.expose());
             request.bound_by(self.deadline.at(), self.env.clock.now());
+            if let Some(cap) = self.timeout_cap {
+                let t = &mut request.timeouts;
+                (t.connect, t.first_byte, t.between_bytes) = (
+                    t.connect.min(cap),
+                    t.first_byte.min(cap),
+                    t.between_bytes.min(cap),
+                );
+            }
             self.requests.set(self.requests.get() + 1);
             match self.env.http.send(&request) {
                 // A token Cloud Storage refuses is renewed, once.
@@ -503,13 +522,6 @@ impl<'e> GcsClient<'e> {
         Ok(self
             .stat(name)?
             .is_some_and(|o| stored_content(&o) == Some(content)))
-    }
-
-    /// Whether `name` exists as an object this component wrote (it carries a content id).
-    pub fn exists(&self, name: &str) -> Result<bool, GcsError> {
-        Ok(self
-            .stat(name)?
-            .is_some_and(|o| stored_content(&o).is_some()))
     }
 
     /// After a 412: the object exists. It is ours only if its content id matches.

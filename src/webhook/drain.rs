@@ -24,6 +24,7 @@ struct Delivery {
 }
 
 struct Drainer<'a, 'e> {
+    until: f64,
     env: &'a Env<'e>,
     config: &'a Config,
     gcs: &'a GcsClient<'e>,
@@ -32,9 +33,16 @@ struct Drainer<'a, 'e> {
     summary: DrainSummary,
 }
 
-/// Drains the kept `issue`, `comment` and alert deliveries. Never fails the run: what went
-/// wrong is in the summary (and `/status`), and the inbox keeps what was not written.
-pub fn drain(env: &Env, config: &Config, gcs: &GcsClient, lease: &Lease) -> DrainSummary {
+/// Drains the kept `issue`, `comment` and alert deliveries, starting no write after `until`
+/// (Unix seconds: the streams get the rest of the run). Never fails the run: what went wrong
+/// is in the summary (and `/status`), and the inbox keeps what was not written.
+pub fn drain(
+    env: &Env,
+    config: &Config,
+    gcs: &GcsClient,
+    lease: &Lease,
+    until: f64,
+) -> DrainSummary {
     let state = match crate::state::load::<DrainState>(env.kv, DRAIN_KEY) {
         Ok(s) => s.unwrap_or_default(),
         Err(e) => {
@@ -45,6 +53,7 @@ pub fn drain(env: &Env, config: &Config, gcs: &GcsClient, lease: &Lease) -> Drai
         }
     };
     let mut d = Drainer {
+        until,
         env,
         config,
         gcs,
@@ -149,80 +158,121 @@ impl Drainer<'_, '_> {
             .map_err(|e| format!("listing the inbox: {e}"))?
             .iter()
             .filter_map(|k| {
-                let (kind, received, digest) = parse_key(k)?;
-                (kind != Kind::Event).then(|| (kind, received, digest.to_string(), k.clone()))
+                let p = parse_key(k)?;
+                Some((p.kind, p.received, p.digest.to_string(), k.clone()))
             })
             .collect();
         keys.sort();
+        if !self.config.streams.iter().any(|s| s == "events") {
+            // `error` deliveries kept before `events` left `streams`: nobody will write them.
+            let orphans: Vec<String> = keys
+                .iter()
+                .filter(|k| k.0 == Kind::Event)
+                .map(|k| k.3.clone())
+                .collect();
+            if !orphans.is_empty() {
+                self.summary.warnings.push(format!(
+                    "{} error webhook(s) dropped from the inbox: events is no longer collected",
+                    orphans.len()
+                ));
+                self.delete(&orphans);
+            }
+        }
         for kind in [Kind::Activity, Kind::Alert] {
-            let mut batch: Vec<Delivery> = Vec::new();
-            let mut bytes = 0;
-            let mut dropped: Vec<(String, String)> = Vec::new();
-            for (_, received, digest, key) in keys.iter().filter(|k| k.0 == kind) {
-                if self.state.knows(digest) || batch.iter().any(|d| &d.digest == digest) {
-                    dropped.push((key.clone(), digest.clone()));
-                    continue;
-                }
-                let Some(record) = self
-                    .env
-                    .kv
-                    .get(key)
-                    .map_err(|e| format!("reading {key}: {e}"))?
-                else {
-                    continue;
-                };
-                let Some((meta, body)) = decode_record(&record) else {
-                    self.summary.warnings.push(format!(
-                        "{key} is not an inbox record; it is left in the inbox"
-                    ));
-                    continue;
-                };
-                if meta.inline {
-                    let name = inline_object_name(
-                        &self.config.gcs.prefix,
-                        &self.config.sentry.org,
-                        kind,
-                        digest,
-                    );
-                    if self
-                        .gcs
-                        .exists(&name)
-                        .map_err(|e| format!("checking {name}: {e}"))?
-                    {
-                        dropped.push((key.clone(), digest.clone()));
-                        continue;
-                    }
-                }
-                let Some(mut line) = activity_line(&meta, body) else {
-                    self.summary.warnings.push(format!(
-                        "{key} holds no readable delivery; it is left in the inbox"
-                    ));
-                    continue;
-                };
-                line.push(b'\n');
-                bytes += line.len();
-                batch.push(Delivery {
-                    key: key.clone(),
-                    digest: digest.clone(),
-                    received: *received,
-                    line,
-                });
-                if bytes >= OBJECT_TARGET_BYTES {
-                    self.write(kind, std::mem::take(&mut batch))?;
-                    bytes = 0;
-                }
+            let todo: Vec<_> = keys.iter().filter(|k| k.0 == kind).cloned().collect();
+            self.drain_kind(kind, todo)?;
+        }
+        Ok(())
+    }
+
+    /// Drains one kind's deliveries: each once, in objects of up to [`OBJECT_TARGET_BYTES`].
+    fn drain_kind(
+        &mut self,
+        kind: Kind,
+        keys: Vec<(Kind, i64, String, String)>,
+    ) -> Result<(), String> {
+        let mut batch: Vec<Delivery> = Vec::new();
+        let mut bytes = 0;
+        let mut dropped: Vec<(String, String)> = Vec::new();
+        for (_, received, digest, key) in keys {
+            if self.env.clock.now() > self.until {
+                self.summary.warnings.push(
+                    "the inbox's drain stopped at its share of the run; the next run goes on"
+                        .into(),
+                );
+                break;
             }
-            self.write(kind, batch)?;
-            if !dropped.is_empty() {
-                let digests: Vec<String> = dropped.iter().map(|(_, d)| d.clone()).collect();
-                let now = self.now();
-                self.state.remember(&digests, now);
-                self.state.duplicates += dropped.len() as u64;
-                self.summary.duplicates += dropped.len() as u64;
+            if self.state.knows(&digest) || batch.iter().any(|d| d.digest == digest) {
+                dropped.push((key, digest));
+                continue;
+            }
+            let Some(record) = self
+                .env
+                .kv
+                .get(&key)
+                .map_err(|e| format!("reading {key}: {e}"))?
+            else {
+                continue;
+            };
+            let line = decode_record(&record).and_then(|(meta, body)| {
+                activity_line(&meta, body).map(|mut l| {
+                    l.push(b'\n');
+                    (meta.inline, l)
+                })
+            });
+            let Some((inline, line)) = line else {
+                self.summary.warnings.push(format!(
+                    "{key} holds no readable delivery; it is left in the inbox"
+                ));
+                continue;
+            };
+            if inline {
+                // Written under its digest's name, as the intake would have: whichever of the
+                // two writes it, the bucket has it once.
+                let name = inline_object_name(
+                    &self.config.gcs.prefix,
+                    &self.config.sentry.org,
+                    kind,
+                    &digest,
+                );
+                self.fence()?;
+                let created = super::intake::write_inline(self.gcs, &name, line)
+                    .map_err(|e| format!("writing {name}: {e}"))?;
+                if created {
+                    *self.summary.lines.entry(kind.stream()).or_default() += 1;
+                    self.delivered(std::slice::from_ref(&digest));
+                } else {
+                    self.summary.duplicates += 1;
+                    self.state.duplicates += 1;
+                    self.state
+                        .remember(std::slice::from_ref(&digest), self.now());
+                }
                 self.save()?;
-                let keys: Vec<String> = dropped.into_iter().map(|(k, _)| k).collect();
-                self.delete(&keys);
+                self.delete(&[key]);
+                continue;
             }
+            bytes += line.len();
+            batch.push(Delivery {
+                key,
+                digest,
+                received,
+                line,
+            });
+            if bytes >= OBJECT_TARGET_BYTES {
+                self.write(kind, std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        self.write(kind, batch)?;
+        if !dropped.is_empty() {
+            let digests: Vec<String> = dropped.iter().map(|(_, d)| d.clone()).collect();
+            let now = self.now();
+            self.state.remember(&digests, now);
+            self.state.duplicates += dropped.len() as u64;
+            self.summary.duplicates += dropped.len() as u64;
+            self.save()?;
+            let keys: Vec<String> = dropped.into_iter().map(|(k, _)| k).collect();
+            self.delete(&keys);
         }
         Ok(())
     }

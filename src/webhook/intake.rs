@@ -121,11 +121,11 @@ pub fn handle(env: &Env, config: &Config, req: &Delivery) -> Answer {
             body: json!({"error": "webhooks are not configured: set sentry_webhook_secret to the internal integration's client secret"}),
         };
     };
-    let now = env.clock.now();
-    match accept(env, config, secret.expose(), req, now) {
+    let started = env.clock.now();
+    match accept(env, config, secret.expose(), req, started) {
         Ok(answer) => answer,
         Err(Refused(status, reason, message)) => {
-            refuse(env, reason, now);
+            refuse(env, reason, started);
             Answer {
                 status,
                 body: json!({ "error": message }),
@@ -134,15 +134,39 @@ pub fn handle(env: &Env, config: &Config, req: &Delivery) -> Answer {
     }
 }
 
-/// Counts a refusal (best effort) and logs it; nothing of the delivery is kept.
+/// Counts a refusal and logs it; nothing of the delivery is kept. Counted only when webhooks
+/// are on, and at most once a second (a flood of forged deliveries must not become a flood
+/// of KV writes): every refusal is logged.
 pub fn refuse(env: &Env, reason: &str, now: f64) {
     eprintln!("webhook refused: {reason}");
+    let on = env
+        .vars
+        .get("sentry_webhook_secret")
+        .ok()
+        .flatten()
+        .is_some_and(|s| !s.trim().is_empty());
+    if !on {
+        return;
+    }
     let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
         .ok()
         .flatten()
         .unwrap_or_default();
+    if counts.last_refused_at.is_some_and(|t| t == now as i64) {
+        return;
+    }
     *counts.refused.entry(reason.to_string()).or_default() += 1;
     counts.last_refused_at = Some(now as i64);
+    let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
+}
+
+/// Adds one to a counter of the intake's (best effort: a display).
+fn count(env: &Env, add: impl FnOnce(&mut IntakeCounts)) {
+    let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    add(&mut counts);
     let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
 }
 
@@ -151,7 +175,7 @@ fn accept(
     config: &Config,
     secret: &str,
     req: &Delivery,
-    now: f64,
+    started: f64,
 ) -> Result<Answer, Refused> {
     if req.body.len() > MAX_BODY_BYTES {
         return Err(Refused(413, "too_large", "request body too large".into()));
@@ -164,7 +188,7 @@ fn accept(
             "Sentry-Hook-Signature does not match the body".into(),
         ));
     }
-    let sent = sent_at(req.header("sentry-hook-timestamp"), now)?;
+    let sent = sent_at(req.header("sentry-hook-timestamp"), started)?;
     let request_id = request_id(req.header("request-id"))?;
     let resource = req.header("sentry-hook-resource").unwrap_or("").trim();
     if resource.is_empty() {
@@ -180,7 +204,15 @@ fn accept(
     if kind == Kind::Event && !config.streams.iter().any(|s| s == "events") {
         return Ok(ignored(env, "error (events is not a collected stream)"));
     }
-    super::check_body(kind, req.body).map_err(|m| Refused(400, "malformed", m))?;
+    let body = super::check_body(resource, req.body).map_err(|m| Refused(400, "malformed", m))?;
+    let project = match kind {
+        Kind::Event => Some(
+            super::webhook_event(&body, false)
+                .map_err(|m| Refused(400, "malformed", m))?
+                .project,
+        ),
+        _ => None,
+    };
     let digest = super::digest(req.body);
     let keys = env.kv.keys().map_err(|e| {
         Refused(
@@ -189,15 +221,22 @@ fn accept(
             format!("the inbox could not be read: {e}"),
         )
     })?;
-    let suffix = format!("-{digest}");
-    if keys
-        .iter()
-        .any(|k| k.starts_with(INBOX_PREFIX) && k.ends_with(&suffix))
-    {
+    let inbox: Vec<InboxKey> = keys.iter().filter_map(|k| parse_key(k)).collect();
+    if inbox.iter().any(|k| k.digest == digest) {
         return Ok(Answer::ok(json!({ "kept": true, "duplicate": true })));
     }
-    let inbox = keys.iter().filter(|k| k.starts_with(INBOX_PREFIX)).count();
-    if inbox >= config.webhook.inbox_max || keys.len() >= STORE_KEYS_FOR_INBOX {
+    let full = inbox.len() >= config.webhook.inbox_max || keys.len() >= STORE_KEYS_FOR_INBOX;
+    if kind == Kind::Event {
+        // Error events get at most half the inbox, so they never crowd out what only
+        // webhooks carry; past it they are left to the pull, which collects every event.
+        let events = inbox.iter().filter(|k| k.kind == Kind::Event).count();
+        if full || events >= config.webhook.inbox_max / 2 {
+            count(env, |c| c.errors_left_to_the_pull += 1);
+            return Ok(Answer::ok(
+                json!({ "kept": false, "reason": "the inbox's share for error events is full; the pull collects the event" }),
+            ));
+        }
+    } else if full {
         return Err(Refused(
             503,
             "inbox_full",
@@ -209,10 +248,10 @@ fn accept(
         resource: resource.to_string(),
         request_id,
         sent_at: sent,
-        received_at: now as i64,
+        received_at: started as i64,
         inline,
     };
-    let key = inbox_key(kind, meta.received_at, &digest);
+    let key = inbox_key(kind, meta.received_at, &digest, project);
     env.kv
         .set(&key, &encode_record(&meta, req.body))
         .map_err(|e| {
@@ -224,8 +263,7 @@ fn accept(
         })?;
     let mut answer = json!({ "kept": true });
     if inline {
-        let started = env.clock.now();
-        let written = flush_inline(env, config, kind, &digest, &meta, req.body);
+        let written = flush_inline(env, config, kind, &key, &meta, req.body, started);
         answer["inline_ms"] = json!(((env.clock.now() - started) * 1000.0).round());
         match written {
             Ok(()) => answer["inline"] = json!("written"),
@@ -233,12 +271,7 @@ fn accept(
                 // The delivery stays in the inbox: the next run writes it (or finds the object).
                 eprintln!("webhook inline flush failed, left in the inbox: {e}");
                 answer["inline"] = json!("left in the inbox");
-                let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                counts.inline_failed += 1;
-                let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
+                count(env, |c| c.inline_failed += 1);
             }
         }
     }
@@ -252,42 +285,55 @@ fn ignored(env: &Env, resource: &str) -> Answer {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '(' | ')'))
         .take(60)
         .collect();
-    let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    if counts.ignored.len() < 32 || counts.ignored.contains_key(&name) {
-        *counts.ignored.entry(name).or_default() += 1;
-        let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
-    }
+    count(env, |c| {
+        if c.ignored.len() < 32 || c.ignored.contains_key(&name) {
+            *c.ignored.entry(name).or_default() += 1;
+        }
+    });
     Answer::ok(json!({ "kept": false, "reason": "resource not collected" }))
 }
 
-/// Writes one delivery's line as its own object, named by its digest, within
-/// [`INLINE_BUDGET_SECS`]. On success the inbox key is deleted; on failure it stays.
+/// Writes one delivery's line as its own object, named by its digest, so that the answer
+/// leaves by [`INLINE_BUDGET_SECS`] after the request came (every Cloud Storage timeout is
+/// cut to what is left). On success the inbox key is deleted; on failure it stays, marked
+/// `inline`, and the drain writes it under the same name.
 fn flush_inline(
     env: &Env,
     config: &Config,
     kind: Kind,
-    digest: &str,
+    key: &str,
     meta: &Meta,
     body: &[u8],
+    started: f64,
 ) -> Result<(), String> {
+    let deadline = started + INLINE_BUDGET_SECS;
+    let left = deadline - env.clock.now();
+    if left < 0.05 {
+        return Err("no time left to write it within Sentry's second".into());
+    }
+    let digest = parse_key(key)
+        .map(|k| k.digest.to_string())
+        .unwrap_or_default();
     let mut line = activity_line(meta, body).ok_or("the delivery has no line")?;
     line.push(b'\n');
-    let name = inline_object_name(&config.gcs.prefix, &config.sentry.org, kind, digest);
-    let content = gcs::Content::of(&line);
-    let deadline = Deadline(env.clock.now() + INLINE_BUDGET_SECS);
-    let client = GcsClient::new(*env, &config.gcs, deadline).map_err(|e| e.to_string())?;
-    match client.create(&name, line, &content, 1) {
-        Ok(_) => {}
-        // A racing delivery of the same body wrote it first (its line carries its own
-        // Request-ID): the change is in the bucket once.
-        Err(gcs::GcsError::Fatal(m)) if m.contains("already exists") => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let key = inbox_key(kind, meta.received_at, digest);
+    let name = inline_object_name(&config.gcs.prefix, &config.sentry.org, kind, &digest);
+    let client = GcsClient::new(*env, &config.gcs, Deadline(deadline))
+        .map_err(|e| e.to_string())?
+        .with_timeout_cap(std::time::Duration::from_secs_f64(left));
+    write_inline(&client, &name, line)?;
     // Deleted only now the object is confirmed. If this fails, the drain finds the object.
-    env.kv.delete(&key).map_err(|e| format!("KV delete: {e}"))?;
+    env.kv.delete(key).map_err(|e| format!("KV delete: {e}"))?;
     Ok(())
+}
+
+/// Creates an inline object; `false` when it was there already. It is named by the
+/// delivery's digest: one that exists (with this line, or with a racing copy's, which
+/// differs only in Request-ID and times) means the change is in the bucket.
+pub fn write_inline(client: &GcsClient, name: &str, line: Vec<u8>) -> Result<bool, String> {
+    let content = gcs::Content::of(&line);
+    match client.create(name, line, &content, 1) {
+        Ok(uploaded) => Ok(!uploaded.already_present),
+        Err(gcs::GcsError::Fatal(m)) if m.contains("already exists") => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -53,7 +53,9 @@ pub const STORE_KEYS: usize = 1024;
 pub const STORE_KEYS_FOR_INBOX: usize = STORE_KEYS * 3 / 4;
 
 /// How long a delivered digest is remembered, so a late retry of Sentry's is recognised.
-pub const RECENT_SECS: i64 = 24 * 3600;
+/// Sentry's retries come within minutes; an identical body an hour later is taken for a new
+/// change (an issue payload carries no time or id of the change itself).
+pub const RECENT_SECS: i64 = 3600;
 
 /// The most digests remembered (32 hex digits and a time each: about 50 bytes in JSON, so
 /// the drain's record stays near half a megabyte at most).
@@ -111,21 +113,52 @@ pub fn digest(body: &[u8]) -> String {
     crate::gcs::sha256_hex(body)[..32].to_string()
 }
 
-/// An inbox key: `v1/inbox/{kind}/{received}-{digest}` (Unix seconds, 32 hex digits).
-pub fn inbox_key(kind: Kind, received: i64, digest: &str) -> String {
-    format!("{INBOX_PREFIX}{}/{received:010}-{digest}", kind.tag())
+/// An inbox key: `v1/inbox/{kind}/{received}-{digest}` (Unix seconds, 32 hex digits), and
+/// for an `error` delivery `-{project}` after it, so each shard finds its own without reading.
+pub fn inbox_key(kind: Kind, received: i64, digest: &str, project: Option<u64>) -> String {
+    let project = project.map(|p| format!("-{p}")).unwrap_or_default();
+    format!(
+        "{INBOX_PREFIX}{}/{received:010}-{digest}{project}",
+        kind.tag()
+    )
 }
 
-/// An inbox key read back: kind, received time, digest; `None` for anything else.
-pub fn parse_key(key: &str) -> Option<(Kind, i64, &str)> {
+/// An inbox key read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxKey<'a> {
+    pub kind: Kind,
+    pub received: i64,
+    pub digest: &'a str,
+    /// An `error` delivery's project.
+    pub project: Option<u64>,
+}
+
+/// An inbox key read back; `None` for anything else.
+pub fn parse_key(key: &str) -> Option<InboxKey<'_>> {
     let rest = key.strip_prefix(INBOX_PREFIX)?;
     let (tag, rest) = rest.split_once('/')?;
-    let (received, digest) = rest.split_once('-')?;
+    let kind = Kind::from_tag(tag)?;
+    let (received, rest) = rest.split_once('-')?;
+    let (digest, project) = match (kind, rest.split_once('-')) {
+        (Kind::Event, Some((d, p)))
+            if !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (d, Some(p.parse().ok()?))
+        }
+        (Kind::Event, _) => return None,
+        (_, None) => (rest, None),
+        (_, Some(_)) => return None,
+    };
     let ok = digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit());
     if !ok || received.len() != 10 || !received.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((Kind::from_tag(tag)?, received.parse().ok()?, digest))
+    Some(InboxKey {
+        kind,
+        received: received.parse().ok()?,
+        digest,
+        project,
+    })
 }
 
 /// What the intake records with a delivery, on the record's first line.
@@ -156,7 +189,8 @@ pub fn decode_record(bytes: &[u8]) -> Option<(Meta, &[u8])> {
     Some((meta, &bytes[split + 1..]))
 }
 
-/// An `error` delivery's event: id, time, project, and the event's JSON as one line.
+/// An `error` delivery's event: id, time, project, and the event as one line of the pull's
+/// shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookEvent {
     pub event_id: String,
@@ -173,21 +207,127 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-/// The time of an event: `datetime` (RFC 3339) or `timestamp` (Unix seconds).
-fn event_time(e: &Value) -> Option<i64> {
-    if let Some(t) = e
-        .get("datetime")
-        .and_then(Value::as_str)
-        .and_then(parse_rfc3339)
-    {
-        return Some(t);
-    }
-    let t = e.get("timestamp").and_then(Value::as_f64)?;
-    (t.is_finite() && t > 0.0 && t < 1e11).then_some(t as i64)
+/// Unix seconds as Sentry's API writes them: `2026-11-18T20:58:37.391000Z`.
+fn api_time(t: f64) -> String {
+    let secs = t.floor() as i64;
+    let micros = ((t - t.floor()) * 1e6).round().min(999_999.0) as u32;
+    format!("{}.{micros:06}Z", rfc3339(secs).trim_end_matches('Z'))
 }
 
-/// The event of an `error` body (`data.error`), or why it cannot be kept.
-pub fn webhook_event(payload: &Value) -> Result<WebhookEvent, String> {
+/// The time of an event: `timestamp` (Unix seconds, with its fraction) or `datetime`.
+fn event_time(e: &Value) -> Option<f64> {
+    if let Some(t) = e.get("timestamp").and_then(Value::as_f64) {
+        if t.is_finite() && t > 0.0 && t < 1e11 {
+            return Some(t);
+        }
+    }
+    let text = e.get("datetime").and_then(Value::as_str)?;
+    let secs = parse_rfc3339(text)?;
+    let frac = text
+        .split_once('.')
+        .map(|(_, f)| f.trim_end_matches(|c: char| !c.is_ascii_digit()))
+        .filter(|f| !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(0.0, |f| {
+            f.parse::<f64>().unwrap_or(0.0) / 10f64.powi(f.len() as i32)
+        });
+    Some(secs as f64 + frac)
+}
+
+/// Tags as the events API writes them (`[{"key", "value"}]`), from the event payload's pairs.
+fn api_tags(tags: Option<&Value>) -> Value {
+    let pairs = tags
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    Value::Array(
+        pairs
+            .iter()
+            .filter_map(|p| match p {
+                Value::Array(kv) if kv.len() == 2 => {
+                    Some(serde_json::json!({ "key": kv[0], "value": kv[1] }))
+                }
+                Value::Object(_) => Some(p.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The event in the shape the pull writes (the project events API's, or with `full` the
+/// event details API's), so the `events/` feed parses both paths' lines alike. Sentry's
+/// `error` webhook carries the event's stored payload, in other names (`event_id`,
+/// `datetime`, tag pairs, `exception`): each field is moved to its API name.
+fn api_event(e: &Value, id: &str, time: f64, project: u64, full: bool) -> Value {
+    let pick = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
+    let mut v = serde_json::json!({
+        "id": id,
+        "eventID": id,
+        "groupID": e.get("issue_id").map(|i| match i { Value::Number(n) => Value::String(n.to_string()), other => other.clone() }),
+        "projectID": project.to_string(),
+        "event.type": e.get("type").cloned().unwrap_or_else(|| "error".into()),
+        "title": pick("title"),
+        "message": pick("message"),
+        "culprit": pick("culprit"),
+        "location": pick("location"),
+        "platform": pick("platform"),
+        "dateCreated": api_time(time),
+        "tags": api_tags(e.get("tags")),
+        "user": pick("user"),
+        "crashFile": null,
+        "metadata": pick("metadata"),
+    });
+    if full {
+        let mut entries = Vec::new();
+        for (field, kind) in [
+            ("exception", "exception"),
+            ("breadcrumbs", "breadcrumbs"),
+            ("request", "request"),
+            ("threads", "threads"),
+            ("logentry", "message"),
+        ] {
+            if let Some(data) = e.get(field).filter(|d| !d.is_null()) {
+                entries.push(serde_json::json!({ "type": kind, "data": data }));
+            }
+        }
+        let received = e
+            .get("received")
+            .and_then(Value::as_f64)
+            .filter(|t| t.is_finite() && *t > 0.0 && *t < 1e11);
+        if let Some(o) = v.as_object_mut() {
+            for (k, val) in [
+                (
+                    "type",
+                    e.get("type").cloned().unwrap_or_else(|| "error".into()),
+                ),
+                (
+                    "dateReceived",
+                    received.map_or(Value::Null, |t| api_time(t).into()),
+                ),
+                ("entries", Value::Array(entries)),
+                ("contexts", pick("contexts")),
+                ("sdk", pick("sdk")),
+                ("release", pick("release")),
+                ("dist", pick("dist")),
+                ("fingerprints", pick("fingerprint")),
+                ("groupingConfig", pick("grouping_config")),
+                (
+                    "errors",
+                    e.get("errors")
+                        .cloned()
+                        .unwrap_or_else(|| Value::Array(Vec::new())),
+                ),
+                ("context", pick("extra")),
+                ("size", Value::Null),
+            ] {
+                o.insert(k.to_string(), val);
+            }
+        }
+    }
+    v
+}
+
+/// The event of an `error` body (`data.error`), or why it cannot be kept. `full`: the line
+/// takes the event details API's shape (`sentry_full_events`), else the events list's.
+pub fn webhook_event(payload: &Value, full: bool) -> Result<WebhookEvent, String> {
     let e = payload
         .pointer("/data/error")
         .filter(|e| e.is_object())
@@ -196,33 +336,49 @@ pub fn webhook_event(payload: &Value) -> Result<WebhookEvent, String> {
         .get("event_id")
         .and_then(Value::as_str)
         .filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("data.error.event_id is not a 32-digit hex id")?;
-    let time = event_time(e).ok_or("data.error has no readable datetime or timestamp")?;
+        .ok_or("data.error.event_id is not a 32-digit hex id")?
+        .to_ascii_lowercase();
+    let time = event_time(e).ok_or("data.error has no readable timestamp or datetime")?;
     let project = e
         .get("project")
         .and_then(as_u64)
         .ok_or("data.error.project is not a project id")?;
-    let line = serde_json::to_vec(e).map_err(|e| e.to_string())?;
+    let line =
+        serde_json::to_vec(&api_event(e, &id, time, project, full)).map_err(|e| e.to_string())?;
     Ok(WebhookEvent {
-        event_id: id.to_ascii_lowercase(),
-        time,
+        event_id: id,
+        time: time.floor() as i64,
         project,
         line,
     })
 }
 
-/// Checks the shape every kept body has: a JSON object with an `action` and a `data` object,
-/// and for `error` a readable event.
-pub fn check_body(kind: Kind, body: &[u8]) -> Result<Value, String> {
+/// Checks the shape every kept body has: a JSON object with an `action` and a `data` object
+/// holding what the resource names (so an `issue` body cannot be relabelled an alert: the
+/// resource header is not signed).
+pub fn check_body(resource: &str, body: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
     if !v.get("action").is_some_and(Value::is_string) {
         return Err("the body has no action".into());
     }
-    if !v.get("data").is_some_and(Value::is_object) {
-        return Err("the body has no data object".into());
-    }
-    if kind == Kind::Event {
-        webhook_event(&v)?;
+    let data = v
+        .get("data")
+        .filter(|d| d.is_object())
+        .ok_or("the body has no data object")?;
+    let has = |k: &str| data.get(k).is_some_and(|x| !x.is_null());
+    let fits = match resource {
+        "issue" => data.get("issue").is_some_and(Value::is_object),
+        "comment" => has("comment_id") && has("issue_id"),
+        "event_alert" => data.get("event").is_some_and(Value::is_object),
+        "metric_alert" => data.get("metric_alert").is_some_and(Value::is_object),
+        "error" => {
+            webhook_event(&v, false)?;
+            true
+        }
+        _ => true,
+    };
+    if !fits {
+        return Err(format!("the body is not a {resource} delivery"));
     }
     Ok(v)
 }
@@ -385,6 +541,10 @@ pub struct IntakeCounts {
     /// Inline flushes that failed (the delivery stayed in the inbox).
     #[serde(default)]
     pub inline_failed: u64,
+    /// `error` deliveries acknowledged but not kept because their share of the inbox was full
+    /// (the pull collects those events anyway).
+    #[serde(default)]
+    pub errors_left_to_the_pull: u64,
 }
 
 /// What `/status` shows of the inbox.
@@ -401,6 +561,7 @@ pub struct InboxView {
     pub refused: std::collections::BTreeMap<String, u64>,
     pub ignored: std::collections::BTreeMap<String, u64>,
     pub inline_failed: u64,
+    pub errors_left_to_the_pull: u64,
     pub last_error: Option<String>,
 }
 
@@ -413,9 +574,9 @@ pub fn view(kv: &dyn KeyValue, configured: bool, now: i64) -> InboxView {
     };
     let mut oldest: Option<i64> = None;
     for key in &keys {
-        if let Some((kind, received, _)) = parse_key(key) {
-            *v.pending.entry(kind.stream()).or_default() += 1;
-            oldest = Some(oldest.map_or(received, |o| o.min(received)));
+        if let Some(k) = parse_key(key) {
+            *v.pending.entry(k.kind.stream()).or_default() += 1;
+            oldest = Some(oldest.map_or(k.received, |o| o.min(k.received)));
         }
     }
     v.oldest_received_at = oldest.map(rfc3339);
@@ -430,6 +591,7 @@ pub fn view(kv: &dyn KeyValue, configured: bool, now: i64) -> InboxView {
         v.refused = c.refused;
         v.ignored = c.ignored;
         v.inline_failed = c.inline_failed;
+        v.errors_left_to_the_pull = c.errors_left_to_the_pull;
     }
     v
 }

@@ -152,9 +152,12 @@ fn a_verified_delivery_is_kept_once_under_its_digest_however_often_it_comes() {
     assert_eq!((status, &answer["kept"]), (200, &json!(true)), "{answer}");
     let keys = inbox(&kv);
     assert_eq!(keys.len(), 1);
-    let (kind, received, digest) = parse_key(&keys[0]).unwrap();
-    assert_eq!((kind, received), (Kind::Activity, NOW as i64));
-    assert_eq!(digest, super::digest(&body));
+    let k = parse_key(&keys[0]).unwrap();
+    assert_eq!(
+        (k.kind, k.received, k.project),
+        (Kind::Activity, NOW as i64, None)
+    );
+    assert_eq!(k.digest, super::digest(&body));
     let record = kv.0.borrow()[&keys[0]].clone();
     let (meta, kept) = decode_record(&record).unwrap();
     assert_eq!(kept, &body[..], "the body exactly as signed");
@@ -292,15 +295,22 @@ fn error_deliveries_are_kept_only_when_events_are_collected() {
     let (kv, v) = (MemKv::default(), vars(&[]));
     assert_eq!(post(&kv, &v, &signed("error", &error_body(id))).0, 200);
     let keys = inbox(&kv);
-    assert_eq!(parse_key(&keys[0]).unwrap().0, Kind::Event);
+    let k = parse_key(&keys[0]).unwrap();
+    assert_eq!((k.kind, k.project), (Kind::Event, Some(1)), "{}", keys[0]);
     let (_, body) = decode_record(&kv.0.borrow()[&keys[0]].clone())
         .map(|(m, b)| (m, b.to_vec()))
         .unwrap();
-    let e = webhook_event(&serde_json::from_slice(&body).unwrap()).unwrap();
+    let e = webhook_event(&serde_json::from_slice(&body).unwrap(), false).unwrap();
     assert_eq!(
         (e.event_id.as_str(), e.time, e.project),
         (id, 1_795_035_517, 1)
     );
+    // The line is the pull's: the events API's names, not the webhook payload's.
+    let line: serde_json::Value = serde_json::from_slice(&e.line).unwrap();
+    assert_eq!(line["eventID"], id);
+    assert_eq!(line["projectID"], "1");
+    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37.391000Z");
+    assert!(line.get("event_id").is_none() && line.get("datetime").is_none());
     let kv = MemKv::default();
     let v = vars(&[("streams", "issues")]);
     let (status, answer) = post(&kv, &v, &signed("error", &error_body(id)));
@@ -311,15 +321,27 @@ fn error_deliveries_are_kept_only_when_events_are_collected() {
 #[test]
 fn keys_and_records_read_back_and_odd_ones_are_not_taken_for_inbox_keys() {
     let d = "0123456789abcdef0123456789abcdef";
-    let key = inbox_key(Kind::Alert, 1_795_000_000, d);
+    let key = inbox_key(Kind::Alert, 1_795_000_000, d, None);
     assert_eq!(key, format!("v1/inbox/l/1795000000-{d}"));
-    assert_eq!(parse_key(&key), Some((Kind::Alert, 1_795_000_000, d)));
+    let want = InboxKey {
+        kind: Kind::Alert,
+        received: 1_795_000_000,
+        digest: d,
+        project: None,
+    };
+    assert_eq!(parse_key(&key), Some(want));
+    let key = inbox_key(Kind::Event, 1_795_000_000, d, Some(42));
+    assert_eq!(key, format!("v1/inbox/e/1795000000-{d}-42"));
+    assert_eq!(parse_key(&key).unwrap().project, Some(42));
     for odd in [
         "v1/inbox/x/1795000000-0123456789abcdef0123456789abcdef",
         "v1/inbox/a/179500000-0123456789abcdef0123456789abcdef",
         "v1/inbox/a/1795000000-0123456789abcdef0123456789abcdeg",
         "v1/inbox/a/1795000000-é123456789abcdef0123456789abcde",
         "v1/inbox/a",
+        "v1/inbox/e/1795000000-0123456789abcdef0123456789abcdef",
+        "v1/inbox/e/1795000000-0123456789abcdef0123456789abcdef-x1",
+        "v1/inbox/a/1795000000-0123456789abcdef0123456789abcdef-1",
         "v1/status/events",
     ] {
         assert_eq!(parse_key(odd), None, "{odd}");
@@ -416,4 +438,77 @@ fn config_names_the_webhook_settings_and_their_fixes() {
     assert_eq!(c.webhook.inbox_max, 500);
     assert!(!c.webhook.inline);
     assert_eq!(format!("{:?}", c.webhook.secret), "Some(***)");
+}
+
+#[test]
+fn an_unsigned_resource_header_cannot_relabel_a_body() {
+    let (kv, v) = (MemKv::default(), vars(&[]));
+    let body = issue_body("resolved", "colleen");
+    for resource in ["event_alert", "metric_alert", "comment", "error"] {
+        let (status, answer) = post(&kv, &v, &signed(resource, &body));
+        assert_eq!(status, 400, "{resource}: {answer}");
+    }
+    assert!(inbox(&kv).is_empty());
+}
+
+#[test]
+fn error_events_take_at_most_half_the_inbox_and_past_it_are_left_to_the_pull() {
+    let (kv, v) = (MemKv::default(), vars(&[("webhook_inbox_max", "4")]));
+    let ids = [
+        "00000000000000000000000000000001",
+        "00000000000000000000000000000002",
+        "00000000000000000000000000000003",
+    ];
+    let answers: Vec<_> = ids
+        .iter()
+        .map(|id| post(&kv, &v, &signed("error", &error_body(id))))
+        .collect();
+    assert_eq!(answers[0].1["kept"], true);
+    assert_eq!(answers[1].1["kept"], true);
+    assert_eq!(
+        (answers[2].0, &answers[2].1["kept"]),
+        (200, &json!(false)),
+        "acknowledged: the pull collects it"
+    );
+    // What only webhooks carry still gets the rest.
+    for actor in ["a", "b"] {
+        let (status, answer) = post(&kv, &v, &signed("issue", &issue_body("resolved", actor)));
+        assert_eq!((status, &answer["kept"]), (200, &json!(true)));
+    }
+    assert_eq!(
+        post(&kv, &v, &signed("issue", &issue_body("resolved", "c"))).0,
+        503
+    );
+    let counts: IntakeCounts = crate::state::load(&kv, INTAKE_KEY).unwrap().unwrap();
+    assert_eq!(counts.errors_left_to_the_pull, 1);
+    assert_eq!(counts.refused.get("inbox_full"), Some(&1));
+}
+
+#[test]
+fn with_full_events_an_error_line_takes_the_event_details_shape() {
+    let body = json!({
+        "action": "created",
+        "data": {"error": {"event_id": "BB78C1407CEA4519AA397AFC059C793D", "project": "7",
+            "timestamp": 1_795_035_517.25, "received": 1_795_035_518.0, "issue_id": 99,
+            "tags": [["level", "error"], ["odd"]], "exception": {"values": [{"type": "E"}]},
+            "fingerprint": ["{{ default }}"], "contexts": {"os": {"name": "Linux"}}}},
+    });
+    let e = webhook_event(&body, true).unwrap();
+    assert_eq!(
+        (e.event_id.as_str(), e.time, e.project),
+        ("bb78c1407cea4519aa397afc059c793d", 1_795_035_517, 7)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&e.line).unwrap();
+    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37.250000Z");
+    assert_eq!(line["dateReceived"], "2026-11-18T20:58:38.000000Z");
+    assert_eq!(line["groupID"], "99");
+    assert_eq!(line["tags"], json!([{"key": "level", "value": "error"}]));
+    assert_eq!(line["entries"][0]["type"], "exception");
+    assert_eq!(line["fingerprints"], json!(["{{ default }}"]));
+    assert_eq!(line["contexts"]["os"]["name"], "Linux");
+    // Without full events: the list's fields only.
+    let short: serde_json::Value =
+        serde_json::from_slice(&webhook_event(&body, false).unwrap().line).unwrap();
+    assert!(short.get("entries").is_none());
+    assert_eq!(short["eventID"], "bb78c1407cea4519aa397afc059c793d");
 }

@@ -3,7 +3,7 @@
 //! table row per scenario.
 //!
 //! ```text
-//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full] [scale] [backfill]
+//! cargo run -p collector-host --example bench -- [steady] [backlog] [wide] [full] [scale] [backfill] [webhooks]
 //! ```
 //!
 //! Figures: Sentry requests against the lower bound (1 pre-scan + the sum over active projects
@@ -662,6 +662,95 @@ async fn backfill() {
     eprintln!("host wall {:.0} s", t.elapsed().as_secs_f64());
 }
 
+/// Webhook intake latency through `collector-host serve`: `BENCH_DELIVERIES` (600) signed
+/// deliveries (issue changes and error events as the simulator makes them), 50 in flight at
+/// once, each timed from connect to the last byte of the answer; then the same with inline
+/// flush (each `issue` delivery also written to fake-gcs-server while Sentry waits).
+async fn webhooks() {
+    use sentry_sim::webhooks::{deliveries, post, Mischief};
+    const SECRET: &str = "b3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nch0000";
+    let n = env_or("BENCH_DELIVERIES", 600) as usize;
+    for inline in [false, true] {
+        let mut rig = Rig::without_rate_limits(5).await;
+        rig.set("sentry_webhook_secret", SECRET);
+        rig.set("webhook_inbox_max", "700");
+        rig.set("webhook_inline", if inline { "true" } else { "false" });
+        let mut rng = Rng::new(5);
+        let now = rig.clock.now();
+        for p in 1..=5 {
+            rig.sim
+                .generate(&mut rng, p, 100, now - 3000, now - 60, 0.0, 0);
+        }
+        let events = rig.sim.all_events();
+        let issues = rig.sim.issue_versions(now);
+        let none = Mischief {
+            retry: 0.0,
+            duplicate: 0.0,
+            forged: 0.0,
+            stale: 0.0,
+        };
+        let mut hooks = Vec::new();
+        for i in 0..n {
+            let (resource, body) = if i % 3 == 2 {
+                ("error", rig.sim.error_webhook(&events[i % events.len()]))
+            } else {
+                let issue = &issues[i % issues.len()];
+                let name = format!("user-{i}");
+                let body = rig
+                    .sim
+                    .change_issue(issue.id.parse().unwrap(), "assigned", (i as u64, &name))
+                    .unwrap();
+                ("issue", body)
+            };
+            hooks.extend(deliveries(resource, &body, SECRET, now, &mut rng, none));
+        }
+        let served = rig.serve().await;
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+        let wall = Instant::now();
+        let tasks: Vec<_> = hooks
+            .into_iter()
+            .map(|h| {
+                let (addr, gate) = (served.addr, gate.clone());
+                tokio::spawn(async move {
+                    let _permit = gate.acquire().await.unwrap();
+                    let t = Instant::now();
+                    let (status, _) = post(addr, "/sentry/webhook", &h).await.unwrap();
+                    (status, t.elapsed().as_secs_f64() * 1000.0)
+                })
+            })
+            .collect();
+        let mut ms = Vec::new();
+        let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+        for t in tasks {
+            let (status, took) = t.await.unwrap();
+            *statuses.entry(status).or_default() += 1;
+            ms.push(took);
+        }
+        let wall = wall.elapsed().as_secs_f64();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        println!(
+            "webhooks{}: {} deliveries, 50 at once, in {wall:.1} s: median {:.1} ms, p99 {:.1} ms, max {:.1} ms; answers {statuses:?}",
+            if inline { " (inline flush)" } else { "" },
+            ms.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+        );
+        drop(served);
+        // Then one run drains what the inbox kept.
+        rig.clock.advance(120);
+        let t = Instant::now();
+        let s = rig.run_ok().await;
+        println!(
+            "  drained by one run in {:.1} s: {} issue lines, {} events by webhook",
+            t.elapsed().as_secs_f64(),
+            s["webhooks"]["lines"]["issue_activity"],
+            s["streams"][0]["from_webhooks"]
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
@@ -686,6 +775,9 @@ async fn main() {
     if want("backfill") {
         backfill().await;
     }
+    if want("webhooks") {
+        webhooks().await;
+    }
     let mut hot_path = None;
     if want("hot-path") {
         // Built by scripts/bench.sh with
@@ -699,10 +791,12 @@ async fn main() {
         hot_path = Some(out);
     }
     if rows.is_empty() && hot_path.is_none() {
-        if want("scale") || want("backfill") {
+        if want("scale") || want("backfill") || want("webhooks") {
             return;
         }
-        eprintln!("usage: bench [steady] [backlog] [wide] [full] [scale] [backfill] [hot-path]");
+        eprintln!(
+            "usage: bench [steady] [backlog] [wide] [full] [scale] [backfill] [webhooks] [hot-path]"
+        );
         std::process::exit(2);
     }
     if let Some(out) = hot_path {

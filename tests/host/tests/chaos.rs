@@ -701,23 +701,9 @@ async fn a_crash_at_any_kv_write_while_draining_the_inbox_loses_and_repeats_noth
     };
     for kill_at in 0..40u32 {
         let t = rig.clock.now();
-        let before: BTreeSet<String> = rig
-            .sim
-            .all_events()
-            .into_iter()
-            .map(|e| e.event_id)
-            .collect();
-        for p in 1..=2 {
-            rig.sim.generate(&mut rng, p, 4, t - 40, t - 2, 0.0, 0);
-        }
         let mut hooks = Vec::new();
-        for e in rig
-            .sim
-            .all_events()
-            .iter()
-            .filter(|e| !before.contains(&e.event_id))
-        {
-            let body = rig.sim.error_webhook(e);
+        for e in generate_new(&rig.sim, &mut rng, 2, 4, (t - 40, t - 2)) {
+            let body = rig.sim.error_webhook(&e);
             hooks.extend(deliveries("error", &body, SECRET, t, &mut rng, quiet));
         }
         let issues = rig.sim.issue_versions(t);

@@ -450,6 +450,26 @@ pub fn assert_exact(delivered: &[(String, Value, String)], truth: &[Event]) {
     );
 }
 
+/// Adds `per_project` events to each of projects `1..=projects` in `[from, to)`, all visible
+/// now, and returns them.
+pub fn generate_new(
+    sim: &Sim,
+    rng: &mut Rng,
+    projects: u64,
+    per_project: u64,
+    (from, to): (i64, i64),
+) -> Vec<Event> {
+    let before: std::collections::BTreeSet<String> =
+        sim.all_events().into_iter().map(|e| e.event_id).collect();
+    for p in 1..=projects {
+        sim.generate(rng, p, per_project, from, to, 0.0, 0);
+    }
+    sim.all_events()
+        .into_iter()
+        .filter(|e| !before.contains(&e.event_id))
+        .collect()
+}
+
 /// An org of `projects` projects named `project-N`.
 pub fn add_projects(sim: &Sim, projects: u64) {
     for id in 1..=projects {
