@@ -181,11 +181,21 @@ pub struct Checkpoint {
     /// The backfill track: how far back from the seam it has read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillPos>,
-    /// `events`: ids of events written from `error` webhooks older than the delivered set
-    /// keeps (so not in it), each with when it was written, so a second drain of their inbox
-    /// keys (a run that died before deleting them) drops them. Kept an hour.
+    /// `events`: events written from `error` webhooks older than the delivered set keeps (so
+    /// not in it), so a second drain of their inbox keys (a run that died before deleting
+    /// them) drops them. Each is kept an hour, and longer while its key is in the inbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub webhook_late: Vec<(String, i64)>,
+    pub webhook_late: Vec<LateEvent>,
+}
+
+/// An event written from an `error` webhook below the delivered set's floor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateEvent {
+    pub id: String,
+    /// When it was written (Unix seconds).
+    pub at: i64,
+    /// Its inbox key's digest.
+    pub digest: String,
 }
 
 /// What a backfill track has read: `[low, seam)`, less `gap` (the end of a window that was

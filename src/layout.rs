@@ -153,8 +153,17 @@ pub fn merge(
     }
     // The live track began where the earliest old shard's did (a backfill reads up to there).
     let origins: Vec<i64> = old.iter().filter_map(|(_, cp, _)| cp.origin).collect();
+    // Events written from webhooks below the old shards' floors (their inbox keys may still
+    // be there after a crash): every new shard keeps them, each drains only its own.
+    let mut webhook_late: Vec<_> = old
+        .iter()
+        .flat_map(|(_, cp, _)| cp.webhook_late.iter().cloned())
+        .collect();
+    webhook_late.sort_by(|a, b| a.id.cmp(&b.id));
+    webhook_late.dedup_by(|a, b| a.id == b.id);
     let cp = Checkpoint {
         watermark: Some(watermark),
+        webhook_late,
         floors,
         origin: (origins.len() == old.len())
             .then(|| origins.iter().copied().min())

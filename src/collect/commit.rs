@@ -46,7 +46,7 @@ pub(crate) fn settle_pending(
         // The set the object would have left is not needed: never hold two at once.
         drop(seen);
         cp.in_progress = pending.rollback_progress.clone();
-        cp.webhook_late.retain(|(id, _)| !pending.late.contains(id));
+        cp.webhook_late.retain(|e| !pending.late.contains(&e.id));
         cp.set_ids_at(pending.rollback_ids_at());
         let mut rolled_back = store
             .load_ids(&cp.ids_at())

@@ -5,7 +5,7 @@
 //! checkpoint recording the object is saved.
 
 use super::collector::*;
-use crate::checkpoint::PendingObject;
+use crate::checkpoint::{LateEvent, PendingObject};
 use crate::gcs;
 use crate::identity::seen_key;
 use crate::webhook::{self, Kind, WebhookEvent};
@@ -19,13 +19,17 @@ const MAX_OBJECTS_PER_RUN: usize = 10;
 /// An `error` delivery of this shard read from the inbox: its key, when it came, its event.
 type Found = (String, i64, WebhookEvent);
 
+/// The digest in an inbox key.
+fn digest_of(key: &str) -> String {
+    webhook::parse_key(key).map_or_else(String::new, |k| k.digest.to_string())
+}
+
 impl Collector<'_, '_> {
     /// Drains this shard's `error` deliveries from the inbox, an object at a time, while the
     /// stream's share of the run lasts.
     pub(super) fn drain_webhook_events(&mut self) -> Result<(), Stop> {
         for _ in 0..MAX_OBJECTS_PER_RUN {
-            let found = self.inbox_events()?;
-            let more = found.len() >= MAX_EVENTS_PER_OBJECT;
+            let (found, more) = self.inbox_events()?;
             if !found.is_empty() {
                 self.drain_found(found)?;
             }
@@ -62,8 +66,10 @@ impl Collector<'_, '_> {
     }
 
     /// The inbox's `error` deliveries of this shard's projects (known from their keys),
-    /// oldest first, up to one object's worth.
-    fn inbox_events(&mut self) -> Result<Vec<Found>, Stop> {
+    /// oldest first, up to one object's worth, and whether more are left. With
+    /// `sentry_full_events` they are dropped: the pull writes those events in the event
+    /// details' shape, which a webhook's payload does not have.
+    fn inbox_events(&mut self) -> Result<(Vec<Found>, bool), Stop> {
         let kv = self.env.kv;
         let unreadable = |e: String| {
             Stop::Failed(Failure {
@@ -83,8 +89,25 @@ impl Collector<'_, '_> {
             })
             .collect();
         keys.sort();
+        let digests: std::collections::HashSet<String> =
+            keys.iter().map(|(_, k)| digest_of(k)).collect();
+        let now = self.env.clock.now() as i64;
+        self.checkpoint
+            .webhook_late
+            .retain(|e| e.at > now - webhook::RECENT_SECS || digests.contains(&e.digest));
+        if self.config.sentry.full_events && !keys.is_empty() {
+            self.summary.warnings.push(format!(
+                "{} error webhook(s) left to the pull: with sentry_full_events the pull writes events in the event details' shape",
+                keys.len()
+            ));
+            for (_, key) in &keys {
+                let _ = kv.delete(key);
+            }
+            return Ok((Vec::new(), false));
+        }
         let mut found: Vec<Found> = Vec::new();
         let mut bytes = 0;
+        let total = keys.len();
         for (received, key) in keys {
             if found.len() >= MAX_EVENTS_PER_OBJECT || bytes >= OBJECT_TARGET_BYTES {
                 break;
@@ -95,7 +118,7 @@ impl Collector<'_, '_> {
             let event = webhook::decode_record(&record)
                 .and_then(|(_, body)| serde_json::from_slice(body).ok())
                 .ok_or_else(|| "not an inbox record".to_string())
-                .and_then(|v| webhook::webhook_event(&v, self.config.sentry.full_events));
+                .and_then(|v| webhook::webhook_event(&v));
             match event {
                 Ok(e) => {
                     bytes += e.line.len();
@@ -107,7 +130,9 @@ impl Collector<'_, '_> {
                     .push(format!("{key} is left in the webhook inbox: {why}")),
             }
         }
-        Ok(found)
+        let full = found.len() >= MAX_EVENTS_PER_OBJECT || bytes >= OBJECT_TARGET_BYTES;
+        let more = full && found.len() < total;
+        Ok((found, more))
     }
 
     /// The lines of the events not delivered yet (each recorded as delivered), how many, how
@@ -116,24 +141,25 @@ impl Collector<'_, '_> {
     fn not_yet_delivered(&mut self, found: &[Found]) -> (Vec<u8>, usize, u64, Vec<String>) {
         let floor = self.seen.floor();
         let now = self.env.clock.now() as i64;
-        self.checkpoint
-            .webhook_late
-            .retain(|(_, at)| *at > now - webhook::RECENT_SECS);
         let mut ndjson = Vec::new();
         let mut late = Vec::new();
         let (mut written, mut dropped) = (0usize, 0u64);
-        for (_, _, e) in found {
+        for (key, _, e) in found {
             let new = if e.time < floor {
                 // Older than anything the delivered set keeps: the pull has passed this time
                 // for good. Written, and said: if the pull read it before its webhook came,
-                // SecOps sees it twice (an event ingested about `overlap` late).
+                // SecOps sees it twice (a webhook that comes about `overlap` after its event).
                 let known = self
                     .checkpoint
                     .webhook_late
                     .iter()
-                    .any(|(id, _)| id == &e.event_id);
+                    .any(|l| l.id == e.event_id);
                 if !known {
-                    self.checkpoint.webhook_late.push((e.event_id.clone(), now));
+                    self.checkpoint.webhook_late.push(LateEvent {
+                        id: e.event_id.clone(),
+                        at: now,
+                        digest: digest_of(key),
+                    });
                     late.push(e.event_id.clone());
                 }
                 !known

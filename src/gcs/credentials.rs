@@ -125,6 +125,23 @@ impl Credentials {
         self.current = None;
     }
 
+    /// Whether [`Credentials::token`] would answer without a request (a static token, a signed
+    /// JWT, or an exchanged token still valid here or in KV).
+    pub fn ready(&self, env: &Env) -> bool {
+        let now = env.clock.now();
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, expires)| *expires - RENEW_BEFORE_SECS > now)
+        {
+            return true;
+        }
+        match &self.mode {
+            Mode::Exchange { key_id, .. } => cached_token(env, key_id, now).is_some(),
+            _ => true,
+        }
+    }
+
     /// A bearer token valid for at least the next few minutes.
     pub fn token(&mut self, env: &Env, deadline: Deadline) -> Result<Secret, GcsError> {
         let now = env.clock.now();

@@ -240,9 +240,9 @@ pub struct GcsClient<'e> {
     credentials: RefCell<Credentials>,
     deadline: Deadline,
     pub requests: std::cell::Cell<u64>,
-    /// No timeout of a request is longer than this (the inline webhook flush, which must
+    /// Every attempt's timeouts end at the deadline (the inline webhook flush, which must
     /// answer Sentry within a second; `Timeouts::within` never goes under a second).
-    timeout_cap: Option<std::time::Duration>,
+    strict: bool,
 }
 
 impl<'e> GcsClient<'e> {
@@ -253,15 +253,20 @@ impl<'e> GcsClient<'e> {
             credentials: RefCell::new(Credentials::new(&cfg.auth)?),
             deadline,
             requests: std::cell::Cell::new(0),
-            timeout_cap: None,
+            strict: false,
         })
     }
 
-    /// A client whose every request gives up after `cap` (connect, first byte, between bytes)
-    /// as well as at `deadline`.
-    pub fn with_timeout_cap(mut self, cap: std::time::Duration) -> Self {
-        self.timeout_cap = Some(cap);
+    /// A client each of whose attempts gives up at the deadline, however little time is left
+    /// (connect, first byte, between bytes).
+    pub fn strict_deadline(mut self) -> Self {
+        self.strict = true;
         self
+    }
+
+    /// Whether a token is at hand without a request to the token endpoint.
+    pub fn token_ready(&self) -> bool {
+        self.credentials.borrow().ready(&self.env)
     }
 
     /// Obtains a token now, so a credential that does not work fails the run before anything
@@ -309,7 +314,9 @@ impl<'e> GcsClient<'e> {
             };
             request.headers[auth_at].1 = format!("Bearer {}", token.expose());
             request.bound_by(self.deadline.at(), self.env.clock.now());
-            if let Some(cap) = self.timeout_cap {
+            if self.strict {
+                let left = (self.deadline.at() - self.env.clock.now()).max(0.01);
+                let cap = std::time::Duration::from_secs_f64(left);
                 let t = &mut request.timeouts;
                 (t.connect, t.first_byte, t.between_bytes) = (
                     t.connect.min(cap),

@@ -61,7 +61,10 @@ pub fn drain(
         state,
         summary: DrainSummary::default(),
     };
-    if d.state.epoch > lease.epoch {
+    // A later epoch in the record: a later run drained, unless the bucket shows this run's
+    // lease is the newest (the epochs began again: a new bucket or prefix, or the lease
+    // folder emptied), as for checkpoints.
+    if d.state.epoch > lease.epoch && lease.check(env, gcs).is_err() {
         d.summary.error = Some("a later run drained the inbox; this run leaves it".into());
         return d.summary;
     }
@@ -163,6 +166,9 @@ impl Drainer<'_, '_> {
             })
             .collect();
         keys.sort();
+        let in_inbox: std::collections::HashSet<&str> =
+            keys.iter().map(|k| k.2.as_str()).collect();
+        self.state.forget_old(self.now(), &in_inbox);
         if !self.config.streams.iter().any(|s| s == "events") {
             // `error` deliveries kept before `events` left `streams`: nobody will write them.
             let orphans: Vec<String> = keys

@@ -204,16 +204,20 @@ fn accept(
     if kind == Kind::Event && !config.streams.iter().any(|s| s == "events") {
         return Ok(ignored(env, "error (events is not a collected stream)"));
     }
+    if kind == Kind::Event && config.sentry.full_events {
+        // The pull writes the event details' shape, which a webhook's payload does not have.
+        return Ok(ignored(env, "error (left to the pull: sentry_full_events)"));
+    }
     let body = super::check_body(resource, req.body).map_err(|m| Refused(400, "malformed", m))?;
     let project = match kind {
         Kind::Event => Some(
-            super::webhook_event(&body, false)
+            super::webhook_event(&body)
                 .map_err(|m| Refused(400, "malformed", m))?
                 .project,
         ),
         _ => None,
     };
-    let digest = super::digest(req.body);
+    let digest = super::identity(resource, &body, req.body);
     let keys = env.kv.keys().map_err(|e| {
         Refused(
             503,
@@ -319,7 +323,12 @@ fn flush_inline(
     let name = inline_object_name(&config.gcs.prefix, &config.sentry.org, kind, &digest);
     let client = GcsClient::new(*env, &config.gcs, Deadline(deadline))
         .map_err(|e| e.to_string())?
-        .with_timeout_cap(std::time::Duration::from_secs_f64(left));
+        .strict_deadline();
+    // A token exchange (hourly, on token_exchange auth) is not bounded to a fraction of a
+    // second: that delivery waits for the run instead.
+    if !client.token_ready() {
+        return Err("no access token at hand without a token request".into());
+    }
     write_inline(&client, &name, line)?;
     // Deleted only now the object is confirmed. If this fails, the drain finds the object.
     env.kv.delete(key).map_err(|e| format!("KV delete: {e}"))?;

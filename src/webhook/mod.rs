@@ -108,9 +108,39 @@ impl Kind {
     }
 }
 
-/// A delivery's identity: the first 32 hex digits of the SHA-256 of its signed body.
-pub fn digest(body: &[u8]) -> String {
-    crate::gcs::sha256_hex(body)[..32].to_string()
+/// The first 32 hex digits of the SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    crate::gcs::sha256_hex(bytes)[..32].to_string()
+}
+
+/// A delivery's identity, the first 32 hex digits of the SHA-256 of what makes it one change.
+/// Sentry gives every send a new Request-ID, and rebuilds an issue webhook's body when it
+/// retries one (the issue serialized again: its `count` and `lastSeen` may have moved since),
+/// so an `issue` delivery is identified by its action, the issue, the actor and the issue's
+/// new state; a `comment` by its action, comment, text and time; an `event_alert` by its rule
+/// and event; an `error` by its event; anything else by its whole signed body.
+pub fn identity(resource: &str, body: &Value, raw: &[u8]) -> String {
+    let at = |p: &str| body.pointer(p).cloned().unwrap_or(Value::Null);
+    let parts = match resource {
+        "issue" => vec![
+            at("/data/issue/id"),
+            at("/data/issue/status"),
+            at("/data/issue/substatus"),
+            at("/data/issue/statusDetails"),
+            at("/data/issue/assignedTo"),
+        ],
+        "comment" => vec![
+            at("/data/comment_id"),
+            at("/data/comment"),
+            at("/data/timestamp"),
+        ],
+        "event_alert" => vec![at("/data/triggered_rule"), at("/data/event/event_id")],
+        "error" => vec![at("/data/error/event_id")],
+        _ => return digest(raw),
+    };
+    let mut key = vec![Value::from(resource), at("/action"), at("/actor")];
+    key.extend(parts);
+    digest(&serde_json::to_vec(&key).unwrap_or_default())
 }
 
 /// An inbox key: `v1/inbox/{kind}/{received}-{digest}` (Unix seconds, 32 hex digits), and
@@ -207,13 +237,6 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-/// Unix seconds as Sentry's API writes them: `2026-11-18T20:58:37.391000Z`.
-fn api_time(t: f64) -> String {
-    let secs = t.floor() as i64;
-    let micros = ((t - t.floor()) * 1e6).round().min(999_999.0) as u32;
-    format!("{}.{micros:06}Z", rfc3339(secs).trim_end_matches('Z'))
-}
-
 /// The time of an event: `timestamp` (Unix seconds, with its fraction) or `datetime`.
 fn event_time(e: &Value) -> Option<f64> {
     if let Some(t) = e.get("timestamp").and_then(Value::as_f64) {
@@ -252,13 +275,15 @@ fn api_tags(tags: Option<&Value>) -> Value {
     )
 }
 
-/// The event in the shape the pull writes (the project events API's, or with `full` the
-/// event details API's), so the `events/` feed parses both paths' lines alike. Sentry's
-/// `error` webhook carries the event's stored payload, in other names (`event_id`,
-/// `datetime`, tag pairs, `exception`): each field is moved to its API name.
-fn api_event(e: &Value, id: &str, time: f64, project: u64, full: bool) -> Value {
+/// The event in the shape the pull writes (the project events list's), so the `events/` feed
+/// parses both paths' lines alike. Sentry's `error` webhook carries the event's stored
+/// payload, in other names (`event_id`, `datetime`, tag pairs): each field the list shows is
+/// moved to its API name. (With `sentry_full_events` the pull writes the event details' shape,
+/// whose stack frames and entries are not the stored payload's: `error` deliveries are then
+/// left to the pull.)
+fn api_event(e: &Value, id: &str, time: f64, project: u64) -> Value {
     let pick = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
-    let mut v = serde_json::json!({
+    serde_json::json!({
         "id": id,
         "eventID": id,
         "groupID": e.get("issue_id").map(|i| match i { Value::Number(n) => Value::String(n.to_string()), other => other.clone() }),
@@ -269,65 +294,16 @@ fn api_event(e: &Value, id: &str, time: f64, project: u64, full: bool) -> Value 
         "culprit": pick("culprit"),
         "location": pick("location"),
         "platform": pick("platform"),
-        "dateCreated": api_time(time),
+        "dateCreated": rfc3339(time.floor() as i64),
         "tags": api_tags(e.get("tags")),
         "user": pick("user"),
         "crashFile": null,
         "metadata": pick("metadata"),
-    });
-    if full {
-        let mut entries = Vec::new();
-        for (field, kind) in [
-            ("exception", "exception"),
-            ("breadcrumbs", "breadcrumbs"),
-            ("request", "request"),
-            ("threads", "threads"),
-            ("logentry", "message"),
-        ] {
-            if let Some(data) = e.get(field).filter(|d| !d.is_null()) {
-                entries.push(serde_json::json!({ "type": kind, "data": data }));
-            }
-        }
-        let received = e
-            .get("received")
-            .and_then(Value::as_f64)
-            .filter(|t| t.is_finite() && *t > 0.0 && *t < 1e11);
-        if let Some(o) = v.as_object_mut() {
-            for (k, val) in [
-                (
-                    "type",
-                    e.get("type").cloned().unwrap_or_else(|| "error".into()),
-                ),
-                (
-                    "dateReceived",
-                    received.map_or(Value::Null, |t| api_time(t).into()),
-                ),
-                ("entries", Value::Array(entries)),
-                ("contexts", pick("contexts")),
-                ("sdk", pick("sdk")),
-                ("release", pick("release")),
-                ("dist", pick("dist")),
-                ("fingerprints", pick("fingerprint")),
-                ("groupingConfig", pick("grouping_config")),
-                (
-                    "errors",
-                    e.get("errors")
-                        .cloned()
-                        .unwrap_or_else(|| Value::Array(Vec::new())),
-                ),
-                ("context", pick("extra")),
-                ("size", Value::Null),
-            ] {
-                o.insert(k.to_string(), val);
-            }
-        }
-    }
-    v
+    })
 }
 
-/// The event of an `error` body (`data.error`), or why it cannot be kept. `full`: the line
-/// takes the event details API's shape (`sentry_full_events`), else the events list's.
-pub fn webhook_event(payload: &Value, full: bool) -> Result<WebhookEvent, String> {
+/// The event of an `error` body (`data.error`), or why it cannot be kept.
+pub fn webhook_event(payload: &Value) -> Result<WebhookEvent, String> {
     let e = payload
         .pointer("/data/error")
         .filter(|e| e.is_object())
@@ -372,7 +348,7 @@ pub fn check_body(resource: &str, body: &[u8]) -> Result<Value, String> {
         "event_alert" => data.get("event").is_some_and(Value::is_object),
         "metric_alert" => data.get("metric_alert").is_some_and(Value::is_object),
         "error" => {
-            webhook_event(&v, false)?;
+            webhook_event(&v)?;
             true
         }
         _ => true,
@@ -511,10 +487,15 @@ impl DrainState {
         self.recent.iter().any(|(d, _)| d == digest)
     }
 
-    /// Remembers digests delivered at `now`, forgetting those older than [`RECENT_SECS`] and
-    /// the oldest past [`MAX_RECENT`].
+    /// Forgets digests older than [`RECENT_SECS`] unless an inbox key still carries one (a run
+    /// that died before deleting it, however long ago: its next drain must still drop it).
+    pub fn forget_old(&mut self, now: i64, in_inbox: &std::collections::HashSet<&str>) {
+        self.recent
+            .retain(|(d, at)| *at > now - RECENT_SECS || in_inbox.contains(d.as_str()));
+    }
+
+    /// Remembers digests delivered at `now`, forgetting the oldest past [`MAX_RECENT`].
     pub fn remember(&mut self, digests: &[String], now: i64) {
-        self.recent.retain(|(_, at)| *at > now - RECENT_SECS);
         for d in digests {
             if !self.knows(d) {
                 self.recent.push((d.clone(), now));

@@ -157,7 +157,8 @@ fn a_verified_delivery_is_kept_once_under_its_digest_however_often_it_comes() {
         (k.kind, k.received, k.project),
         (Kind::Activity, NOW as i64, None)
     );
-    assert_eq!(k.digest, super::digest(&body));
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(k.digest, identity("issue", &parsed, &body));
     let record = kv.0.borrow()[&keys[0]].clone();
     let (meta, kept) = decode_record(&record).unwrap();
     assert_eq!(kept, &body[..], "the body exactly as signed");
@@ -300,7 +301,7 @@ fn error_deliveries_are_kept_only_when_events_are_collected() {
     let (_, body) = decode_record(&kv.0.borrow()[&keys[0]].clone())
         .map(|(m, b)| (m, b.to_vec()))
         .unwrap();
-    let e = webhook_event(&serde_json::from_slice(&body).unwrap(), false).unwrap();
+    let e = webhook_event(&serde_json::from_slice(&body).unwrap()).unwrap();
     assert_eq!(
         (e.event_id.as_str(), e.time, e.project),
         (id, 1_795_035_517, 1)
@@ -309,7 +310,7 @@ fn error_deliveries_are_kept_only_when_events_are_collected() {
     let line: serde_json::Value = serde_json::from_slice(&e.line).unwrap();
     assert_eq!(line["eventID"], id);
     assert_eq!(line["projectID"], "1");
-    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37.391000Z");
+    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37Z", "whole seconds, as the list API");
     assert!(line.get("event_id").is_none() && line.get("datetime").is_none());
     let kv = MemKv::default();
     let v = vars(&[("streams", "issues")]);
@@ -415,7 +416,10 @@ fn the_drain_remembers_a_bounded_number_of_recent_digests() {
     s.remember(&["a".into(), "b".into()], 1000);
     assert!(s.knows("a") && s.knows("b"));
     s.remember(&["c".into()], 1000 + RECENT_SECS);
-    assert!(!s.knows("a"), "a day later it is forgotten");
+    let in_inbox: std::collections::HashSet<&str> = ["b"].into();
+    s.forget_old(1000 + RECENT_SECS, &in_inbox);
+    assert!(!s.knows("a"), "an hour later it is forgotten");
+    assert!(s.knows("b"), "unless a key of it is still in the inbox");
     assert!(s.knows("c"));
     let many: Vec<String> = (0..MAX_RECENT + 5).map(|i| format!("{i:032x}")).collect();
     s.remember(&many, 2000 + RECENT_SECS);
@@ -485,30 +489,27 @@ fn error_events_take_at_most_half_the_inbox_and_past_it_are_left_to_the_pull() {
 }
 
 #[test]
-fn with_full_events_an_error_line_takes_the_event_details_shape() {
-    let body = json!({
-        "action": "created",
-        "data": {"error": {"event_id": "BB78C1407CEA4519AA397AFC059C793D", "project": "7",
-            "timestamp": 1_795_035_517.25, "received": 1_795_035_518.0, "issue_id": 99,
-            "tags": [["level", "error"], ["odd"]], "exception": {"values": [{"type": "E"}]},
-            "fingerprint": ["{{ default }}"], "contexts": {"os": {"name": "Linux"}}}},
-    });
-    let e = webhook_event(&body, true).unwrap();
-    assert_eq!(
-        (e.event_id.as_str(), e.time, e.project),
-        ("bb78c1407cea4519aa397afc059c793d", 1_795_035_517, 7)
-    );
-    let line: serde_json::Value = serde_json::from_slice(&e.line).unwrap();
-    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37.250000Z");
-    assert_eq!(line["dateReceived"], "2026-11-18T20:58:38.000000Z");
-    assert_eq!(line["groupID"], "99");
-    assert_eq!(line["tags"], json!([{"key": "level", "value": "error"}]));
-    assert_eq!(line["entries"][0]["type"], "exception");
-    assert_eq!(line["fingerprints"], json!(["{{ default }}"]));
-    assert_eq!(line["contexts"]["os"]["name"], "Linux");
-    // Without full events: the list's fields only.
-    let short: serde_json::Value =
-        serde_json::from_slice(&webhook_event(&body, false).unwrap().line).unwrap();
-    assert!(short.get("entries").is_none());
-    assert_eq!(short["eventID"], "bb78c1407cea4519aa397afc059c793d");
+fn with_full_events_error_deliveries_are_left_to_the_pull() {
+    let (kv, v) = (MemKv::default(), vars(&[("sentry_full_events", "true")]));
+    let (status, answer) = post(&kv, &v, &signed("error", &error_body("0123456789abcdef0123456789abcdef")));
+    assert_eq!((status, &answer["kept"]), (200, &json!(false)), "{answer}");
+    assert!(inbox(&kv).is_empty());
+}
+
+#[test]
+fn a_retry_rebuilt_with_the_issue_as_it_is_now_is_the_same_change() {
+    let body = |count: &str, status: &str, actor: &str| {
+        json!({"action": "resolved", "installation": {"uuid": "u"},
+            "data": {"issue": {"id": "7", "count": count, "lastSeen": format!("2026-12-0{count}T00:00:00Z"),
+                "status": status, "substatus": null, "statusDetails": {}, "assignedTo": null}},
+            "actor": {"type": "user", "id": 1, "name": actor}})
+    };
+    let id = |v: serde_json::Value| identity("issue", &v, v.to_string().as_bytes());
+    assert_eq!(id(body("1", "resolved", "ann")), id(body("2", "resolved", "ann")), "count and lastSeen moved");
+    assert_ne!(id(body("1", "resolved", "ann")), id(body("1", "resolved", "bob")), "another user");
+    assert_ne!(id(body("1", "resolved", "ann")), id(body("1", "unresolved", "ann")), "another state");
+    let raw = br#"{"action": "critical", "data": {"metric_alert": {"id": "1"}}}"#;
+    let v: serde_json::Value = serde_json::from_slice(raw).unwrap();
+    assert_eq!(identity("metric_alert", &v, raw), identity("metric_alert", &v, raw));
+    assert_ne!(identity("metric_alert", &v, raw), identity("metric_alert", &v, b"{}"), "the whole body");
 }

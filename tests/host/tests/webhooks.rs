@@ -38,6 +38,16 @@ fn announce(sim: &sentry_sim::Sim, e: &Event, t: i64, rng: &mut sentry_sim::Rng)
     deliveries("error", &body, SECRET, t, rng, Mischief::default())
 }
 
+/// No retries, duplicates or hostile copies.
+fn none() -> Mischief {
+    Mischief {
+        retry: 0.0,
+        duplicate: 0.0,
+        forged: 0.0,
+        stale: 0.0,
+    }
+}
+
 fn inbox_keys(rig: &Rig) -> Vec<String> {
     rig.kv_entries()
         .into_iter()
@@ -62,9 +72,14 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
     let served = rig.serve().await;
     // (issue, action, actor) of every change a user made.
     let mut changes: BTreeSet<(String, String, String)> = BTreeSet::new();
+    // (issue, text, author) of every comment; (rule, event) of every alert.
+    let mut comments: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let mut alerts: BTreeSet<(String, String)> = BTreeSet::new();
     let mut announced = 0usize;
     let mut pulled_first = 0usize;
     let mut actor = 100u64;
+    let mut late_retries: Vec<(u64, &str, (u64, String))> = Vec::new();
+    let mut retried_with_new_body = 0;
     for round in 0..4 {
         let t = rig.clock.now();
         let new = generate_new(&rig.sim, &mut rng, 3, 12, (t - 50, t - 2));
@@ -89,6 +104,12 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
                 hooks.extend(announce(&rig.sim, e, t, &mut rng));
             }
         }
+        for (issue, action, (id, name)) in std::mem::take(&mut late_retries) {
+            let body = rig.sim.issue_webhook(issue, action, (id, &name)).unwrap();
+            let hook = deliveries("issue", &body, SECRET, t, &mut rng, none()).remove(0);
+            retried_with_new_body += 1;
+            hooks.push(hook);
+        }
         let issues = rig.sim.issue_versions(t);
         for _ in 0..5 {
             let issue = &issues[rng.below(issues.len() as u64) as usize];
@@ -99,7 +120,7 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
                 .sim
                 .change_issue(issue.id.parse().unwrap(), action, (actor, &name))
                 .expect("the issue exists");
-            changes.insert((issue.id.clone(), action.to_string(), name));
+            changes.insert((issue.id.clone(), action.to_string(), name.clone()));
             hooks.extend(deliveries(
                 "issue",
                 &body,
@@ -108,7 +129,27 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
                 &mut rng,
                 Mischief::default(),
             ));
+            // Sentry's task retries a change minutes later with the issue serialized again
+            // (new events since moved its count and lastSeen): a different body, one change.
+            if rng.chance(0.3) {
+                late_retries.push((issue.id.parse().unwrap(), action, (actor, name)));
+            }
         }
+        // A comment on an issue, and an alert rule an event triggered.
+        let issue = &issues[rng.below(issues.len() as u64) as usize];
+        actor += 1;
+        let name = format!("user-{actor}");
+        let text = format!("looked at it in round {round}\nnext: \"rotate keys\" \u{1F512}");
+        let body = rig
+            .sim
+            .comment(issue.id.parse().unwrap(), actor, &text, (actor, &name))
+            .unwrap();
+        comments.insert((issue.id.clone(), text, name));
+        hooks.extend(deliveries("comment", &body, SECRET, t, &mut rng, Mischief::default()));
+        let rule = format!("Credential stuffing, round {round}");
+        let body = rig.sim.event_alert(&new[0], &rule);
+        alerts.insert((rule, new[0].event_id.clone()));
+        hooks.extend(deliveries("event_alert", &body, SECRET, t, &mut rng, Mischief::default()));
         deliver(&served, &hooks).await;
         assert!(
             !inbox_keys(&rig).is_empty(),
@@ -130,11 +171,20 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
     // Every change once, with its actor; nothing forged or stale.
     let lines = rig.stream_lines("issue_activity").await;
     let mut got: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut got_comments = Vec::new();
     for (v, name) in &lines {
         assert!(
             v["payload"]["actor"].get("forged").is_none(),
             "{name}: a forged delivery was kept"
         );
+        if v["resource"] == "comment" {
+            got_comments.push((
+                v["issue"]["id"].as_u64().unwrap_or_default().to_string(),
+                v["comment"]["text"].as_str().unwrap_or_default().to_string(),
+                v["actor"]["name"].as_str().unwrap_or_default().to_string(),
+            ));
+            continue;
+        }
         assert_eq!(v["resource"], "issue");
         assert!(v["request_id"].as_str().is_some_and(|r| r.len() == 32));
         assert_eq!(v["actor"], v["payload"]["actor"]);
@@ -149,6 +199,23 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
     assert!(repeated.is_empty(), "changes written twice: {repeated:?}");
     let got: BTreeSet<_> = got.into_keys().collect();
     assert_eq!(got, changes, "every change, once, with who made it");
+    got_comments.sort();
+    let want: Vec<_> = comments.into_iter().collect();
+    assert_eq!(got_comments, want, "every comment once, its text intact");
+    let mut got_alerts: Vec<(String, String)> = rig
+        .stream_lines("alerts")
+        .await
+        .into_iter()
+        .map(|(v, _)| {
+            assert_eq!((&v["resource"], &v["action"]), (&"event_alert".into(), &"triggered".into()));
+            (
+                v["alert"]["rule"].as_str().unwrap_or_default().to_string(),
+                v["alert"]["event_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    got_alerts.sort();
+    assert_eq!(got_alerts, alerts.into_iter().collect::<Vec<_>>(), "every alert once");
 
     // Every event once in events/, whichever path carried it.
     let end = rig.clock.now();
@@ -164,6 +231,7 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
         "{by_webhook} events written from {announced} announced"
     );
     assert!(pulled_first > 0, "the test announced events the pull had");
+    assert!(retried_with_new_body > 0, "the test retried changes with rebuilt bodies");
     println!(
         "{} changes, {} events ({by_webhook} by webhook of {announced} announced, {pulled_first} announced after the pull)",
         changes.len(),
@@ -251,12 +319,7 @@ async fn inline_flush_writes_at_once_and_a_failed_write_waits_in_the_inbox() {
     rig.sim
         .generate(&mut rng, 1, 5, now - 600, now - 120, 0.0, 0);
     let issue: u64 = rig.sim.issue_versions(now)[0].id.parse().unwrap();
-    let none = Mischief {
-        retry: 0.0,
-        duplicate: 0.0,
-        forged: 0.0,
-        stale: 0.0,
-    };
+    let none = none();
     let served = rig.serve().await;
     let body = rig.sim.change_issue(issue, "assigned", (1, "ann")).unwrap();
     let hook = deliveries("issue", &body, SECRET, now, &mut rng, none).remove(0);

@@ -6,7 +6,8 @@
 //!
 //! Tests ask the simulator to change an issue (with the user who did it) or to announce an
 //! event, and get the deliveries to send: the genuine one, and as drawn, Sentry's retry of it
-//! (same body, new Request-ID and timestamp), a duplicate (the same request twice at once),
+//! (new Request-ID and timestamp; a later retry of an issue change is built again with
+//! [`Sim::issue_webhook`], as Sentry's task does), a duplicate (the same request twice at once),
 //! and hostile variants that must be refused (a forged signature, a stale timestamp: each of
 //! a body that would be a change nobody made).
 
@@ -158,7 +159,13 @@ impl Sim {
             }
             _ => return None,
         }
-        let (mut v, _) = self.issue_snapshot(issue, now)?;
+        self.issue_webhook(issue, action, actor)
+    }
+
+    /// An issue webhook's body built now, as Sentry builds it again for each retry (the issue
+    /// serialized as it is at that moment: its count and lastSeen may have moved).
+    pub fn issue_webhook(&self, issue: u64, action: &str, actor: (u64, &str)) -> Option<Vec<u8>> {
+        let (mut v, _) = self.issue_snapshot(issue, self.clock.now())?;
         let org = &self.options.org;
         let base = self.url();
         let project = v["project"]["id"].as_str().unwrap_or_default().to_string();
@@ -184,6 +191,44 @@ impl Sim {
 
     /// The `error` webhook body of an event (what Sentry posts when it is processed).
     pub fn error_webhook(&self, e: &Event) -> Vec<u8> {
+        body(
+            "created",
+            json!({ "error": self.event_payload(e) }),
+            json!({"type": "application", "id": "sentry", "name": "Sentry"}),
+        )
+    }
+
+    /// The `event_alert` webhook body of an alert rule `rule` that `e` triggered.
+    pub fn event_alert(&self, e: &Event, rule: &str) -> Vec<u8> {
+        body(
+            "triggered",
+            json!({
+                "event": self.event_payload(e),
+                "triggered_rule": rule,
+                "issue_alert": {"title": rule, "settings": [{"name": "channel", "value": "#security"}]},
+            }),
+            json!({"type": "application", "id": "sentry", "name": "Sentry"}),
+        )
+    }
+
+    /// The `comment` webhook body of a user's comment on an issue.
+    pub fn comment(&self, issue: u64, comment_id: u64, text: &str, actor: (u64, &str)) -> Option<Vec<u8>> {
+        let (_, slug) = self.issue_snapshot(issue, self.clock.now())?;
+        Some(body(
+            "created",
+            json!({
+                "comment": text,
+                "project_slug": slug,
+                "comment_id": comment_id,
+                "issue_id": issue,
+                "timestamp": format!("{}.118160Z", time::rfc3339(self.clock.now()).trim_end_matches('Z')),
+            }),
+            user(actor.0, actor.1),
+        ))
+    }
+
+    /// An event as webhooks carry it (its stored payload, with API links).
+    fn event_payload(&self, e: &Event) -> Value {
         let slug = self
             .projects()
             .into_iter()
@@ -216,11 +261,7 @@ impl Sim {
             "web_url": format!("{base}/organizations/{org}/issues/{issue}/events/{}/", e.event_id),
             "issue_url": format!("{base}/api/0/issues/{issue}/"),
         });
-        body(
-            "created",
-            json!({ "error": error }),
-            json!({"type": "application", "id": "sentry", "name": "Sentry"}),
-        )
+        error
     }
 }
 
