@@ -166,8 +166,7 @@ impl Drainer<'_, '_> {
             })
             .collect();
         keys.sort();
-        let in_inbox: std::collections::HashSet<&str> =
-            keys.iter().map(|k| k.2.as_str()).collect();
+        let in_inbox: std::collections::HashSet<&str> = keys.iter().map(|k| k.2.as_str()).collect();
         self.state.forget_old(self.now(), &in_inbox);
         if !self.config.streams.iter().any(|s| s == "events") {
             // `error` deliveries kept before `events` left `streams`: nobody will write them.

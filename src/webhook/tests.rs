@@ -310,7 +310,10 @@ fn error_deliveries_are_kept_only_when_events_are_collected() {
     let line: serde_json::Value = serde_json::from_slice(&e.line).unwrap();
     assert_eq!(line["eventID"], id);
     assert_eq!(line["projectID"], "1");
-    assert_eq!(line["dateCreated"], "2026-11-18T20:58:37Z", "whole seconds, as the list API");
+    assert_eq!(
+        line["dateCreated"], "2026-11-18T20:58:37Z",
+        "whole seconds, as the list API"
+    );
     assert!(line.get("event_id").is_none() && line.get("datetime").is_none());
     let kv = MemKv::default();
     let v = vars(&[("streams", "issues")]);
@@ -491,7 +494,11 @@ fn error_events_take_at_most_half_the_inbox_and_past_it_are_left_to_the_pull() {
 #[test]
 fn with_full_events_error_deliveries_are_left_to_the_pull() {
     let (kv, v) = (MemKv::default(), vars(&[("sentry_full_events", "true")]));
-    let (status, answer) = post(&kv, &v, &signed("error", &error_body("0123456789abcdef0123456789abcdef")));
+    let (status, answer) = post(
+        &kv,
+        &v,
+        &signed("error", &error_body("0123456789abcdef0123456789abcdef")),
+    );
     assert_eq!((status, &answer["kept"]), (200, &json!(false)), "{answer}");
     assert!(inbox(&kv).is_empty());
 }
@@ -505,11 +512,30 @@ fn a_retry_rebuilt_with_the_issue_as_it_is_now_is_the_same_change() {
             "actor": {"type": "user", "id": 1, "name": actor}})
     };
     let id = |v: serde_json::Value| identity("issue", &v, v.to_string().as_bytes());
-    assert_eq!(id(body("1", "resolved", "ann")), id(body("2", "resolved", "ann")), "count and lastSeen moved");
-    assert_ne!(id(body("1", "resolved", "ann")), id(body("1", "resolved", "bob")), "another user");
-    assert_ne!(id(body("1", "resolved", "ann")), id(body("1", "unresolved", "ann")), "another state");
+    assert_eq!(
+        id(body("1", "resolved", "ann")),
+        id(body("2", "resolved", "ann")),
+        "count and lastSeen moved"
+    );
+    assert_ne!(
+        id(body("1", "resolved", "ann")),
+        id(body("1", "resolved", "bob")),
+        "another user"
+    );
+    assert_ne!(
+        id(body("1", "resolved", "ann")),
+        id(body("1", "unresolved", "ann")),
+        "another state"
+    );
     let raw = br#"{"action": "critical", "data": {"metric_alert": {"id": "1"}}}"#;
     let v: serde_json::Value = serde_json::from_slice(raw).unwrap();
-    assert_eq!(identity("metric_alert", &v, raw), identity("metric_alert", &v, raw));
-    assert_ne!(identity("metric_alert", &v, raw), identity("metric_alert", &v, b"{}"), "the whole body");
+    assert_eq!(
+        identity("metric_alert", &v, raw),
+        identity("metric_alert", &v, raw)
+    );
+    assert_ne!(
+        identity("metric_alert", &v, raw),
+        identity("metric_alert", &v, b"{}"),
+        "the whole body"
+    );
 }

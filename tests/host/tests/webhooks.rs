@@ -145,11 +145,25 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
             .comment(issue.id.parse().unwrap(), actor, &text, (actor, &name))
             .unwrap();
         comments.insert((issue.id.clone(), text, name));
-        hooks.extend(deliveries("comment", &body, SECRET, t, &mut rng, Mischief::default()));
+        hooks.extend(deliveries(
+            "comment",
+            &body,
+            SECRET,
+            t,
+            &mut rng,
+            Mischief::default(),
+        ));
         let rule = format!("Credential stuffing, round {round}");
         let body = rig.sim.event_alert(&new[0], &rule);
         alerts.insert((rule, new[0].event_id.clone()));
-        hooks.extend(deliveries("event_alert", &body, SECRET, t, &mut rng, Mischief::default()));
+        hooks.extend(deliveries(
+            "event_alert",
+            &body,
+            SECRET,
+            t,
+            &mut rng,
+            Mischief::default(),
+        ));
         deliver(&served, &hooks).await;
         assert!(
             !inbox_keys(&rig).is_empty(),
@@ -180,7 +194,10 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
         if v["resource"] == "comment" {
             got_comments.push((
                 v["issue"]["id"].as_u64().unwrap_or_default().to_string(),
-                v["comment"]["text"].as_str().unwrap_or_default().to_string(),
+                v["comment"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 v["actor"]["name"].as_str().unwrap_or_default().to_string(),
             ));
             continue;
@@ -207,15 +224,25 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
         .await
         .into_iter()
         .map(|(v, _)| {
-            assert_eq!((&v["resource"], &v["action"]), (&"event_alert".into(), &"triggered".into()));
+            assert_eq!(
+                (&v["resource"], &v["action"]),
+                (&"event_alert".into(), &"triggered".into())
+            );
             (
                 v["alert"]["rule"].as_str().unwrap_or_default().to_string(),
-                v["alert"]["event_id"].as_str().unwrap_or_default().to_string(),
+                v["alert"]["event_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect();
     got_alerts.sort();
-    assert_eq!(got_alerts, alerts.into_iter().collect::<Vec<_>>(), "every alert once");
+    assert_eq!(
+        got_alerts,
+        alerts.into_iter().collect::<Vec<_>>(),
+        "every alert once"
+    );
 
     // Every event once in events/, whichever path carried it.
     let end = rig.clock.now();
@@ -231,7 +258,10 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
         "{by_webhook} events written from {announced} announced"
     );
     assert!(pulled_first > 0, "the test announced events the pull had");
-    assert!(retried_with_new_body > 0, "the test retried changes with rebuilt bodies");
+    assert!(
+        retried_with_new_body > 0,
+        "the test retried changes with rebuilt bodies"
+    );
     println!(
         "{} changes, {} events ({by_webhook} by webhook of {announced} announced, {pulled_first} announced after the pull)",
         changes.len(),

@@ -212,7 +212,13 @@ impl Sim {
     }
 
     /// The `comment` webhook body of a user's comment on an issue.
-    pub fn comment(&self, issue: u64, comment_id: u64, text: &str, actor: (u64, &str)) -> Option<Vec<u8>> {
+    pub fn comment(
+        &self,
+        issue: u64,
+        comment_id: u64,
+        text: &str,
+        actor: (u64, &str),
+    ) -> Option<Vec<u8>> {
         let (_, slug) = self.issue_snapshot(issue, self.clock.now())?;
         Some(body(
             "created",
