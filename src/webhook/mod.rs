@@ -319,8 +319,7 @@ pub fn webhook_event(payload: &Value) -> Result<WebhookEvent, String> {
         .get("project")
         .and_then(as_u64)
         .ok_or("data.error.project is not a project id")?;
-    let line =
-        serde_json::to_vec(&api_event(e, &id, time, project)).map_err(|e| e.to_string())?;
+    let line = serde_json::to_vec(&api_event(e, &id, time, project)).map_err(|e| e.to_string())?;
     Ok(WebhookEvent {
         event_id: id,
         time: time.floor() as i64,
