@@ -90,14 +90,17 @@ pub fn drain(
 
 const LOST: &str = "the lease was lost: this run writes nothing more";
 
+/// A fence that did not hold, as the drain reports it.
+fn fenced(f: Fenced) -> String {
+    match f {
+        Fenced::Lost(_) => LOST.to_string(),
+        Fenced::Unchecked(e) => e.to_string(),
+    }
+}
+
 impl Drainer<'_, '_> {
     fn fence(&self) -> Result<(), String> {
-        self.lease
-            .check_time(self.env.clock.now())
-            .map_err(|f| match f {
-                Fenced::Lost(_) => LOST.to_string(),
-                Fenced::Unchecked(e) => e.to_string(),
-            })
+        self.lease.check_time(self.env.clock.now()).map_err(fenced)
     }
 
     fn save(&mut self) -> Result<(), String> {
@@ -317,10 +320,7 @@ impl Drainer<'_, '_> {
         });
         // The pending mark must reach KV before the object may exist.
         self.save()?;
-        self.lease.check(self.env, self.gcs).map_err(|f| match f {
-            Fenced::Lost(_) => LOST.to_string(),
-            Fenced::Unchecked(e) => e.to_string(),
-        })?;
+        self.lease.check(self.env, self.gcs).map_err(fenced)?;
         let uploaded = self
             .gcs
             .create(&name, body, &content, batch.len())

@@ -148,26 +148,34 @@ pub fn refuse(env: &Env, reason: &str, now: f64) {
     if !on {
         return;
     }
-    let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    if counts.last_refused_at.is_some_and(|t| t == now as i64) {
-        return;
-    }
-    *counts.refused.entry(reason.to_string()).or_default() += 1;
-    counts.last_refused_at = Some(now as i64);
-    let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
+    update(env, |c| {
+        if c.last_refused_at.is_some_and(|t| t == now as i64) {
+            return false;
+        }
+        *c.refused.entry(reason.to_string()).or_default() += 1;
+        c.last_refused_at = Some(now as i64);
+        true
+    });
 }
 
-/// Adds one to a counter of the intake's (best effort: a display).
-fn count(env: &Env, add: impl FnOnce(&mut IntakeCounts)) {
+/// Changes the intake's counters (best effort: a display); written back only if `change`
+/// says so.
+fn update(env: &Env, change: impl FnOnce(&mut IntakeCounts) -> bool) {
     let mut counts: IntakeCounts = crate::state::load(env.kv, INTAKE_KEY)
         .ok()
         .flatten()
         .unwrap_or_default();
-    add(&mut counts);
-    let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
+    if change(&mut counts) {
+        let _ = crate::state::save(env.kv, INTAKE_KEY, &counts);
+    }
+}
+
+/// Adds one to a counter of the intake's.
+fn count(env: &Env, add: impl FnOnce(&mut IntakeCounts)) {
+    update(env, |c| {
+        add(c);
+        true
+    });
 }
 
 fn accept(
