@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gcs::{GcsClient, GcsError};
 use crate::ports::Env;
+use crate::retry::Deadline;
 use crate::shard::Shard;
 use crate::state;
 
@@ -33,6 +34,8 @@ const MAX_CLOCK_SKEW_SECS: i64 = 600;
 /// A holder stops committing this long before its lease expires (so a commit under way when
 /// the check passed still lands while the lease holds; also absorbs small clock differences).
 const MARGIN_SECS: f64 = 10.0;
+/// What giving a lease up may take, within its grace period (a listing and one create).
+const RELEASE_SECS: f64 = 10.0;
 
 /// The folder holding a shard's lease epochs, outside every stream's feed prefix.
 pub fn lease_dir(gcs_prefix: &str, shard: &Shard) -> String {
@@ -273,9 +276,27 @@ impl Lease {
     }
 
     /// Gives the lease up (epoch + 1, released), if it is still the newest.
+    ///
+    /// A run whose last writes ended after its budget (a slow shared store) still holds the
+    /// lease for the grace period, so it may take up to [`RELEASE_SECS`] of it for this:
+    /// a release refused for the budget's sake left the shard locked until the lease expired,
+    /// and the next run, a moment later, was skipped. After the expiry there is nothing to
+    /// give up (and a create of epoch + 1 that loses to a new claim changes nothing).
     pub fn release(&self, env: &Env, gcs: &GcsClient) {
-        if !matches!(newest(gcs, &self.dir), Ok(Some(n)) if n.epoch == self.epoch) {
+        let now = env.clock.now();
+        if now >= self.expires as f64 {
             return;
+        }
+        gcs.extend_deadline(Deadline((now + RELEASE_SECS).min(self.expires as f64)));
+        match newest(gcs, &self.dir) {
+            Ok(Some(n)) if n.epoch == self.epoch => {}
+            Ok(_) => return,
+            Err(e) => {
+                eprintln!(
+                    "warning: could not release the shard's lease ({e}); it expires by itself"
+                );
+                return;
+            }
         }
         let metadata = BTreeMap::from([("state".to_string(), "released".to_string())]);
         let Some(next) = self.epoch.checked_add(1) else {

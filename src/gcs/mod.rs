@@ -238,7 +238,9 @@ pub struct GcsClient<'e> {
     env: Env<'e>,
     cfg: &'e GcsConfig,
     credentials: RefCell<Credentials>,
-    deadline: Deadline,
+    /// A cell so giving leases up may have the lease's grace period (see
+    /// [`GcsClient::extend_deadline`]).
+    deadline: std::cell::Cell<Deadline>,
     pub requests: std::cell::Cell<u64>,
     /// Every attempt's timeouts end at the deadline (the inline webhook flush, which must
     /// answer Sentry within a second; `Timeouts::within` never goes under a second).
@@ -251,7 +253,7 @@ impl<'e> GcsClient<'e> {
             env,
             cfg,
             credentials: RefCell::new(Credentials::new(&cfg.auth)?),
-            deadline,
+            deadline: std::cell::Cell::new(deadline),
             requests: std::cell::Cell::new(0),
             strict: false,
         })
@@ -264,6 +266,14 @@ impl<'e> GcsClient<'e> {
         self
     }
 
+    /// Moves the deadline later (never earlier). Only for what a run does after its budget
+    /// and while it still holds its lease: giving the lease up.
+    pub fn extend_deadline(&self, to: Deadline) {
+        if to.at() > self.deadline.get().at() {
+            self.deadline.set(to);
+        }
+    }
+
     /// Whether a token is at hand without a request to the token endpoint.
     pub fn token_ready(&self) -> bool {
         self.credentials.borrow().ready(&self.env)
@@ -274,7 +284,7 @@ impl<'e> GcsClient<'e> {
     pub fn check_credentials(&self) -> Result<(), GcsError> {
         self.credentials
             .borrow_mut()
-            .token(&self.env, self.deadline)
+            .token(&self.env, self.deadline.get())
             .map(|_| ())
     }
 
@@ -303,19 +313,20 @@ impl<'e> GcsClient<'e> {
         request
             .headers
             .push(("authorization".into(), String::new()));
-        error::with_retries(self.env.clock, self.deadline, || {
+        error::with_retries(self.env.clock, self.deadline.get(), || {
             let token = match self
                 .credentials
                 .borrow_mut()
-                .token(&self.env, self.deadline)
+                .token(&self.env, self.deadline.get())
             {
                 Ok(token) => token,
                 Err(e) => return Attempt::Done(Err(e)),
             };
             request.headers[auth_at].1 = format!("Bearer {}", token.expose());
-            request.bound_by(self.deadline.at(), self.env.clock.now());
+            let deadline = self.deadline.get();
+            request.bound_by(deadline.at(), self.env.clock.now());
             if self.strict {
-                let left = (self.deadline.at() - self.env.clock.now()).max(0.01);
+                let left = (deadline.at() - self.env.clock.now()).max(0.01);
                 let cap = std::time::Duration::from_secs_f64(left);
                 let t = &mut request.timeouts;
                 (t.connect, t.first_byte, t.between_bytes) = (

@@ -32,11 +32,31 @@ pub struct KvFaults {
     pub fail_set_after: u32,
     /// The instance is killed (trapped) at the matching write with this index (0 = the first).
     pub kill_at_set: Option<u32>,
+    /// Every matching operation (get, set, delete) takes this long first: a slow shared
+    /// store, as hosted KV can be.
+    pub delay: std::time::Duration,
 }
 
 impl KvFaults {
     fn applies(&self, key: &str) -> bool {
         key.starts_with(&self.key_prefix)
+    }
+}
+
+impl KvStore {
+    /// Sleeps the injected delay when it applies to `key` (the lock is not held meanwhile).
+    fn slow(&self, key: &str) {
+        let delay = {
+            let f = self.faults.lock().unwrap();
+            if f.applies(key) {
+                f.delay
+            } else {
+                std::time::Duration::ZERO
+            }
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
 }
 
@@ -147,6 +167,7 @@ impl KvStore {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.slow(key);
         if self.faults.lock().unwrap().fail_get && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value get failed".into());
         }
@@ -168,6 +189,7 @@ impl KvStore {
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.slow(key);
         {
             let mut faults = self.faults.lock().unwrap();
             if faults.fail_set && faults.applies(key) {
@@ -227,6 +249,7 @@ impl KvStore {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), String> {
+        self.slow(key);
         if self.faults.lock().unwrap().fail_set && self.faults.lock().unwrap().applies(key) {
             return Err("injected fault: key-value delete failed".into());
         }

@@ -95,6 +95,73 @@ async fn a_sentry_slower_than_the_budget_times_out_and_reports_it() {
     assert_eq!(events_summary(&s)["events"], 20);
 }
 
+/// A shared KV store so slow that the run's last writes end after its budget (chaos sequence
+/// 40 in CI: state in Redis behind a 300 ms link). The run still gives its lease up: it holds
+/// the lease for a grace period past the budget, and a release refused for the budget's sake
+/// left the shard locked, so the next run, a moment later, was skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_ends_past_its_budget_on_a_slow_store_still_frees_its_lease() {
+    let mut rig = Rig::start(SimOptions::default()).await;
+    add_projects(&rig.sim, 2);
+    let now = rig.clock.now();
+    rig.sim.generate(
+        &mut Rng::new(64),
+        2,
+        40,
+        now - 3 * HOUR,
+        now - HOUR,
+        0.0,
+        60,
+    );
+    rig.set("lookback", "6h");
+    rig.set("time_budget", "6s");
+    let started = Instant::now();
+    let inv = rig
+        .run_with(|app| {
+            app.store("default")
+                .unwrap()
+                .set_faults(collector_host::kv::KvFaults {
+                    key_prefix: "v1/".into(),
+                    delay: Duration::from_millis(700),
+                    ..Default::default()
+                })
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(6),
+        "the run ended within its budget ({took:?}): the case is not built"
+    );
+    assert!(
+        took < Duration::from_secs(6 + 30),
+        "the run outlived its lease: {took:?}"
+    );
+    assert!(
+        !matches!(inv.outcome, Outcome::Trap(_)),
+        "{:?}\n{}",
+        inv.outcome,
+        inv.stderr
+    );
+    assert!(
+        !inv.stderr.contains("could not release"),
+        "the lease was not given up: {}",
+        inv.stderr
+    );
+    // At once, with a fast store: the shard is free.
+    rig.set("time_budget", "60s");
+    let s = rig.run_ok().await;
+    assert_ne!(s["skipped"], true, "the next run was skipped: {s}");
+    let mut total = 0;
+    for _ in 0..3 {
+        total = rig.delivered().await.len();
+        if total == 40 {
+            break;
+        }
+        rig.run_ok().await;
+    }
+    assert_eq!(total, 40);
+}
+
 /// A Sentry answer that trickles in, a few bytes every half second (within every per-phase
 /// timeout), for far longer than the run: the run still ends at its budget (so it cannot
 /// outlive its lease), reports it, writes nothing, and the next run collects everything.
