@@ -463,6 +463,7 @@ async fn a_crash_between_upload_and_checkpoint_repeats_nothing() {
                     key_prefix: "v1/events/checkpoint".into(),
                     fail_set_after: 2,
                     kill_at_set: None,
+                    ..Default::default()
                 })
         })
         .await;
@@ -511,6 +512,7 @@ async fn an_object_with_our_name_but_other_content_is_a_conflict_not_a_success()
                 key_prefix: "v1/events/checkpoint".into(),
                 fail_set_after: 2,
                 kill_at_set: None,
+                ..Default::default()
             })
     })
     .await;
