@@ -34,8 +34,9 @@ const MAX_CLOCK_SKEW_SECS: i64 = 600;
 /// A holder stops committing this long before its lease expires (so a commit under way when
 /// the check passed still lands while the lease holds; also absorbs small clock differences).
 const MARGIN_SECS: f64 = 10.0;
-/// What giving a lease up may take, within its grace period (a listing and one create).
-const RELEASE_SECS: f64 = 10.0;
+/// What giving a run's leases up may take past its budget, within their grace period (per
+/// lease a listing and one create).
+const RELEASE_SECS: f64 = 3.0;
 
 /// The folder holding a shard's lease epochs, outside every stream's feed prefix.
 pub fn lease_dir(gcs_prefix: &str, shard: &Shard) -> String {
@@ -275,19 +276,9 @@ impl Lease {
         }
     }
 
-    /// Gives the lease up (epoch + 1, released), if it is still the newest.
-    ///
-    /// A run whose last writes ended after its budget (a slow shared store) still holds the
-    /// lease for the grace period, so it may take up to [`RELEASE_SECS`] of it for this:
-    /// a release refused for the budget's sake left the shard locked until the lease expired,
-    /// and the next run, a moment later, was skipped. After the expiry there is nothing to
-    /// give up (and a create of epoch + 1 that loses to a new claim changes nothing).
-    pub fn release(&self, env: &Env, gcs: &GcsClient) {
-        let now = env.clock.now();
-        if now >= self.expires as f64 {
-            return;
-        }
-        gcs.extend_deadline(Deadline((now + RELEASE_SECS).min(self.expires as f64)));
+    /// Gives the lease up (epoch + 1, released), if it is still the newest (through
+    /// [`release_all`], which gives it the time).
+    fn release(&self, env: &Env, gcs: &GcsClient) {
         match newest(gcs, &self.dir) {
             Ok(Some(n)) if n.epoch == self.epoch => {}
             Ok(_) => return,
@@ -320,10 +311,37 @@ impl Lease {
 }
 
 /// Gives every lease in `leases` up (see [`Lease::release`]).
+///
+/// A run whose last writes ended after its budget (a slow shared store) still holds its leases
+/// for their grace period, so giving them up may take up to [`RELEASE_SECS`] past the budget
+/// (every attempt cut to what is left), and stops [`MARGIN_SECS`] before the soonest expiry,
+/// as commits do: a release refused for the budget's sake left the shard locked until the
+/// lease expired, and the next run, a moment later, was skipped.
 pub fn release_all(env: &Env, gcs: &GcsClient, leases: &[Lease]) {
-    for lease in leases {
-        lease.release(env, gcs);
+    let Some(soonest) = leases.iter().map(|l| l.expires).min() else {
+        return;
+    };
+    let now = env.clock.now();
+    let until = (now + RELEASE_SECS).min(soonest as f64 - MARGIN_SECS);
+    if now >= until {
+        eprintln!(
+            "warning: this run ended too close to its lease's expiry to give it up; it expires by itself at {}",
+            crate::time::rfc3339(soonest)
+        );
+        return;
     }
+    gcs.with_deadline_at_least(Deadline(until), || {
+        for lease in leases {
+            if env.clock.now() >= until {
+                eprintln!(
+                    "warning: no time left to give the shard's lease up; it expires by itself at {}",
+                    crate::time::rfc3339(lease.expires)
+                );
+                continue;
+            }
+            lease.release(env, gcs);
+        }
+    });
 }
 
 /// Whether a live lease is held on the shard (for `/status`, from the KV copy).
@@ -376,5 +394,114 @@ mod tests {
         assert!(
             matches!(lease.check_time(995.0), Err(Fenced::Lost(m)) if m.contains("another run"))
         );
+    }
+
+    /// After its budget, giving the leases up takes at most `RELEASE_SECS` and one request
+    /// more, every attempt cut to what is left, even with Cloud Storage answering 503 to all;
+    /// the client's own deadline is put back after.
+    #[test]
+    fn giving_leases_up_after_the_budget_is_bounded_and_leaves_the_client_as_it_was() {
+        use std::cell::{Cell, RefCell};
+        use std::collections::HashMap;
+
+        use crate::config::Config;
+        use crate::ports::memory::MemKv;
+        use crate::ports::{
+            Clock, HttpClient, InboundResponse, OutboundRequest, TransportError, VariableSource,
+        };
+
+        const NOW: f64 = 1_795_000_000.0;
+        struct Ticking(Cell<f64>);
+        impl Clock for Ticking {
+            fn now(&self) -> f64 {
+                self.0.get()
+            }
+            fn sleep(&self, secs: f64) {
+                self.0.set(self.0.get() + secs.max(0.0));
+            }
+        }
+        struct Busy<'a> {
+            clock: &'a Ticking,
+            seen: RefCell<Vec<(f64, Option<f64>, std::time::Duration)>>,
+        }
+        impl HttpClient for Busy<'_> {
+            fn send(&self, r: &OutboundRequest) -> Result<InboundResponse, TransportError> {
+                let now = self.clock.now();
+                self.seen
+                    .borrow_mut()
+                    .push((now, r.finish_by, r.timeouts.first_byte));
+                self.clock.sleep(0.2);
+                Ok(InboundResponse {
+                    status: 503,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                })
+            }
+        }
+        struct Vars(HashMap<&'static str, &'static str>);
+        impl VariableSource for Vars {
+            fn get(&self, name: &str) -> Result<Option<String>, String> {
+                Ok(self.0.get(name).map(|v| v.to_string()))
+            }
+        }
+        let vars = Vars(HashMap::from([
+            ("gcs_bucket", "secops-sentry"),
+            ("gcs_access_token", "ya29.token"),
+            ("sentry_org", "acme"),
+            ("sentry_auth_token", "sntryu_0123456789abcdef"),
+        ]));
+        let config = Config::load(&vars).unwrap();
+        let clock = Ticking(Cell::new(NOW));
+        let http = Busy {
+            clock: &clock,
+            seen: RefCell::new(Vec::new()),
+        };
+        let kv = MemKv::default();
+        let env = Env {
+            vars: &vars,
+            kv: &kv,
+            http: &http,
+            clock: &clock,
+        };
+        // The budget ended 5 s ago; the leases hold for 25 s more.
+        let run_deadline = NOW - 5.0;
+        let gcs = GcsClient::new(env, &config.gcs, Deadline(run_deadline)).unwrap();
+        let leases: Vec<Lease> = [Shard::WHOLE, Shard::parse("0/2").unwrap()]
+            .into_iter()
+            .map(|shard| Lease {
+                dir: lease_dir("sentry/", &shard),
+                shard,
+                epoch: 4,
+                expires: NOW as i64 + 25,
+            })
+            .collect();
+        release_all(&env, &gcs, &leases);
+        let seen = http.seen.take();
+        assert!(!seen.is_empty(), "no release was tried after the budget");
+        let until = NOW + RELEASE_SECS;
+        for (at, finish_by, first_byte) in &seen {
+            assert!(*at < until, "a request started at {}", at - NOW);
+            assert_eq!(*finish_by, Some(until));
+            assert!(
+                first_byte.as_secs_f64() <= until - at + 1e-6,
+                "{first_byte:?}"
+            );
+        }
+        assert!(clock.now() <= until + 0.2 + 1e-6, "{}", clock.now() - NOW);
+        // The client's deadline is the run's again: nothing else gets the release's time.
+        assert!(gcs.first_under("sentry/x/").is_err());
+        let after = http.seen.take();
+        assert_eq!(after.len(), 1, "retried past the run's deadline");
+        assert_eq!(after[0].1, Some(run_deadline));
+
+        // Too close to the soonest expiry: nothing is tried (the lease expires by itself).
+        let near = [Lease {
+            dir: lease_dir("sentry/", &Shard::WHOLE),
+            shard: Shard::WHOLE,
+            epoch: 4,
+            expires: clock.now() as i64 + 5,
+        }];
+        release_all(&env, &gcs, &near);
+        assert!(http.seen.take().is_empty());
     }
 }

@@ -244,7 +244,7 @@ pub struct GcsClient<'e> {
     pub requests: std::cell::Cell<u64>,
     /// Every attempt's timeouts end at the deadline (the inline webhook flush, which must
     /// answer Sentry within a second; `Timeouts::within` never goes under a second).
-    strict: bool,
+    strict: std::cell::Cell<bool>,
 }
 
 impl<'e> GcsClient<'e> {
@@ -255,23 +255,30 @@ impl<'e> GcsClient<'e> {
             credentials: RefCell::new(Credentials::new(&cfg.auth)?),
             deadline: std::cell::Cell::new(deadline),
             requests: std::cell::Cell::new(0),
-            strict: false,
+            strict: std::cell::Cell::new(false),
         })
     }
 
     /// A client each of whose attempts gives up at the deadline, however little time is left
     /// (connect, first byte, between bytes).
-    pub fn strict_deadline(mut self) -> Self {
-        self.strict = true;
+    pub fn strict_deadline(self) -> Self {
+        self.strict.set(true);
         self
     }
 
-    /// Moves the deadline later (never earlier). Only for what a run does after its budget
-    /// and while it still holds its lease: giving the lease up.
-    pub fn extend_deadline(&self, to: Deadline) {
-        if to.at() > self.deadline.get().at() {
-            self.deadline.set(to);
+    /// Runs `f` with a deadline of at least `until` and every attempt's timeouts cut to it
+    /// (as [`GcsClient::strict_deadline`]), then puts the client back as it was. Only for what
+    /// a run does after its budget while it still holds its lease: giving the lease up.
+    pub fn with_deadline_at_least<R>(&self, until: Deadline, f: impl FnOnce() -> R) -> R {
+        let (deadline, strict) = (self.deadline.get(), self.strict.get());
+        if until.at() > deadline.at() {
+            self.deadline.set(until);
         }
+        self.strict.set(true);
+        let result = f();
+        self.deadline.set(deadline);
+        self.strict.set(strict);
+        result
     }
 
     /// Whether a token is at hand without a request to the token endpoint.
@@ -325,7 +332,7 @@ impl<'e> GcsClient<'e> {
             request.headers[auth_at].1 = format!("Bearer {}", token.expose());
             let deadline = self.deadline.get();
             request.bound_by(deadline.at(), self.env.clock.now());
-            if self.strict {
+            if self.strict.get() {
                 let left = (deadline.at() - self.env.clock.now()).max(0.01);
                 let cap = std::time::Duration::from_secs_f64(left);
                 let t = &mut request.timeouts;
