@@ -665,12 +665,18 @@ async fn backfill() {
 /// Webhook intake latency through `collector-host serve`: `BENCH_DELIVERIES` (600) signed
 /// deliveries (issue changes and error events as the simulator makes them), 50 in flight at
 /// once, each timed from connect to the last byte of the answer; then the same with inline
-/// flush (each `issue` delivery also written to fake-gcs-server while Sentry waits).
+/// flush (each `issue` delivery also written to fake-gcs-server while Sentry waits); then
+/// inbox only on a slow shared store (`BENCH_KV_DELAY_MS`, 50 ms, before every KV operation).
 async fn webhooks() {
     use sentry_sim::webhooks::{deliveries, post, Mischief};
     const SECRET: &str = "b3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nchb3nch0000";
     let n = env_or("BENCH_DELIVERIES", 600) as usize;
-    for inline in [false, true] {
+    let kv_delay = Duration::from_millis(env_or("BENCH_KV_DELAY_MS", 50));
+    for (inline, delay) in [
+        (false, Duration::ZERO),
+        (true, Duration::ZERO),
+        (false, kv_delay),
+    ] {
         let mut rig = Rig::without_rate_limits(5).await;
         rig.set("sentry_webhook_secret", SECRET);
         rig.set("webhook_inbox_max", "700");
@@ -704,7 +710,16 @@ async fn webhooks() {
             };
             hooks.extend(deliveries(resource, &body, SECRET, now, &mut rng, none));
         }
-        let served = rig.serve().await;
+        let served = rig
+            .serve_with(|app| {
+                app.store("default")
+                    .unwrap()
+                    .set_faults(collector_host::kv::KvFaults {
+                        delay,
+                        ..Default::default()
+                    })
+            })
+            .await;
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
         let wall = Instant::now();
         let tasks: Vec<_> = hooks
@@ -731,7 +746,13 @@ async fn webhooks() {
         let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
         println!(
             "webhooks{}: {} deliveries, 50 at once, in {wall:.1} s: median {:.1} ms, p99 {:.1} ms, max {:.1} ms; answers {statuses:?}",
-            if inline { " (inline flush)" } else { "" },
+            if inline {
+                " (inline flush)".to_string()
+            } else if !delay.is_zero() {
+                format!(" (KV {} ms per operation)", delay.as_millis())
+            } else {
+                String::new()
+            },
             ms.len(),
             at(0.5),
             at(0.99),

@@ -32,8 +32,8 @@ pub struct KvFaults {
     pub fail_set_after: u32,
     /// The instance is killed (trapped) at the matching write with this index (0 = the first).
     pub kill_at_set: Option<u32>,
-    /// Every matching operation (get, set, delete) takes this long first: a slow shared
-    /// store, as hosted KV can be.
+    /// Every matching operation (get, set, delete; a listing always) takes this long first:
+    /// a slow shared store, as hosted KV can be.
     pub delay: std::time::Duration,
 }
 
@@ -54,8 +54,17 @@ impl KvStore {
                 std::time::Duration::ZERO
             }
         };
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
+        if delay.is_zero() {
+            return;
+        }
+        // The host's KV functions are synchronous and run on the runtime's workers: on a
+        // multi-threaded runtime the worker hands its other tasks over while it waits, so a
+        // slow store slows the instance that waits on it, not every request the host serves.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| std::thread::sleep(delay))
+            }
+            _ => std::thread::sleep(delay),
         }
     }
 }
@@ -275,6 +284,9 @@ impl KvStore {
     }
 
     pub fn keys(&self) -> Result<Vec<String>, String> {
+        // A listing reads every key: the delay always applies (the guard is dropped first).
+        let prefix = self.faults.lock().unwrap().key_prefix.clone();
+        self.slow(&prefix);
         match &self.backend {
             Backend::Redis(r) => match r.command(&[b"KEYS", b"*"])? {
                 Reply::Array(items) => {

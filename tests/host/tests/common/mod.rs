@@ -188,8 +188,14 @@ impl Rig {
 
     /// Serves the HTTP export until the returned server is dropped.
     pub async fn serve(&self) -> Served {
-        let app =
-            std::sync::Arc::new(App::load(&self.options(), Trigger::Http).expect("the app loads"));
+        self.serve_with(|_| {}).await
+    }
+
+    /// [`Rig::serve`], after `prepare` has seen the loaded app (to make its KV store slow).
+    pub async fn serve_with(&self, prepare: impl FnOnce(&App)) -> Served {
+        let app = App::load(&self.options(), Trigger::Http).expect("the app loads");
+        prepare(&app);
+        let app = std::sync::Arc::new(app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
