@@ -312,8 +312,9 @@ impl Lease {
 
 /// Gives every lease in `leases` up (see [`Lease::release`]).
 ///
-/// A run whose last writes ended after its budget (a slow shared store) still holds its leases
-/// for their grace period, so giving them up may take up to [`RELEASE_SECS`] past the budget
+/// A run that ends within its budget gives them up within it. One whose last writes ended
+/// after its budget (a slow shared store) still holds its leases for their grace period, so
+/// giving them up may take up to [`RELEASE_SECS`] past the budget
 /// (every attempt cut to what is left), and stops [`MARGIN_SECS`] before the soonest expiry,
 /// as commits do: a release refused for the budget's sake left the shard locked until the
 /// lease expired, and the next run, a moment later, was skipped.
@@ -322,7 +323,11 @@ pub fn release_all(env: &Env, gcs: &GcsClient, leases: &[Lease]) {
         return;
     };
     let now = env.clock.now();
-    let until = (now + RELEASE_SECS).min(soonest as f64 - MARGIN_SECS);
+    // A run that ends early keeps its own deadline for this; one that ends late gets a little
+    // of the grace period.
+    let until = (now + RELEASE_SECS)
+        .max(gcs.deadline().at())
+        .min(soonest as f64 - MARGIN_SECS);
     if now >= until {
         eprintln!(
             "warning: this run ended too close to its lease's expiry to give it up; it expires by itself at {}",
@@ -423,6 +428,10 @@ mod tests {
         struct Busy<'a> {
             clock: &'a Ticking,
             seen: RefCell<Vec<(f64, Option<f64>, std::time::Duration)>>,
+            /// Listings asked for, by the lease folder's shard part.
+            listed: RefCell<Vec<String>>,
+            /// This many requests more are answered 503; then an empty listing.
+            failing: Cell<u32>,
         }
         impl HttpClient for Busy<'_> {
             fn send(&self, r: &OutboundRequest) -> Result<InboundResponse, TransportError> {
@@ -430,11 +439,20 @@ mod tests {
                 self.seen
                     .borrow_mut()
                     .push((now, r.finish_by, r.timeouts.first_byte));
+                if let Some((_, prefix)) = r.url.query_pairs().find(|(k, _)| k == "prefix") {
+                    self.listed.borrow_mut().push(prefix.into_owned());
+                }
                 self.clock.sleep(0.2);
+                let failing = self.failing.get();
+                self.failing.set(failing.saturating_sub(1));
                 Ok(InboundResponse {
-                    status: 503,
+                    status: if failing > 0 { 503 } else { 200 },
                     headers: Vec::new(),
-                    body: Vec::new(),
+                    body: if failing > 0 {
+                        Vec::new()
+                    } else {
+                        br#"{"kind":"storage#objects"}"#.to_vec()
+                    },
                 })
             }
         }
@@ -455,6 +473,8 @@ mod tests {
         let http = Busy {
             clock: &clock,
             seen: RefCell::new(Vec::new()),
+            listed: RefCell::new(Vec::new()),
+            failing: Cell::new(u32::MAX),
         };
         let kv = MemKv::default();
         let env = Env {
@@ -466,16 +486,18 @@ mod tests {
         // The budget ended 5 s ago; the leases hold for 25 s more.
         let run_deadline = NOW - 5.0;
         let gcs = GcsClient::new(env, &config.gcs, Deadline(run_deadline)).unwrap();
-        let leases: Vec<Lease> = [Shard::WHOLE, Shard::parse("0/2").unwrap()]
-            .into_iter()
-            .map(|shard| Lease {
-                dir: lease_dir("sentry/", &shard),
-                shard,
-                epoch: 4,
-                expires: NOW as i64 + 25,
-            })
-            .collect();
-        release_all(&env, &gcs, &leases);
+        let leases_until = |expires: i64| -> Vec<Lease> {
+            [Shard::WHOLE, Shard::parse("0/2").unwrap()]
+                .into_iter()
+                .map(|shard| Lease {
+                    dir: lease_dir("sentry/", &shard),
+                    shard,
+                    epoch: 4,
+                    expires,
+                })
+                .collect()
+        };
+        release_all(&env, &gcs, &leases_until(NOW as i64 + 25));
         let seen = http.seen.take();
         assert!(!seen.is_empty(), "no release was tried after the budget");
         let until = NOW + RELEASE_SECS;
@@ -493,6 +515,28 @@ mod tests {
         let after = http.seen.take();
         assert_eq!(after.len(), 1, "retried past the run's deadline");
         assert_eq!(after[0].1, Some(run_deadline));
+        // Not strict any more: `Timeouts::within` never goes under a second.
+        assert_eq!(after[0].2, std::time::Duration::from_secs(1));
+
+        // A run that ends early keeps its whole deadline for this: three 503s take the first
+        // lease past now + 3 s, and the second is still given up.
+        http.failing.set(3);
+        http.listed.take();
+        let early = GcsClient::new(env, &config.gcs, Deadline(clock.now() + 15.0)).unwrap();
+        let its_deadline = early.deadline().at();
+        let started = clock.now();
+        release_all(&env, &early, &leases_until(clock.now() as i64 + 40));
+        let seen = http.seen.take();
+        assert!(seen.iter().all(|s| s.1 == Some(its_deadline)), "{seen:?}");
+        let last = seen.last().unwrap().0;
+        assert!(last > started + RELEASE_SECS, "{seen:?}");
+        let listed = http.listed.take();
+        assert!(
+            listed.iter().any(|p| p.ends_with("/whole/"))
+                && listed.iter().any(|p| !p.ends_with("/whole/")),
+            "not every lease was given up: {listed:?}"
+        );
+        http.failing.set(u32::MAX);
 
         // Too close to the soonest expiry: nothing is tried (the lease expires by itself).
         let near = [Lease {

@@ -239,7 +239,7 @@ pub struct GcsClient<'e> {
     cfg: &'e GcsConfig,
     credentials: RefCell<Credentials>,
     /// A cell so giving leases up may have the lease's grace period (see
-    /// [`GcsClient::extend_deadline`]).
+    /// [`GcsClient::with_deadline_at_least`]).
     deadline: std::cell::Cell<Deadline>,
     pub requests: std::cell::Cell<u64>,
     /// Every attempt's timeouts end at the deadline (the inline webhook flush, which must
@@ -279,6 +279,11 @@ impl<'e> GcsClient<'e> {
         self.deadline.set(deadline);
         self.strict.set(strict);
         result
+    }
+
+    /// The deadline requests are bound by now.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline.get()
     }
 
     /// Whether a token is at hand without a request to the token endpoint.
