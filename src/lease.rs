@@ -406,14 +406,10 @@ mod tests {
     /// the client's own deadline is put back after.
     #[test]
     fn giving_leases_up_after_the_budget_is_bounded_and_leaves_the_client_as_it_was() {
-        use std::cell::{Cell, RefCell};
-        use std::collections::HashMap;
-
         use crate::config::Config;
-        use crate::ports::memory::MemKv;
-        use crate::ports::{
-            Clock, HttpClient, InboundResponse, OutboundRequest, TransportError, VariableSource,
-        };
+        use crate::ports::memory::{MemKv, MemVars};
+        use crate::ports::{Clock, HttpClient, InboundResponse, OutboundRequest, TransportError};
+        use std::cell::{Cell, RefCell};
 
         const NOW: f64 = 1_795_000_000.0;
         struct Ticking(Cell<f64>);
@@ -456,18 +452,17 @@ mod tests {
                 })
             }
         }
-        struct Vars(HashMap<&'static str, &'static str>);
-        impl VariableSource for Vars {
-            fn get(&self, name: &str) -> Result<Option<String>, String> {
-                Ok(self.0.get(name).map(|v| v.to_string()))
-            }
-        }
-        let vars = Vars(HashMap::from([
-            ("gcs_bucket", "secops-sentry"),
-            ("gcs_access_token", "ya29.token"),
-            ("sentry_org", "acme"),
-            ("sentry_auth_token", "sntryu_0123456789abcdef"),
-        ]));
+        let vars = MemVars(
+            [
+                ("gcs_bucket", "secops-sentry"),
+                ("gcs_access_token", "ya29.token"),
+                ("sentry_org", "acme"),
+                ("sentry_auth_token", "sntryu_0123456789abcdef"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+        );
         let config = Config::load(&vars).unwrap();
         let clock = Ticking(Cell::new(NOW));
         let http = Busy {

@@ -257,10 +257,19 @@ pub(crate) mod memory {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
-    use super::KeyValue;
+    use super::{KeyValue, VariableSource};
 
     #[derive(Default)]
     pub struct MemKv(pub RefCell<BTreeMap<String, Vec<u8>>>);
+
+    /// Spin variables from a map.
+    pub struct MemVars(pub std::collections::HashMap<&'static str, String>);
+
+    impl VariableSource for MemVars {
+        fn get(&self, name: &str) -> Result<Option<String>, String> {
+            Ok(self.0.get(name).cloned())
+        }
+    }
 
     impl KeyValue for MemKv {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {

@@ -9,19 +9,12 @@ use super::*;
 use crate::config::Config;
 use crate::http_api::ApiRequest;
 use crate::ports::memory::MemKv;
-use crate::ports::{
-    Clock, Env, HttpClient, InboundResponse, OutboundRequest, TransportError, VariableSource,
-};
+use crate::ports::{Clock, Env, HttpClient, InboundResponse, OutboundRequest, TransportError};
 
 const SECRET: &str = "5ecre7c1ient5ecre7c1ient5ecre7c1";
 const NOW: f64 = 1_795_000_000.0;
 
-struct Vars(HashMap<&'static str, String>);
-impl VariableSource for Vars {
-    fn get(&self, name: &str) -> Result<Option<String>, String> {
-        Ok(self.0.get(name).cloned())
-    }
-}
+use crate::ports::memory::MemVars as Vars;
 struct NoHttp;
 impl HttpClient for NoHttp {
     fn send(&self, r: &OutboundRequest) -> Result<InboundResponse, TransportError> {

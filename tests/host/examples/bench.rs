@@ -689,12 +689,7 @@ async fn webhooks() {
         }
         let events = rig.sim.all_events();
         let issues = rig.sim.issue_versions(now);
-        let none = Mischief {
-            retry: 0.0,
-            duplicate: 0.0,
-            forged: 0.0,
-            stale: 0.0,
-        };
+        let none = Mischief::NONE;
         let mut hooks = Vec::new();
         for i in 0..n {
             let (resource, body) = if i % 3 == 2 {

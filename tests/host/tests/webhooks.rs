@@ -38,16 +38,6 @@ fn announce(sim: &sentry_sim::Sim, e: &Event, t: i64, rng: &mut sentry_sim::Rng)
     deliveries("error", &body, SECRET, t, rng, Mischief::default())
 }
 
-/// No retries, duplicates or hostile copies.
-fn none() -> Mischief {
-    Mischief {
-        retry: 0.0,
-        duplicate: 0.0,
-        forged: 0.0,
-        stale: 0.0,
-    }
-}
-
 fn inbox_keys(rig: &Rig) -> Vec<String> {
     rig.kv_entries()
         .into_iter()
@@ -106,7 +96,7 @@ async fn issue_changes_and_error_events_land_exactly_once_whichever_path_carried
         }
         for (issue, action, (id, name)) in std::mem::take(&mut late_retries) {
             let body = rig.sim.issue_webhook(issue, action, (id, &name)).unwrap();
-            let hook = deliveries("issue", &body, SECRET, t, &mut rng, none()).remove(0);
+            let hook = deliveries("issue", &body, SECRET, t, &mut rng, Mischief::NONE).remove(0);
             retried_with_new_body += 1;
             hooks.push(hook);
         }
@@ -349,7 +339,7 @@ async fn inline_flush_writes_at_once_and_a_failed_write_waits_in_the_inbox() {
     rig.sim
         .generate(&mut rng, 1, 5, now - 600, now - 120, 0.0, 0);
     let issue: u64 = rig.sim.issue_versions(now)[0].id.parse().unwrap();
-    let none = none();
+    let none = Mischief::NONE;
     let served = rig.serve().await;
     let body = rig.sim.change_issue(issue, "assigned", (1, "ann")).unwrap();
     let hook = deliveries("issue", &body, SECRET, now, &mut rng, none).remove(0);

@@ -42,6 +42,16 @@ pub struct Mischief {
     pub stale: f64,
 }
 
+impl Mischief {
+    /// The genuine delivery alone: no retry, duplicate or hostile copy.
+    pub const NONE: Mischief = Mischief {
+        retry: 0.0,
+        duplicate: 0.0,
+        forged: 0.0,
+        stale: 0.0,
+    };
+}
+
 impl Default for Mischief {
     fn default() -> Self {
         Mischief {
